@@ -1,0 +1,454 @@
+"""The one typed configuration object of cutmix-study.
+
+Nested frozen dataclasses, loaded from YAML, strict about unknown keys (a misspelt key is an error, not a
+silent default: the lesson of nanoGPT's configurator and lightning-hydra-template's structured configs),
+overridable with ``--set a.b=c`` and validated once at the door. Dotted names (``cutmix.alpha``) are shared by
+YAML, Ray Tune's param space, MLflow params and the ``results.parquet`` columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "digits.yaml"
+
+DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "imagefolder")
+METHODS = ("cutmix", "mixup", "cutout", "none")
+MODES = ("batch", "sample")
+SCHEDULES = ("step", "cosine")
+ALGORITHMS = ("tpe", "qmc", "random", "grid")
+SCHEDULERS = ("asha", "none")
+DIM_TYPES = ("uniform", "loguniform", "int", "choice")
+DETECT_DATA = ("synthetic", "voc")
+
+
+class ConfigError(ValueError):
+    """Bad configuration. The message is one line: what is wrong and what is allowed."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    root: str = ""  # local directory for cifar10/cifar100/imagefolder; never downloaded
+    image_size: int = 32  # side in pixels after resizing (digits are 8x8 upsampled)
+    num_classes: int = 10  # used by `synthetic`; the other datasets know their own
+    synthetic_sizes: tuple[int, int, int] = (2000, 500, 500)  # train, val, test
+    val_fraction: float = 0.1  # cifar/imagefolder: held out of train for model selection
+    pad: int = 4  # random-crop padding in pixels (0 disables the crop)
+    hflip: bool = True
+    split_seed: int = 0  # fixed splits: independent of train.seed
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet20"
+    depth: int = 0  # pyramidnet only: 0 means the arch's default
+    widen: float = 0.0  # pyramidnet alpha-tilde (total widening); 0 means the arch's default
+    width: int = 32  # base width of the small `cnn`
+
+
+@dataclass(frozen=True)
+class CutMixConfig:
+    method: str = "cutmix"
+    alpha: float = 1.0  # Beta(alpha, alpha)
+    prob: float = 0.5  # probability a batch is mixed
+    mode: str = "batch"
+    label_smoothing: float = 0.0
+    cutout_size: float = 0.5  # cutout: square side as a fraction of the image side
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.1  # for batch_size 64; not rescaled
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of `epochs` (paper: 150, 225 of 300)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # CUDA only
+    channels_last: bool = True
+    num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    eval_test: bool = True
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched hyperparameter. `choice` takes `values`; the others take `low`/`high`."""
+
+    type: str = "choice"
+    low: float | None = None
+    high: float | None = None
+    values: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    algorithm: str = "tpe"
+    scheduler: str = "asha"
+    num_samples: int = 8  # ignored by `grid`, which runs every combination once
+    max_concurrent: int = 1
+    metric: str = "val/top1_err"
+    mode: str = "min"
+    grace_period: int = 2  # ASHA: epochs before a trial can be stopped
+    reduction_factor: int = 2
+    resources_per_trial: ResourcesConfig = field(default_factory=ResourcesConfig)
+    storage: str = ""  # Ray Tune storage path or URI (s3://...); default <output>/tune
+    seed: int = 0  # sampler seed
+    evaluate_defaults: bool = True  # paper defaults (alpha=1, p=0.5) and the no-CutMix baseline first
+    space: Mapping[str, Dimension] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    seeds: int = 3
+    epochs: int = 0  # 0 means train.epochs
+    compare_baseline: bool = False
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    data: str = "synthetic"
+    root: str = ""  # VOC root (the directory holding VOCdevkit/)
+    year: str = "2007"
+    image_size: int = 128
+    num_train: int = 256  # synthetic set sizes
+    num_val: int = 64
+    epochs: int = 4
+    batch_size: int = 8
+    lr: float = 0.01
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = ""  # empty: sqlite:///<output>/mlflow.db
+    experiment: str = ""  # empty: the study name
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "digits"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cutmix: CutMixConfig = field(default_factory=CutMixConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building from plain data
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check and convert one YAML value to the annotated type; raise ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is Mapping or origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - a programming error
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = _hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known under {prefix or 'top level'}: "
+                          f"{', '.join(sorted(hints))})")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Any:
+    """A dataclass tree as plain YAML-safe data (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, Mapping):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, list | tuple):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def from_dict(data: Mapping[str, Any]) -> PipelineConfig:
+    """Build and validate a PipelineConfig from plain data. Raises ConfigError."""
+    cfg = _build(PipelineConfig, data or {})
+    validate(cfg)
+    return cfg
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value parsed as YAML, so `1`, `0.5`, `true`, `[a, b]` and `{type: choice}` all work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply `key=value` strings with dotted keys to plain config data (a deep copy is returned).
+
+    Keys are checked against the dataclass tree, so `--set no.such.key=1` is an error here, not later.
+    Under `search.space` any dotted parameter name may follow (`search.space.cutmix.alpha={...}`).
+    """
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"bad override {item!r} (expected key=value, e.g. cutmix.alpha=0.5)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        cls: Any = PipelineConfig
+        node = out
+        i = 0
+        while i < len(parts):
+            part = parts[i]
+            hints = _hints(cls)
+            if part not in hints:
+                raise ConfigError(f"unknown config key {key} (known under {'.'.join(parts[:i]) or 'top level'}: "
+                                  f"{', '.join(sorted(hints))})")
+            tp = hints[part]
+            last = i == len(parts) - 1
+            if cls is SearchConfig and part == "space" and not last:
+                # The rest of the key is one dotted parameter name.
+                node = node.setdefault("space", {}) or {}
+                out_space = node
+                out_space[".".join(parts[i + 1:])] = parse_value(raw)
+                break
+            if last:
+                node[part] = parse_value(raw)
+                break
+            if not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"unknown config key {key} ({'.'.join(parts[:i + 1])} has no sub-keys)")
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+            cls = tp
+            i += 1
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a YAML config (default: the embedded digits config), apply overrides, validate once."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (give an existing YAML file to --config)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{at} (fix the syntax)") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data, model, cutmix, train, ...)")
+    return from_dict(apply_overrides(data, list(overrides)))
+
+
+def dump_config(cfg: PipelineConfig, path: str | Path | None = None) -> str:
+    """The resolved config as YAML text (written to `path` when given). It loads back to an equal config."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if path is not None:
+        Path(path).write_text(text)
+    return text
+
+
+def replace(cfg: PipelineConfig, params: Mapping[str, Any]) -> PipelineConfig:
+    """A copy of `cfg` with dotted-name params set (`{"cutmix.alpha": 0.5}`), validated."""
+    data = to_dict(cfg)
+    for key, value in params.items():
+        node = data
+        *head, last = key.split(".")
+        for part in head:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"unknown config key {key}")
+            node = node[part]
+        if last not in node:
+            raise ConfigError(f"unknown config key {key}")
+        node[last] = value
+    return from_dict(data)
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted-name view of a config, `{"cutmix.alpha": 1.0, ...}`; lists are kept as values."""
+    out: dict[str, Any] = {}
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and not (prefix == "search." and k == "space"):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation: once, at the door, with one-line messages
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], name: str) -> None:
+    _check(value in allowed, f"{name}={value!r} is not allowed (one of: {', '.join(allowed)})")
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def validate(cfg: PipelineConfig) -> None:
+    """Raise ConfigError on the first bad value. Architecture names are checked against the model registry."""
+    from study.models import MODEL_NAMES  # late: models imports torch
+
+    d, m, c, t, s = cfg.data, cfg.model, cfg.cutmix, cfg.train, cfg.search
+    _check(bool(cfg.name) and "/" not in cfg.name, f"name={cfg.name!r} is not allowed (a non-empty name without '/')")
+    _one_of(d.name, DATASETS, "data.name")
+    _check(d.image_size >= 8, f"data.image_size={d.image_size} is not allowed (>= 8)")
+    _check(d.num_classes >= 2, f"data.num_classes={d.num_classes} is not allowed (>= 2)")
+    _check(all(n > 0 for n in d.synthetic_sizes), f"data.synthetic_sizes={list(d.synthetic_sizes)} (three sizes > 0)")
+    _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction={d.val_fraction} is not allowed (0 < value < 1)")
+    _check(0 <= d.pad < d.image_size, f"data.pad={d.pad} is not allowed (0 <= pad < image_size)")
+
+    _one_of(m.arch, MODEL_NAMES, "model.arch")
+    _check(m.depth >= 0, f"model.depth={m.depth} is not allowed (0 for the default, or a positive depth)")
+    _check(m.widen >= 0, f"model.widen={m.widen} is not allowed (0 for the default, or > 0)")
+    _check(m.width >= 1, f"model.width={m.width} is not allowed (>= 1)")
+
+    _one_of(c.method, METHODS, "cutmix.method")
+    _check(_finite(c.alpha) and c.alpha > 0, f"cutmix.alpha={c.alpha} is not allowed (alpha > 0)")
+    _check(_finite(c.prob) and 0 <= c.prob <= 1, f"cutmix.prob={c.prob} is not allowed (0 <= prob <= 1)")
+    _one_of(c.mode, MODES, "cutmix.mode")
+    _check(0 <= c.label_smoothing < 1, f"cutmix.label_smoothing={c.label_smoothing} is not allowed (0 <= value < 1)")
+    _check(0 < c.cutout_size <= 1, f"cutmix.cutout_size={c.cutout_size} is not allowed (0 < value <= 1)")
+
+    _check(t.epochs >= 1, f"train.epochs={t.epochs} is not allowed (>= 1)")
+    _check(t.batch_size >= 2, f"train.batch_size={t.batch_size} is not allowed (>= 2; mixing needs partners)")
+    _check(_finite(t.lr) and t.lr > 0, f"train.lr={t.lr} is not allowed (lr > 0)")
+    _check(0 <= t.momentum < 1, f"train.momentum={t.momentum} is not allowed (0 <= momentum < 1)")
+    _check(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} is not allowed (>= 0)")
+    _one_of(t.schedule, SCHEDULES, "train.schedule")
+    _check(all(0 < x < 1 for x in t.milestones), f"train.milestones={list(t.milestones)} (fractions of epochs in (0, 1))")
+    _check(0 < t.gamma <= 1, f"train.gamma={t.gamma} is not allowed (0 < gamma <= 1)")
+    _check(0 <= t.warmup_epochs < t.epochs, f"train.warmup_epochs={t.warmup_epochs} (0 <= value < train.epochs)")
+    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+           f"train.device={t.device!r} is not allowed (auto, cpu, cuda or cuda:N)")
+    _check(t.num_threads >= 0, f"train.num_threads={t.num_threads} is not allowed (>= 0)")
+
+    _one_of(s.algorithm, ALGORITHMS, "search.algorithm")
+    _one_of(s.scheduler, SCHEDULERS, "search.scheduler")
+    _one_of(s.mode, ("min", "max"), "search.mode")
+    _check(s.num_samples >= 1, f"search.num_samples={s.num_samples} is not allowed (>= 1)")
+    _check(s.max_concurrent >= 1, f"search.max_concurrent={s.max_concurrent} is not allowed (>= 1)")
+    _check(s.grace_period >= 1, f"search.grace_period={s.grace_period} is not allowed (>= 1)")
+    _check(s.reduction_factor >= 2, f"search.reduction_factor={s.reduction_factor} is not allowed (>= 2)")
+    _check(s.resources_per_trial.cpu > 0, f"search.resources_per_trial.cpu={s.resources_per_trial.cpu} (> 0)")
+    _check(s.resources_per_trial.gpu >= 0, f"search.resources_per_trial.gpu={s.resources_per_trial.gpu} (>= 0)")
+    _check(s.metric.split("/")[0] in ("val", "test", "train"),
+           f"search.metric={s.metric!r} is not allowed (a reported metric such as val/top1_err)")
+    for name, dim in s.space.items():
+        validate_dimension(cfg, name, dim)
+
+    _check(cfg.retrain.seeds >= 1, f"retrain.seeds={cfg.retrain.seeds} is not allowed (>= 1)")
+    _check(cfg.retrain.epochs >= 0, f"retrain.epochs={cfg.retrain.epochs} is not allowed (0 for train.epochs, or > 0)")
+    _one_of(cfg.detect.data, DETECT_DATA, "detect.data")
+    _check(cfg.detect.image_size >= 32, f"detect.image_size={cfg.detect.image_size} is not allowed (>= 32)")
+    _check(cfg.detect.epochs >= 1, f"detect.epochs={cfg.detect.epochs} is not allowed (>= 1)")
+    _check(cfg.detect.batch_size >= 1, f"detect.batch_size={cfg.detect.batch_size} is not allowed (>= 1)")
+
+
+def validate_dimension(cfg: PipelineConfig, name: str, dim: Dimension) -> None:
+    """A searched parameter must name a real scalar config field, and its bounds or values must be legal for it."""
+    # Check values against the config without its space, or validating them would recurse into this check.
+    cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, space={}))
+    flat = flatten(cfg)
+    _check(name in flat and not name.startswith("search."),
+           f"search.space.{name}: unknown parameter (a dotted config key such as cutmix.alpha, model.arch)")
+    _one_of(dim.type, DIM_TYPES, f"search.space.{name}.type")
+    where = f"search.space.{name}"
+    if dim.type == "choice":
+        _check(len(dim.values) > 0, f"{where}.values is empty (list at least one value)")
+        for v in dim.values:
+            # Each value must make a valid config on its own: a negative alpha or an unknown arch fails here.
+            try:
+                replace(cfg, {name: v})
+            except ConfigError as exc:
+                raise ConfigError(f"{where}.values: {exc}") from None
+    else:
+        _check(dim.low is not None and dim.high is not None, f"{where} needs low and high for type {dim.type}")
+        _check(_finite(dim.low) and _finite(dim.high) and dim.low < dim.high,
+               f"{where}: low={dim.low}, high={dim.high} is not allowed (finite, low < high)")
+        if dim.type == "loguniform":
+            _check(dim.low > 0, f"{where}: low={dim.low} is not allowed for loguniform (low > 0)")
+        for v in (dim.low, dim.high):
+            try:
+                replace(cfg, {name: int(v) if dim.type == "int" else float(v)})
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: bound {v} gives {exc}") from None
