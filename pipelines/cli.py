@@ -1,0 +1,106 @@
+"""`cutmix-study SUBCOMMAND [--config FILE] [--set key=value ...] [--output DIR]`.
+
+Exit codes (DESIGN.md section 3): 0 success, 2 bad input (config, paths, data) with one line
+`error: <what> (<allowed>)` on stderr and no traceback, 1 a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+SUBCOMMANDS = ("run", "study", "retrain", "export", "detect", "train")
+
+
+class UsageError(ValueError):
+    """Bad command-line input; one-line message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `error:` line and exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cutmix-study", description="CutMix hyperparameter studies: study, retrain, export, "
+                     "detect. With no --config the embedded digits default runs on the CPU.")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
+    helps = {
+        "run": "all stages: study -> retrain -> export -> detect",
+        "study": "Ray Tune + Optuna search over CutMix alpha, p and architecture",
+        "retrain": "retrain the study's best config with several seeds; test mean +- std",
+        "export": "export a detection-ready backbone (backbone.pt, safetensors, manifest.json)",
+        "detect": "fine-tune Faster R-CNN (FPN) from an exported backbone; report mAP",
+        "train": "one training run of a config",
+    }
+    for name in SUBCOMMANDS:
+        p = sub.add_parser(name, help=helps[name], description=helps[name])
+        p.add_argument("--config", type=Path, default=None, help="YAML config (default: pipelines/configs/digits.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field by its dotted name, e.g. --set cutmix.alpha=0.5 (repeatable)")
+        p.add_argument("--output", type=Path, default=None, help="output directory (default: runs/<name>)")
+        p.add_argument("--tracking-uri", default=None,
+                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the output dir)")
+        p.add_argument("--resume", action="store_true", help="continue the run stored in the output directory")
+        p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output directory")
+        if name in ("retrain", "export"):
+            p.add_argument("--from", dest="source", default=None,
+                           help="a study/run directory or an MLflow run id (default: the output directory)")
+        if name == "detect":
+            p.add_argument("--backbone", default=None, help="an export directory (default: <output>/export)")
+            p.add_argument("--data", default=None, help="'synthetic' or a Pascal VOC root (holding VOCdevkit/)")
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input (exit 2). Imported late so `--help` stays fast."""
+    from study.checkpoint import CheckpointError
+    from study.config import ConfigError
+    from study.data import DataError
+
+    errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, CheckpointError]
+    for module, name in (("study.export", "ExportError"), ("study.detection", "DetectionDataError"),
+                         ("pipelines.common", "OutputError"), ("study.tracking", "TrackingError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from importlib import import_module
+
+    module = import_module(f"pipelines.{'train_stage' if args.command == 'train' else args.command + '_stage'}")
+    return int(module.main(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        return dispatch(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if isinstance(exc, user_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

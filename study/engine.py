@@ -1,0 +1,225 @@
+"""The training loop: plain PyTorch, no Ray and no MLflow.
+
+`Trainer.fit()` yields one `EpochResult` per epoch, so a Ray Tune trainable, the retrain stage, the `train`
+command and the tests all drive the same loop (the shape of KellerJordan's cifar10-airbench and torchvision's
+``references/classification/train.py``). The CutMix recipe follows Yun et al. 2019 (arXiv 1905.04899, and the
+official clovaai/CutMix-PyTorch code): SGD with Nesterov momentum, step decay at 50%/75% of training (or cosine),
+mixing on the batch on the device, one soft-target cross-entropy chosen once from the augmentation config.
+
+Every random draw of an epoch (shuffle order, crop offsets, flips, CutMix boxes) comes from generators seeded
+by (train.seed, epoch), so resuming from a checkpoint at an epoch boundary reproduces an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from study.augment import build_mixer, soft_target_cross_entropy
+from study.checkpoint import rng_state, set_rng_state
+from study.config import PipelineConfig, TrainConfig, to_dict
+from study.data import BatchAugment, DataBundle, Split, iterate_batches
+from study.models import build_model
+
+EVAL_BATCH = 256
+
+
+@dataclass
+class EpochResult:
+    """One finished epoch. `epoch` counts completed epochs (1-based); `metrics` holds floats such as
+    `train/loss`, `val/top1_err` (percent), `val/top5_err`, `val/loss`, `lr`, `epoch_s` (seconds)."""
+
+    epoch: int
+    metrics: dict[str, float]
+    is_best: bool
+    trainer: Trainer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Multiplier of the base lr during 0-based `epoch`: linear warmup, then step decay or cosine."""
+    if epoch < cfg.warmup_epochs:
+        return (epoch + 1) / (cfg.warmup_epochs + 1)
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(epoch >= round(m * cfg.epochs) for m in cfg.milestones)
+    span = max(1, cfg.epochs - cfg.warmup_epochs)
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+
+
+def mixes(cfg: PipelineConfig) -> bool:
+    """Whether the augmentation changes the batch at all (so soft targets are needed)."""
+    return cfg.cutmix.method != "none" and cfg.cutmix.prob > 0
+
+
+def better(value: float, best: float | None, mode: str) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if mode == "min" else value > best
+
+
+class Trainer:
+    """Model, optimizer, schedule, augmentation and mixing for one configuration on one dataset."""
+
+    def __init__(self, cfg: PipelineConfig, data: DataBundle, device: str | torch.device | None = None):
+        self.cfg, self.data = cfg, data
+        t = cfg.train
+        if t.num_threads > 0:
+            torch.set_num_threads(t.num_threads)
+        self.device = torch.device(device) if device is not None else resolve_device(t.device)
+        torch.manual_seed(t.seed)  # model init is a function of the seed alone
+        self.model = build_model(cfg.model, data.num_classes, data.in_channels).to(self.device)
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
+                                         nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(t, e))
+        # The loss is chosen once: soft-target CE when the batch is mixed, plain (smoothed) CE otherwise.
+        self.mixer = build_mixer(cfg.cutmix, data.num_classes) if mixes(cfg) else None
+        self.augment = BatchAugment(data.mean, data.std, cfg.data.pad, cfg.data.hflip, train=True)
+        self.amp = t.amp and self.device.type == "cuda"
+        self.epoch = 0
+        self.best_value: float | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+
+    # -- one epoch ------------------------------------------------------------------------------------------
+
+    def _epoch_seed(self, epoch: int, stream: int) -> int:
+        return (self.cfg.train.seed * 1_000_003 + epoch * 101 + stream) % (2**63)
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The epoch's training batches after augmentation and mixing, on the device:
+        (images float [B,C,H,W] normalised, labels int64 [B], targets float [B,K] or None when unmixed)."""
+        gen = torch.Generator().manual_seed(self._epoch_seed(epoch, 1))
+        for x, y in iterate_batches(self.data.train, self.cfg.train.batch_size, shuffle=True,
+                                    seed=self._epoch_seed(epoch, 0), drop_last=True):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            x = self.augment(x, gen)
+            targets = None
+            if self.mixer is not None:
+                x, targets = self.mixer(x, y, generator=gen)
+            yield x.contiguous(memory_format=self.memory_format), y, targets
+
+    def train_one_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        smoothing = self.cfg.cutmix.label_smoothing
+        loss_sum = torch.zeros((), device=self.device)
+        seen = 0
+        for x, y, targets in self.train_batches(epoch):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.model(x)
+            logits = logits.float()
+            if targets is None:
+                loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+            else:
+                loss = soft_target_cross_entropy(logits, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            loss_sum += loss.detach() * y.shape[0]  # summed on the device: no host sync per step
+            seen += y.shape[0]
+        return {"train/loss": float(loss_sum) / max(seen, 1)}
+
+    @torch.no_grad()
+    def evaluate(self, split: str | Split, name: str | None = None) -> dict[str, float]:
+        """Loss and top-1/top-5 error (percent) on a split: {"{name}/loss", "{name}/top1_err", "{name}/top5_err"}."""
+        data = self.data.split(split) if isinstance(split, str) else split
+        name = name or (split if isinstance(split, str) else "eval")
+        self.model.eval()
+        k = min(5, self.data.num_classes)
+        loss = torch.zeros((), device=self.device)
+        wrong1 = torch.zeros((), device=self.device)
+        wrong5 = torch.zeros((), device=self.device)
+        for x, y in iterate_batches(data, EVAL_BATCH, shuffle=False):
+            x = self.augment.normalise(x.to(self.device)).contiguous(memory_format=self.memory_format)
+            y = y.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.model(x).float()
+            loss += F.cross_entropy(logits, y, reduction="sum")
+            topk = logits.topk(k, dim=1).indices
+            hit = topk == y[:, None]
+            wrong1 += (~hit[:, 0]).sum()
+            wrong5 += (~hit.any(dim=1)).sum()
+        n = max(len(data), 1)
+        return {f"{name}/loss": float(loss) / n, f"{name}/top1_err": 100.0 * float(wrong1) / n,
+                f"{name}/top5_err": 100.0 * float(wrong5) / n}
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def fit(self, epochs: int | None = None) -> Iterator[EpochResult]:
+        """Train from the current epoch to `epochs` (default train.epochs), yielding after every epoch."""
+        total = epochs or self.cfg.train.epochs
+        metric, mode = self.cfg.search.metric, self.cfg.search.mode
+        for epoch in range(self.epoch, total):
+            start = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            metrics = self.train_one_epoch(epoch)
+            self.scheduler.step()
+            metrics.update(self.evaluate("val"))
+            if self.cfg.train.eval_test:
+                metrics.update(self.evaluate("test"))
+            self.epoch = epoch + 1
+            metrics.update({"epoch": float(self.epoch), "lr": lr, "epoch_s": time.perf_counter() - start})
+            is_best = metric in metrics and better(metrics[metric], self.best_value, mode)
+            if is_best:
+                self.best_value = metrics[metric]
+                self.best_metrics = dict(metrics)
+            self.history.append(metrics)
+            yield EpochResult(self.epoch, metrics, is_best, self)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to resume or export, as plain data (see study.checkpoint)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "rng": rng_state(),
+            "config": to_dict(self.cfg),
+            "num_classes": self.data.num_classes,
+            "in_channels": self.data.in_channels,
+            "metrics": self.history[-1] if self.history else {},
+            "best_metrics": self.best_metrics,
+            "best_value": self.best_value,
+            "history": self.history,
+            "normalisation": {"mean": list(self.data.mean), "std": list(self.data.std)},
+            "input_size": self.data.image_size,
+        }
+
+    def load_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        """Restore a `checkpoint()` so that `fit()` continues exactly where it stopped."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch = int(ckpt["epoch"])
+        self.history = [dict(h) for h in ckpt.get("history", [])]
+        self.best_metrics = dict(ckpt.get("best_metrics", {}))
+        self.best_value = ckpt.get("best_value")
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+
+
+def fit(cfg: PipelineConfig, data: DataBundle, *, device: str | torch.device | None = None,
+        checkpoint: dict[str, Any] | None = None, epochs: int | None = None,
+        on_start: Callable[[Trainer], None] | None = None) -> Iterator[EpochResult]:
+    """Build a Trainer (optionally resumed from `checkpoint`) and yield one EpochResult per epoch."""
+    trainer = Trainer(cfg, data, device)
+    if checkpoint is not None:
+        trainer.load_checkpoint(checkpoint)
+    if on_start is not None:
+        on_start(trainer)
+    yield from trainer.fit(epochs)

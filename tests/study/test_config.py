@@ -1,0 +1,114 @@
+"""The config contract: strict keys, typed overrides, validation at the door, dotted names."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from study.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    PipelineConfig,
+    apply_overrides,
+    dump_config,
+    flatten,
+    from_dict,
+    load_config,
+    replace,
+)
+
+
+def test_default_config_loads_and_round_trips(tmp_path):
+    cfg = load_config()
+    assert cfg.data.name == "digits" and DEFAULT_CONFIG.is_file()
+    path = tmp_path / "c.yaml"
+    dump_config(cfg, path)
+    assert load_config(path) == cfg
+
+
+def test_keys_later_stages_rely_on_exist():
+    flat = flatten(load_config())
+    for key in ("data.name", "data.root", "model.arch", "cutmix.method", "cutmix.alpha", "cutmix.prob", "cutmix.mode",
+                "train.epochs", "train.batch_size", "train.lr", "train.weight_decay", "train.seed"):
+        assert key in flat, key
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("cutmix.alpha=-1", "cutmix.alpha=-1.0 is not allowed (alpha > 0)"),
+    ("cutmix.prob=1.5", "0 <= prob <= 1"),
+    ("cutmix.mode=pixel", "one of: batch, sample"),
+    ("cutmix.method=fmix", "one of: cutmix, mixup, cutout, none"),
+    ("model.arch=nope", "model.arch='nope' is not allowed (one of: "),
+    ("no.such.key=1", "unknown config key no.such.key"),
+    ("train.epochs=abc", "train.epochs: expected an integer, got 'abc'"),
+    ("train.epochs=0", "train.epochs=0 is not allowed"),
+    ("data.name=mnist", "one of: digits, synthetic, cifar10, cifar100, imagefolder"),
+    ("train.lr", "expected key=value"),
+    ("search.algorithm=bayes", "one of: tpe, qmc, random, grid"),
+    ("cutmix.alpha.x=1", "has no sub-keys"),
+])
+def test_bad_overrides_name_the_value_and_what_is_allowed(override, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    msg = str(info.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(None, ["cutmix.alpha=0.25", "train.epochs=3", "data.hflip=true", "train.milestones=[0.3, 0.6]",
+                             "search.space.model.arch={type: choice, values: [cnn, resnet20]}"])
+    assert cfg.cutmix.alpha == 0.25 and isinstance(cfg.cutmix.alpha, float)
+    assert cfg.train.epochs == 3 and cfg.data.hflip is True and cfg.train.milestones == (0.3, 0.6)
+    assert cfg.search.space["model.arch"].values == ("cnn", "resnet20")
+    assert dataclasses.is_dataclass(cfg) and isinstance(cfg, PipelineConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 5  # type: ignore[misc]
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("cutmix:\n  alpah: 1.0\n")
+    with pytest.raises(ConfigError, match="unknown config key cutmix.alpah"):
+        load_config(p)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "broken.yaml"
+    p.write_text("cutmix: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+@pytest.mark.parametrize(("space", "needle"), [
+    ({"cutmix.alpha": {"type": "uniform", "low": -1.0, "high": 2.0}}, "cutmix.alpha=-1.0 is not allowed"),
+    ({"model.arch": {"type": "choice", "values": []}}, "search.space.model.arch.values is empty"),
+    ({"model.arch": {"type": "choice", "values": ["cnn", "vgg"]}}, "model.arch='vgg' is not allowed"),
+    ({"cutmix.alpha": {"type": "loguniform", "low": 0.0, "high": 2.0}}, "low > 0"),
+    ({"cutmix.alpha": {"type": "uniform", "low": 2.0, "high": 1.0}}, "low < high"),
+    ({"cutmix.alhpa": {"type": "uniform", "low": 1.0, "high": 2.0}}, "unknown parameter"),
+    ({"cutmix.prob": {"type": "gaussian", "low": 0.0, "high": 1.0}}, "one of: uniform, loguniform, int, choice"),
+])
+def test_search_space_is_validated(space, needle):
+    with pytest.raises(ConfigError, match=None) as info:
+        from_dict({"search": {"space": space}})
+    assert needle in str(info.value)
+
+
+def test_replace_and_flatten_share_dotted_names():
+    cfg = load_config()
+    new = replace(cfg, {"cutmix.alpha": 0.5, "model.arch": "cnn"})
+    assert new.cutmix.alpha == 0.5 and new.model.arch == "cnn" and cfg.cutmix.alpha == 1.0
+    assert flatten(new)["cutmix.alpha"] == 0.5
+    with pytest.raises(ConfigError):
+        replace(cfg, {"cutmix.alpha": -2.0})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        replace(cfg, {"cutmix.nope": 1})
+
+
+def test_apply_overrides_does_not_mutate_input():
+    data = {"cutmix": {"alpha": 1.0}}
+    out = apply_overrides(data, ["cutmix.alpha=2"])
+    assert data == {"cutmix": {"alpha": 1.0}} and out["cutmix"]["alpha"] == 2
