@@ -6,6 +6,7 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,14 +26,32 @@ def default_output(cfg: PipelineConfig) -> Path:
 
 
 def check_writable(path: Path) -> None:
-    """Raise OutputError unless `path` exists writable or can be created (nothing is created here)."""
+    """Raise OutputError unless `path` is, or can be made, a writable directory. Leaves nothing behind: a
+    directory created to find out (permission bits do not tell for root, /proc or read-only mounts) is removed."""
     path = Path(path).expanduser().resolve()
+    first_missing = None
     probe = path
     while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {path} is not writable ({probe} does not allow writing; choose a "
-                          "writable --output)")
+        first_missing, probe = probe, probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is a file")
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise OutputError(f"output directory {path} is not writable ({exc.strerror or exc}; choose a writable "
+                          "--output)") from None
+    finally:
+        if first_missing is not None and first_missing.exists():
+            for d in [path, *path.parents]:
+                if d == first_missing.parent:
+                    break
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
 
 def prepare_output(path: Path, owned: list[str], *, resume: bool, overwrite: bool) -> Path:
@@ -113,3 +132,16 @@ def save_sample_grid_for(cfg: PipelineConfig, data, path: Path, n: int = 32) -> 
     alpha = f" alpha={c.alpha:g}" if c.method in ("cutmix", "mixup") and c.prob > 0 else ""
     return save_sample_grid(x, path, targets=targets, mean=data.mean, std=data.std, class_names=data.class_names,
                             title=f"{cfg.model.arch}: {c.method}{alpha} p={c.prob:g} ({c.mode})")
+
+
+def is_run_id(text: str | None) -> bool:
+    """MLflow run ids are 32 lowercase hex characters."""
+    return bool(text) and len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def mean_std(values: list[float]) -> dict[str, float | list[float]]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) with the values themselves."""
+    import statistics
+
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": list(values)}

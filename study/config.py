@@ -138,6 +138,8 @@ class DetectConfig:
     batch_size: int = 8
     lr: float = 0.01
     seed: int = 0
+    trainable_layers: int = -1  # backbone stages fine-tuned, from the deepest; -1: all but the first
+    compare_random: bool = True  # also fine-tune the same detector from a random backbone: the transfer control
 
 
 @dataclass(frozen=True)
@@ -422,6 +424,10 @@ def validate(cfg: PipelineConfig) -> None:
     _check(cfg.detect.image_size >= 32, f"detect.image_size={cfg.detect.image_size} is not allowed (>= 32)")
     _check(cfg.detect.epochs >= 1, f"detect.epochs={cfg.detect.epochs} is not allowed (>= 1)")
     _check(cfg.detect.batch_size >= 1, f"detect.batch_size={cfg.detect.batch_size} is not allowed (>= 1)")
+    _check(cfg.detect.trainable_layers >= -1,
+           f"detect.trainable_layers={cfg.detect.trainable_layers} is not allowed (-1 for the default, or >= 0)")
+    _check(cfg.detect.num_train >= 1 and cfg.detect.num_val >= 1,
+           f"detect.num_train={cfg.detect.num_train}, detect.num_val={cfg.detect.num_val} (both >= 1)")
 
 
 def validate_dimension(cfg: PipelineConfig, name: str, dim: Dimension) -> None:

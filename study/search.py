@@ -163,6 +163,17 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 # The trainable
 
 
+def used_values(trainer: Any) -> dict[str, float]:
+    """What the trial's components actually received, read back from them (not from the config), so a study can
+    prove every searched value reached its component (torchvision once shipped a sweep whose alpha never did)."""
+    mixer = trainer.mixer
+    return {"used/cutmix.alpha": float(getattr(mixer, "alpha", math.nan)) if mixer is not None else math.nan,
+            "used/cutmix.prob": float(mixer.prob) if mixer is not None else 0.0,
+            "used/train.lr": float(trainer.optimizer.param_groups[0]["initial_lr"]),
+            "used/train.weight_decay": float(trainer.optimizer.param_groups[0]["weight_decay"]),
+            "used/model.params": float(sum(p.numel() for p in trainer.model.parameters()))}
+
+
 def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | None = None, threads: int = 1) -> None:
     import torch
 
@@ -178,6 +189,7 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
             resume = load_checkpoint(Path(d) / TRIAL_CHECKPOINT)
     for result in fit(cfg, data, checkpoint=resume):
         metrics = dict(result.metrics)
+        metrics.update(used_values(result.trainer))
         metrics.update({f"best/{k}": v for k, v in result.trainer.best_metrics.items() if "/" in k})
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(result.trainer.checkpoint(), Path(d) / TRIAL_CHECKPOINT)

@@ -1,0 +1,458 @@
+"""Export a trained classifier's backbone for detection, and load it back as a feature pyramid.
+
+The last stage of a CutMix study reuses the CutMix-pretrained backbone in a detector, as the paper's transfer
+experiments do (Yun et al. 2019, arXiv 1905.04899: ImageNet-pretrained ResNet-50 fine-tuned in Faster R-CNN and
+SSD on Pascal VOC). This module writes the files of the ``export/`` contract (DESIGN.md section 3):
+
+* ``backbone.pt``: the backbone's ``state_dict`` (``torch.save``). For the torchvision ResNets (He et al. 2016)
+  the keys are torchvision's (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ...; no ``fc.*``), so it
+  loads with ``strict=True`` into ``torchvision.models.detection.backbone_utils.resnet_fpn_backbone(...).body``.
+* ``backbone.safetensors``: the same tensors in the pickle-free safetensors format (huggingface/safetensors).
+* ``backbone_mmdet.pth``: ``{"state_dict": ..., "meta": {...}}`` as mmengine writes checkpoints, with the same
+  (torchvision) key names, which mmdetection's ``ResNet(init_cfg=dict(type="Pretrained", checkpoint=...))``
+  reads (mmdet's ResNet uses torchvision's parameter names, see open-mmlab/mmdetection ``backbones/resnet.py``).
+* ``manifest.json``: architecture, channels, feature strides, input size, normalisation, dataset, metrics,
+  the full config, sha256 and size of each file, the MLflow run id, versions, creation time.
+
+:func:`load_backbone` verifies the sha256 first, rebuilds the architecture from the manifest, loads the
+weights strictly and wraps the network in torchvision's ``BackboneWithFPN`` (Lin et al. 2017 FPN;
+torchvision ``models/detection/backbone_utils.py``) with frozen BatchNorm, exactly like ``resnet_fpn_backbone``
+does for torchvision's own weights. Every failure a user can cause (a missing, truncated or corrupted file, a
+directory that is not an export) raises :class:`ExportError` with a one-line message. No MLflow or Ray here:
+the pipeline's export stage registers the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from safetensors.torch import load_file as _st_load
+from safetensors.torch import save_file as _st_save
+from torch import nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from study.config import ConfigError, ModelConfig, from_dict
+from study.models import Backbone, Classifier, build_model
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PT_FILE = "backbone.pt"
+SAFETENSORS_FILE = "backbone.safetensors"
+MMDET_FILE = "backbone_mmdet.pth"
+FPN_CHANNELS = 256  # torchvision's resnet_fpn_backbone width
+# torchvision's detection heads (default AnchorGenerator: 5 sizes; MultiScaleRoIAlign over "0".."3") expect
+# five feature maps named "0", "1", "2", "3", "pool".
+NUM_FPN_LEVELS = 5
+_RERUN = "re-run `cutmix-study export` to rewrite it"
+
+
+class ExportError(ValueError):
+    """An export that cannot be written, verified or loaded. The message is one line."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain JSON data from metrics/config values: tensors and numpy scalars to numbers, NaN/inf to None."""
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.item() if x.numel() == 1 else x.tolist())
+    if hasattr(x, "item") and hasattr(x, "dtype"):  # numpy scalar or 0-d array, without importing numpy
+        return _jsonable(x.item() if getattr(x, "size", 1) == 1 else x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN; None says "no finite value"
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    return str(x)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so a killed export never leaves a half file there."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # torch.compile ("_orig_mod.") and DataParallel/DDP ("module.") wrap the model and prefix every key.
+    out = dict(state)
+    for prefix in ("_orig_mod.", "module."):
+        if out and all(k.startswith(prefix) for k in out):
+            out = {k[len(prefix):]: v for k, v in out.items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Export
+
+
+def _resolve_source(source: Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, run directory or None) for a run directory or a checkpoint path."""
+    if source.is_dir():
+        for rel in ("checkpoints/best.pt", "checkpoints/last.pt", "best.pt", "last.pt"):
+            if (source / rel).is_file():
+                return source / rel, source
+        raise ExportError(f"no checkpoint in {source} (expected checkpoints/best.pt or checkpoints/last.pt; "
+                          f"give a train/retrain run directory or a checkpoint file)")
+    if source.is_file():
+        run_dir = source.parent.parent if source.parent.name == "checkpoints" else source.parent
+        return source, run_dir
+    raise ExportError(f"export source not found: {source} (give a run directory or a checkpoint file)")
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        # weights_only: a checkpoint is data (tensors and plain values); never unpickle code from a file.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file; the user needs one line
+        raise ExportError(f"cannot read checkpoint {path} ({_first_line(exc)}; is it a complete training "
+                          f"checkpoint?)") from None
+    if not isinstance(ckpt, Mapping):
+        raise ExportError(f"checkpoint {path} is not a dict (expected the training loop's checkpoint format)")
+    missing = [k for k in ("model", "config", "num_classes", "in_channels") if k not in ckpt]
+    if missing:
+        raise ExportError(f"checkpoint {path} lacks {', '.join(missing)} (expected the training loop's format: "
+                          f"model, config, num_classes, in_channels, metrics, ...)")
+    return dict(ckpt)
+
+
+def _normalisation(ckpt: Mapping[str, Any], dataset: str) -> dict[str, list[float]] | None:
+    """The input normalisation the backbone was trained with, when it is known."""
+    norm = ckpt.get("normalisation")
+    if isinstance(norm, Mapping) and "mean" in norm and "std" in norm:
+        return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
+    # Older checkpoints: fixed statistics of the datasets that have them (digits/synthetic are measured per
+    # split at load time, so they are unknown here and left null rather than guessed).
+    try:
+        from study.data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+    except ImportError:
+        return None
+    table = {**{k: (CIFAR_MEAN[k], CIFAR_STD[k]) for k in CIFAR_MEAN}, "imagefolder": (IMAGENET_MEAN, IMAGENET_STD)}
+    if dataset in table:
+        mean, std = table[dataset]
+        return {"mean": list(mean), "std": list(std)}
+    return None
+
+
+def _torchvision_body_name(model: Classifier) -> str | None:
+    """The ``resnet_fpn_backbone(backbone_name=...)`` whose body ``backbone.pt`` loads into strictly, if any."""
+    if model.family != "torchvision-resnet" or model.arch.endswith("_cifar") or model.in_channels != 3:
+        return None  # same key names, but conv1 has another shape (3x3 stem or other channel count)
+    return model.arch
+
+
+def export_backbone(source: str | Path, out_dir: str | Path, extra: dict | None = None) -> dict:
+    """Write the backbone of a trained run to ``out_dir`` and return the manifest (also in manifest.json).
+
+    Args:
+        source: a run directory (``checkpoints/best.pt``, else ``last.pt``; ``metrics.json`` is read when there)
+            or a checkpoint file written by the training loop.
+        out_dir: created if needed; files of an earlier export there are replaced.
+        extra: merged into the manifest last (e.g. ``{"mlflow_run_id": "..."}``).
+
+    Files: backbone.pt, backbone.safetensors, backbone_mmdet.pth (float tensors as trained, CPU, contiguous;
+    BatchNorm ``num_batches_tracked`` int64 included) and manifest.json, written last so a directory with a
+    manifest always describes complete files. Raises ExportError on a bad source.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    ckpt_path, run_dir = _resolve_source(source)
+    ckpt = _load_checkpoint(ckpt_path)
+    try:
+        cfg = from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise ExportError(f"checkpoint {ckpt_path} has an invalid config: {exc}") from None
+    num_classes, in_channels = int(ckpt["num_classes"]), int(ckpt["in_channels"])
+    try:
+        model = build_model(cfg.model, num_classes, in_channels)
+        model.load_state_dict(_strip_prefixes(ckpt["model"]), strict=True)
+    except (ValueError, RuntimeError) as exc:
+        raise ExportError(f"checkpoint {ckpt_path} does not match model.arch={cfg.model.arch!r} "
+                          f"({_first_line(exc)})") from None
+    backbone: Backbone = model.backbone
+    # clone(): own storage per tensor (safetensors refuses shared storage); contiguous(): channels_last weights
+    # are saved in the default layout that every reader expects.
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.state_dict().items()}
+
+    metrics: Any = ckpt.get("metrics") or {}
+    if run_dir is not None and (run_dir / "metrics.json").is_file():
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            pass  # the checkpoint's own metrics are still a faithful record
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A stale manifest must not vouch for files that are about to change.
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    meta = {"arch": model.arch, "family": backbone.family, "source": "cutmix-study", "time": created,
+            "torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "num_classes": num_classes}
+    _atomic_write(out_dir / PT_FILE, lambda p: torch.save(state, p))
+    _atomic_write(out_dir / SAFETENSORS_FILE,
+                  lambda p: _st_save(state, p, metadata={"format": "pt", "arch": model.arch}))
+    _atomic_write(out_dir / MMDET_FILE, lambda p: torch.save({"state_dict": state, "meta": meta}, p))
+
+    files = {name: {"sha256": _sha256(out_dir / name), "bytes": (out_dir / name).stat().st_size}
+             for name in (PT_FILE, SAFETENSORS_FILE, MMDET_FILE)}
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "arch": model.arch,
+        "family": backbone.family,
+        "key_format": "torchvision" if backbone.family == "torchvision-resnet" else "cutmix-study",
+        "torchvision_body": _torchvision_body_name(model),
+        "model": dataclasses.asdict(cfg.model),
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "input_size": int(ckpt.get("input_size") or cfg.data.image_size),
+        "normalisation": _normalisation(ckpt, cfg.data.name),
+        "stage_names": list(backbone.stage_names),
+        "channels": list(backbone.stage_channels),
+        "feature_strides": list(backbone.stage_strides),
+        "dataset": cfg.data.name,
+        "epoch": ckpt.get("epoch"),
+        "metrics": _jsonable(metrics),
+        "source": str(ckpt_path.resolve()),
+        "config": _jsonable(ckpt["config"]),
+        "files": files,
+        "mlflow_run_id": None,
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+        "created": created,
+    }
+    manifest.update(_jsonable(extra or {}))
+    text = json.dumps(manifest, indent=2)
+    _atomic_write(out_dir / MANIFEST, lambda p: Path(p).write_text(text))
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Verify
+
+
+def read_manifest(export_dir: str | Path) -> dict[str, Any]:
+    """The manifest of an export directory. Raises ExportError when it is missing or unreadable."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise ExportError(f"export directory not found: {export_dir} (give the directory `cutmix-study export` "
+                          f"wrote, or a file in it)")
+    path = export_dir / MANIFEST
+    if not path.is_file():
+        raise ExportError(f"{export_dir} has no {MANIFEST}, so it is not an export directory "
+                          f"(run `cutmix-study export` to create one)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path} is not valid JSON ({_first_line(exc)}; {_RERUN})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ExportError(f"{path} lists no files ({_RERUN})")
+    return manifest
+
+
+def verify_export(export_dir: str | Path, files: Iterable[str] | None = None) -> dict:
+    """Check size and sha256 of every file the manifest lists (or only ``files``); return the manifest.
+
+    Raises ExportError naming the first missing, truncated or corrupted file.
+    """
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    listed: dict[str, Any] = manifest["files"]
+    names = list(listed) if files is None else list(files)
+    for name in names:
+        if name not in listed:
+            raise ExportError(f"{name} is not listed in {export_dir / MANIFEST} (listed: {', '.join(listed)})")
+        path = export_dir / name
+        want = listed[name]
+        if not path.is_file():
+            raise ExportError(f"export file {path} is missing ({_RERUN})")
+        size = path.stat().st_size
+        if size != want.get("bytes"):
+            raise ExportError(f"export file {path} has {size} bytes, the manifest says {want.get('bytes')} "
+                              f"(truncated or changed; {_RERUN})")
+        if _sha256(path) != want.get("sha256"):
+            raise ExportError(f"export file {path} is corrupted (sha256 differs from the manifest; {_RERUN})")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Load as a feature pyramid
+
+
+class MaxPoolLevels(ExtraFPNBlock):
+    """Extra FPN levels by stride-2 subsampling of the coarsest map (torchvision's ``LastLevelMaxPool``, repeated).
+
+    torchvision's ``FasterRCNN`` defaults need five maps named "0".."3" and "pool"; a 3-stage CIFAR network
+    gives three, so two more levels ("3", "pool") are appended. With four stages this is ``LastLevelMaxPool``.
+    """
+
+    def __init__(self, num_levels: int = 1) -> None:
+        super().__init__()
+        self.num_levels = num_levels
+
+    def forward(self, results: list[torch.Tensor], x: list[torch.Tensor],
+                names: list[str]) -> tuple[list[torch.Tensor], list[str]]:
+        first = len(names)
+        for j in range(self.num_levels):
+            results.append(nn.functional.max_pool2d(results[-1], kernel_size=1, stride=2, padding=0))
+            names.append("pool" if j == self.num_levels - 1 else str(first + j))
+        return results, names
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d (in place) by torchvision's FrozenBatchNorm2d with the same statistics.
+
+    Detection trains with a few images per batch, too few for batch statistics; torchvision's detection
+    backbones use frozen BN for this reason (maskrcnn-benchmark issue 267).
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            with torch.no_grad():
+                if child.affine:
+                    frozen.weight.copy_(child.weight)
+                    frozen.bias.copy_(child.bias)
+                if child.track_running_stats:
+                    frozen.running_mean.copy_(child.running_mean)
+                    frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_batchnorm(child)
+    return module
+
+
+def _stage_groups(backbone: Backbone) -> list[list[str]]:
+    """Children of the backbone grouped as [stem, stage 1, ..., stage n]. The stem is everything before the first
+    stage; stage k also owns the children between stage k-1 and itself (so PyramidNet's final BN belongs to its
+    last stage), and the last stage owns any children after it."""
+    names = [name for name, _ in backbone.named_children()]
+    idx = [names.index(s) for s in backbone.stage_names]
+    groups = [names[: idx[0]], [names[idx[0]]]]
+    for prev, cur in zip(idx, idx[1:]):
+        groups.append(names[prev + 1: cur + 1])
+    groups[-1].extend(names[idx[-1] + 1:])
+    return groups
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return _st_load(str(path), device="cpu")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling/safetensors errors come in many types
+        raise ExportError(f"cannot read export file {path} ({_first_line(exc)}; {_RERUN})") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj:  # the mmdet/mmengine layout
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ExportError(f"export file {path} does not hold a state_dict of tensors ({_RERUN})")
+    return dict(obj)
+
+
+def load_backbone(path: str | Path, trainable_layers: int | None = None,
+                  returned_layers: list[int] | None = None, random_init: bool = False) -> BackboneWithFPN:
+    """Load an exported backbone as a detection feature pyramid (torchvision ``BackboneWithFPN``).
+
+    Args:
+        path: an export directory (``backbone.safetensors`` is read, no unpickling) or one of its files
+            (``backbone.pt``, ``backbone.safetensors``, ``backbone_mmdet.pth``). Its sha256 is checked first.
+        trainable_layers: how many stages, counted from the deepest, keep ``requires_grad``; the stem counts as one
+            more, so ``len(stages) + 1`` trains everything and 0 freezes the whole backbone, as in torchvision's
+            ``resnet_fpn_backbone`` (for the 4-stage ResNets: 0..5; layer4, layer3, layer2, layer1, then
+            conv1/bn1). None means all stages but the first (torchvision's default of 3 for ResNets, 2 for the
+            3-stage CIFAR networks). The FPN itself is always trainable.
+        returned_layers: 1-based stage indices fed to the FPN (default: all stages), like torchvision's.
+        random_init: build the same architecture and pyramid but keep its fresh random weights: the control of
+            a transfer experiment (same detector, same budget, no pretraining). The files are still verified.
+
+    Returns:
+        A ``BackboneWithFPN`` with ``out_channels == 256``; ``forward(images float [B, C, H, W])`` returns an
+        OrderedDict of float ``[B, 256, H/s, W/s]`` maps named "0", "1", ... and "pool" (padded to five maps
+        with stride-2 subsampling when the network has fewer stages, so ``FasterRCNN(backbone, num_classes=...)``
+        works with its default anchors and RoI pooler). BatchNorm is frozen (``FrozenBatchNorm2d``), as in
+        torchvision's detection backbones. The manifest is attached as ``.manifest``.
+
+    Raises ExportError for anything wrong with the files (never a deep torch traceback).
+    """
+    path = Path(path)
+    if path.is_dir():
+        export_dir = path
+        manifest = read_manifest(export_dir)
+        name = SAFETENSORS_FILE if SAFETENSORS_FILE in manifest["files"] else PT_FILE
+    elif path.is_file():
+        export_dir, name = path.parent, path.name
+    else:
+        raise ExportError(f"export not found: {path} (give an export directory or its backbone.pt)")
+    manifest = verify_export(export_dir, files=[name])
+    state = _read_state(export_dir / name)
+
+    try:
+        model_cfg = ModelConfig(**manifest["model"])
+        model = build_model(model_cfg, int(manifest["num_classes"]), int(manifest["in_channels"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{export_dir / MANIFEST} does not describe a known model ({_first_line(exc)})") from None
+    backbone: Backbone = model.backbone
+    try:
+        if not random_init:
+            backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ExportError(f"weights in {export_dir / name} do not fit model.arch={model_cfg.arch!r} "
+                          f"({_first_line(exc)}; {_RERUN})") from None
+    if list(manifest.get("stage_names", backbone.stage_names)) != backbone.stage_names:
+        raise ExportError(f"{export_dir / MANIFEST} stage_names {manifest['stage_names']} differ from the "
+                          f"architecture's {backbone.stage_names} (export made by another version; {_RERUN})")
+    freeze_batchnorm(backbone)
+
+    stages = backbone.stage_names
+    n = len(stages)
+    if trainable_layers is None:
+        trainable_layers = max(n - 1, 0)
+    if not 0 <= trainable_layers <= n + 1:
+        raise ExportError(f"trainable_layers={trainable_layers} is not allowed (0..{n + 1} for {model_cfg.arch})")
+    groups = _stage_groups(backbone)
+    trainable = {c for g in (groups[-trainable_layers:] if trainable_layers else []) for c in g}
+    for child_name, child in backbone.named_children():
+        child.requires_grad_(child_name in trainable)
+
+    returned = list(range(1, n + 1)) if returned_layers is None else [int(k) for k in returned_layers]
+    if not returned or sorted(set(returned)) != returned or returned[0] < 1 or returned[-1] > n:
+        raise ExportError(f"returned_layers={returned_layers} is not allowed (increasing stage numbers in 1..{n})")
+    return_layers = {stages[k - 1]: str(i) for i, k in enumerate(returned)}
+    in_channels_list = [backbone.stage_channels[k - 1] for k in returned]
+    extra = max(1, NUM_FPN_LEVELS - len(returned))
+    extra_blocks = LastLevelMaxPool() if extra == 1 else MaxPoolLevels(extra)
+    fpn = BackboneWithFPN(backbone, return_layers, in_channels_list, FPN_CHANNELS, extra_blocks=extra_blocks)
+    fpn.manifest = manifest
+    return fpn

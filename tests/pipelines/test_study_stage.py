@@ -1,0 +1,146 @@
+"""The study stage with a real local Ray and real MLflow (a tracking server on 127.0.0.1, or SQLite)."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipelines.study_stage import run_study
+from study.config import load_config
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits8():
+    from study.data import load_data
+
+    return load_data(load_config(None, TINY).data)
+
+
+def client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def child_runs(c, parent_id):
+    exp = c.get_run(parent_id).info.experiment_id
+    return c.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000)
+
+
+def test_study_records_every_trial_in_mlflow_server_and_parquet(ray_local, digits8, mlflow_server, tmp_path):
+    cfg = load_config(None, TINY + [
+        "name=study-server", "search.num_samples=4", "search.max_concurrent=2", "search.scheduler=none",
+        "search.space.cutmix.alpha={type: loguniform, low: 0.2, high: 3.0}",
+        "search.space.cutmix.prob={type: uniform, low: 0.0, high: 1.0}",
+        "search.space.model.arch={type: choice, values: [cnn, resnet20]}",
+        "search.space.train.lr={type: loguniform, low: 0.01, high: 0.1}",
+    ])
+    result = run_study(cfg, tmp_path / "out", mlflow_server, data=digits8)
+    table = pq.read_table(tmp_path / "out" / "results.parquet")
+    frame = table.to_pandas()
+    assert len(frame) == 4 and frame["trial_id"].is_unique
+    for col in ("trial_id", "status", "cutmix.alpha", "cutmix.prob", "model.arch", "train.lr", "val/top1_err",
+                "best/val/top1_err", "val/loss", "epochs", "wall_s", "mlflow_run_id"):
+        assert col in frame.columns, col
+    assert set(frame["status"]) == {"completed"} and (frame["epochs"] == 2).all()
+
+    # The first two trials are the paper's defaults and the baseline (points_to_evaluate).
+    rows = frame.to_dict("records")
+    assert any(r["cutmix.prob"] == 0.5 and r["cutmix.alpha"] == 1.0 for r in rows)
+    baseline = [r for r in rows if r["cutmix.prob"] == 0.0]
+    assert baseline and all(math.isnan(r["cutmix.alpha"]) for r in baseline)  # alpha did not apply: not sampled
+
+    c = client(mlflow_server)
+    parent = c.get_run(result.parent_run_id)
+    assert parent.data.tags["cutmix.stage"] == "study" and parent.info.status == "FINISHED"
+    exp = c.get_experiment(parent.info.experiment_id)
+    assert exp.name == "study-server"
+    parent_files = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"results.parquet", "best_config.yaml", "config.yaml", "plots"} <= parent_files
+    assert any(a.path.endswith(".png") for a in c.list_artifacts(parent.info.run_id, "plots"))
+
+    children = child_runs(c, result.parent_run_id)
+    assert len(children) == 4 and {r.info.run_id for r in children} == set(frame["mlflow_run_id"])
+    by_id = {r.info.run_id: r for r in children}
+    for row in rows:
+        run = by_id[row["mlflow_run_id"]]
+        assert run.info.status == "FINISHED" and run.data.tags["ray.trial_id"] == row["trial_id"]
+        assert run.data.params["model.arch"] == row["model.arch"]
+        assert float(run.data.params["cutmix.prob"]) == pytest.approx(row["cutmix.prob"])
+        history = c.get_metric_history(run.info.run_id, "val/top1_err")
+        assert sorted(m.step for m in history) == [1, 2]
+        assert history[-1].value == pytest.approx(row["val/top1_err"]) or min(m.value for m in history) >= 0
+        # Every searched value reached its component inside the trial (read back from the mixer/optimizer).
+        m = run.data.metrics
+        assert m["used/cutmix.prob"] == pytest.approx(row["cutmix.prob"])
+        assert m["used/train.lr"] == pytest.approx(row["train.lr"])
+        if row["cutmix.prob"] > 0:
+            assert m["used/cutmix.alpha"] == pytest.approx(row["cutmix.alpha"])
+        files = {a.path for a in c.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "samples.png"} <= files
+    params_by_arch = {r["model.arch"]: by_id[r["mlflow_run_id"]].data.metrics["used/model.params"] for r in rows}
+    if len(params_by_arch) == 2:
+        assert params_by_arch["cnn"] != params_by_arch["resnet20"]
+
+    best = yaml.safe_load((tmp_path / "out" / "best_config.yaml").read_text())
+    best_row = frame.loc[frame["best/val/top1_err"].idxmin()]
+    assert best["model"]["arch"] == best_row["model.arch"]
+    assert load_config(tmp_path / "out" / "best_config.yaml").train.lr == pytest.approx(best_row["train.lr"])
+
+
+def test_grid_covers_every_effective_combination_once(ray_local, digits8, tmp_path):
+    cfg = load_config(None, TINY + [
+        "name=grid", "train.epochs=1", "search.algorithm=grid", "search.scheduler=none", "search.max_concurrent=2",
+        "search.space.cutmix.alpha={type: choice, values: [0.5, 2.0]}",
+        "search.space.cutmix.prob={type: choice, values: [0.0, 1.0]}",
+        "search.space.model.arch={type: choice, values: [cnn]}",
+    ])
+    run_study(cfg, tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}", data=digits8)
+    frame = pq.read_table(tmp_path / "out" / "results.parquet").to_pandas()
+    combos = sorted((r["cutmix.prob"], -1.0 if math.isnan(r["cutmix.alpha"]) else r["cutmix.alpha"])
+                    for r in frame.to_dict("records"))
+    # p=0 makes alpha irrelevant: one baseline, not one per alpha.
+    assert combos == [(0.0, -1.0), (1.0, 0.5), (1.0, 2.0)]
+
+
+@pytest.mark.parametrize("algorithm", ["tpe", "qmc", "random"])
+def test_each_search_algorithm_runs_its_trials_within_bounds(ray_local, digits8, tmp_path, algorithm):
+    cfg = load_config(None, TINY + [
+        f"name={algorithm}", "train.epochs=1", f"search.algorithm={algorithm}", "search.num_samples=4",
+        "search.scheduler=none", "search.max_concurrent=2", "search.evaluate_defaults=false",
+        "search.space.cutmix.alpha={type: loguniform, low: 0.1, high: 4.0}",
+        "search.space.cutmix.prob={type: uniform, low: 0.1, high: 1.0}",
+    ])
+    run_study(cfg, tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}", data=digits8)
+    frame = pq.read_table(tmp_path / "out" / "results.parquet").to_pandas()
+    assert len(frame) == 4 and frame["trial_id"].is_unique
+    assert frame["cutmix.alpha"].between(0.1, 4.0).all() and frame["cutmix.prob"].between(0.1, 1.0).all()
+    assert frame["cutmix.alpha"].nunique() == 4  # sampled, not repeated defaults
+
+
+def test_asha_stops_weak_trials_early(ray_local, digits8, tmp_path):
+    cfg = load_config(None, TINY + [
+        "name=asha", "train.epochs=4", "search.num_samples=6", "search.max_concurrent=2", "search.scheduler=asha",
+        "search.grace_period=1", "search.reduction_factor=2", "search.algorithm=random",
+        "search.space.train.lr={type: loguniform, low: 0.0001, high: 0.5}",
+    ])
+    result = run_study(cfg, tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}", data=digits8)
+    frame = result.frame
+    assert len(frame) == 6 and (frame["epochs"] <= 4).all()
+    assert (frame["status"] == "stopped").any() and (frame["epochs"] < 4).any()
+    assert set(frame.loc[frame["epochs"] < 4, "status"]) == {"stopped"}
