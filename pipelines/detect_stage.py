@@ -28,13 +28,16 @@ def finetune_from(export_dir: Path, cfg: PipelineConfig, datasets, *, random_ini
     import torch
 
     from study.detection import build_detector, finetune
-    from study.export import load_backbone
+    from study.export import load_backbone, read_manifest
 
     d = cfg.detect
     train_ds, val_ds, classes = datasets
     torch.manual_seed(d.seed)  # the same head initialisation for the pretrained run and its control
-    backbone = load_backbone(export_dir, trainable_layers=None if d.trainable_layers < 0 else d.trainable_layers,
-                             random_init=random_init)
+    layers = None if d.trainable_layers < 0 else d.trainable_layers
+    if random_init:
+        # The control trains every layer: frozen random early layers would handicap it and flatter transfer.
+        layers = len(read_manifest(export_dir)["stage_names"]) + 1
+    backbone = load_backbone(export_dir, trainable_layers=layers, random_init=random_init)
     norm = backbone.manifest.get("normalisation") or {}
     extra = {"image_mean": norm["mean"], "image_std": norm["std"]} if norm.get("mean") else {}
     model = build_detector(backbone, len(classes) + 1, d.image_size, **extra)

@@ -394,8 +394,9 @@ def load_backbone(path: str | Path, trainable_layers: int | None = None,
             conv1/bn1). None means all stages but the first (torchvision's default of 3 for ResNets, 2 for the
             3-stage CIFAR networks). The FPN itself is always trainable.
         returned_layers: 1-based stage indices fed to the FPN (default: all stages), like torchvision's.
-        random_init: build the same architecture and pyramid but keep its fresh random weights: the control of
-            a transfer experiment (same detector, same budget, no pretraining). The files are still verified.
+        random_init: build the same architecture and pyramid but keep its fresh random weights and live
+            BatchNorm: the control of a transfer experiment (same detector, same budget, no pretraining). Pass
+            ``trainable_layers=len(stages) + 1`` to train all of it. The files are still verified.
 
     Returns:
         A ``BackboneWithFPN`` with ``out_channels == 256``; ``forward(images float [B, C, H, W])`` returns an
@@ -433,7 +434,10 @@ def load_backbone(path: str | Path, trainable_layers: int | None = None,
     if list(manifest.get("stage_names", backbone.stage_names)) != backbone.stage_names:
         raise ExportError(f"{export_dir / MANIFEST} stage_names {manifest['stage_names']} differ from the "
                           f"architecture's {backbone.stage_names} (export made by another version; {_RERUN})")
-    freeze_batchnorm(backbone)
+    if not random_init:
+        # Pretrained statistics are kept, as torchvision's detection backbones do; a random control keeps live
+        # BatchNorm (frozen random statistics would be an identity and handicap the control).
+        freeze_batchnorm(backbone)
 
     stages = backbone.stage_names
     n = len(stages)

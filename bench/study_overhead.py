@@ -1,0 +1,156 @@
+"""What Ray Tune and MLflow cost on top of the training itself, measured side by side in one run.
+
+The same N trials (CutMix at p=1 with N values of alpha: identical work in every variant) run as:
+  (a) a plain Python loop over `engine.fit()`,
+  (b) the study's Ray Tune path (`study.search.run_search`, grid, one trial at a time) with no tracking,
+  (c) the same with our MLflow tracking (driver-side `log_batch` on a background thread; SQLite, or a local
+      `mlflow server` with --server),
+and then (d) a random search with ASHA, counting epochs trained against the full budget.
+
+Targets (2 CPUs, one trial at a time, ~30 s trials): (c)/(a) <= 1.15 and (c)/(b) <= 1.05. Ray's start-up is
+timed separately (it happens once per driver, not per trial).
+
+    python bench/study_overhead.py                  # 4 trials of ~30 s: about 8 minutes in all
+    python bench/study_overhead.py --trials 2 --epochs 3 --asha-trials 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 0.1, 0.75, 1.5)
+
+
+def make_config(trials: int, epochs: int, threads: int, extra: list[str] = ()):
+    from study.config import load_config
+
+    values = ", ".join(str(a) for a in ALPHAS[:trials])
+    return load_config(None, [
+        f"train.epochs={epochs}", f"train.num_threads={threads}", "model.arch=resnet20", "cutmix.prob=1.0",
+        "search.algorithm=grid", "search.scheduler=none", "search.max_concurrent=1",
+        f"search.resources_per_trial.cpu={threads}", "search.space={}",
+        f"search.space.cutmix.alpha={{type: choice, values: [{values}]}}", *extra])
+
+
+def plain_loop(cfg, data) -> tuple[float, int]:
+    from study.config import replace
+    from study.engine import fit
+
+    start, epochs = time.perf_counter(), 0
+    for alpha in cfg.search.space["cutmix.alpha"].values:
+        for _ in fit(replace(cfg, {"cutmix.alpha": alpha}), data):
+            epochs += 1
+    return time.perf_counter() - start, epochs
+
+
+def tune_run(cfg, data, out: Path, tracking_uri: str | None):
+    """(wall seconds, trial records) of run_search, with or without our MLflow callback."""
+    from study import search, tracking
+    from study.config import to_dict
+
+    callbacks = []
+    if tracking_uri is not None:
+        client = tracking.client_for(tracking_uri)
+        exp = tracking.get_experiment(client, f"bench-{out.name}")
+        parent, _ = tracking.start_run(client, exp, "study", {"cutmix.stage": "study"}, reuse=False)
+        callbacks.append(search.MlflowTrialCallback(tracking_uri, exp, parent, to_dict(cfg), str(out)))
+    start = time.perf_counter()
+    records = search.run_search(cfg, data, out, callbacks=callbacks, resume=False)
+    return time.perf_counter() - start, records
+
+
+def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1",
+                             "--port", str(port), "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
+                             "--artifacts-destination", str(workdir / "artifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=1)
+            return proc, uri
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("mlflow server did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=4, help=f"trials per variant (at most {len(ALPHAS)})")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (10: ~30 s on 2 cores)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--asha-trials", type=int, default=8)
+    parser.add_argument("--server", action="store_true", help="track to a local `mlflow server`, not SQLite")
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    from study.data import load_data
+
+    torch.set_num_threads(args.threads)
+    cfg = make_config(args.trials, args.epochs, args.threads)
+    data = load_data(cfg.data)
+    work = Path(tempfile.mkdtemp(prefix="bench-study-"))
+    t0 = time.perf_counter()
+    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    ray_start = time.perf_counter() - t0
+    server = None
+    try:
+        if args.server:
+            server, uri = start_server(work)
+        else:
+            uri = f"sqlite:///{work / 'mlflow.db'}"
+        print(f"{args.trials} trials x {args.epochs} epochs of resnet20 on digits, {args.threads} threads; "
+              f"tracking {uri}", flush=True)
+        plain, plain_epochs = plain_loop(cfg, data)
+        print(f"(a) plain loop done: {plain:.1f} s", flush=True)
+        tune_only, _ = tune_run(cfg, data, work / "tune-only", None)
+        print(f"(b) Ray Tune done: {tune_only:.1f} s", flush=True)
+        tracked, _ = tune_run(cfg, data, work / "tracked", uri)
+        print(f"(c) Ray Tune + MLflow done: {tracked:.1f} s", flush=True)
+
+        asha_cfg = make_config(args.trials, args.epochs, args.threads, [
+            "search.algorithm=random", f"search.num_samples={args.asha_trials}", "search.scheduler=asha",
+            "search.grace_period=2", "search.reduction_factor=2", "search.space={}",
+            "search.space.train.lr={type: loguniform, low: 0.0003, high: 0.5}"])
+        asha_wall, records = tune_run(asha_cfg, data, work / "asha", None)
+        trained = sum(r.epochs for r in records)
+        full = len(records) * args.epochs
+    finally:
+        if server is not None:
+            server.kill()
+        ray.shutdown()
+
+    rows = [("(a) plain loop over fit()", plain), ("(b) Ray Tune study, no tracking", tune_only),
+            ("(c) Ray Tune study + MLflow", tracked)]
+    print(f"\nRay start-up (once per driver): {ray_start:.1f} s")
+    print(f"{'variant':<36} {'wall s':>8} {'per trial s':>12} {'vs (a)':>8}")
+    for name, wall in rows:
+        print(f"{name:<36} {wall:8.1f} {wall / args.trials:12.1f} {wall / plain:8.3f}")
+    print(f"\nstudy / plain loop: {tracked / plain:.3f} (target <= 1.15)")
+    print(f"MLflow tracking overhead: {tracked / tune_only:.3f} (target <= 1.05)")
+    print(f"ASHA: {len(records)} trials trained {trained} of {full} epochs ({100 * trained / full:.0f}% of the full "
+          f"budget, {asha_wall:.1f} s); epochs per trial {[r.epochs for r in records]}")
+
+
+if __name__ == "__main__":
+    main()

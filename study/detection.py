@@ -1,0 +1,619 @@
+"""Detection transfer: fine-tune a Faster R-CNN with FPN on an exported backbone and report COCO-style mAP.
+
+The CutMix paper (Yun et al., 2019, arXiv:1905.04899, sec. 4.2) shows that a CutMix-pretrained ImageNet
+backbone transfers to Pascal VOC detection with Faster R-CNN (Ren et al., 2015, arXiv:1506.01497) and to
+MS-COCO captioning. This module is the stage that repeats the detection half of that claim for our backbones:
+
+* datasets in one format, ``(image float32 [3, H, W] in [0, 1], {"boxes": float32 [N, 4] xyxy pixels,
+  "labels": int64 [N]})``: :class:`SyntheticShapes` (procedural, needs nothing on disk, used by the CPU
+  pipeline and the tests) and :func:`voc_dataset` (Pascal VOC read from a local root, never downloaded);
+* :func:`build_detector`: torchvision's ``FasterRCNN`` over any FPN backbone (Lin et al., 2017,
+  arXiv:1612.03144) with anchors, RoI levels and sampling budgets sized for small images on a CPU;
+* :func:`train_one_epoch`, :func:`evaluate_map` and :func:`finetune`, written after torchvision's
+  ``references/detection`` (``engine.py``, ``train.py``: SGD, momentum 0.9, wd 1e-4, linear warm-up;
+  our schedule then follows a cosine instead of steps), with mAP from torchmetrics' ``MeanAveragePrecision``
+  on the pycocotools backend (COCO mAP@[.5:.95], plus mAP@.5, the VOC-style number the paper reports).
+
+Box convention: pixel ``i`` covers ``[i, i + 1)``, so a shape whose leftmost drawn column is ``x0`` and
+rightmost ``x1`` has ``x_min = x0`` and ``x_max = x1 + 1``. VOC's 1-based inclusive boxes are converted to
+the same convention (``x_min - 1``, ``x_max``), as detectron2's VOC loader does.
+
+Plain PyTorch + torchvision + torchmetrics: no MLflow, no Ray here (``pipelines/`` wires those).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign
+
+from study.config import DetectConfig
+
+__all__ = [
+    "CLASSES_SYNTHETIC",
+    "VOC_CLASSES",
+    "DetectionDataError",
+    "MapMeter",
+    "SyntheticShapes",
+    "build_detector",
+    "collate",
+    "detection_datasets",
+    "evaluate_map",
+    "finetune",
+    "make_loader",
+    "train_one_epoch",
+    "voc_dataset",
+]
+
+Target = dict[str, torch.Tensor]
+
+CLASSES_SYNTHETIC = ("rectangle", "ellipse", "triangle")
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+BACKGROUNDS = ("noise", "gradient", "stripes", "constant")
+
+
+class DetectionDataError(ValueError):
+    """Detection data missing or malformed. The message is one line saying what to put where."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Synthetic shapes
+
+
+class SyntheticShapes(Dataset):
+    """Coloured filled rectangles, ellipses and triangles on textured backgrounds, with exact tight boxes.
+
+    Image ``index`` is drawn from ``numpy.random.default_rng([seed, stream, index])``, so any index of any
+    length of dataset renders the same image every time, in any process, and ``stream`` gives disjoint
+    splits (train 0, val 1) for one seed. Each image holds 1..``max_objects`` shapes whose sampling boxes
+    span 10-50 % of the side per axis and overlap any earlier one by at most 15 % of the smaller box;
+    later shapes are painted over earlier ones and every box is the tight box of the shape's *visible* pixels.
+
+    Args:
+        num_images: dataset length.
+        image_size: side ``S`` in pixels (>= 16).
+        seed: base seed.
+        max_objects: most shapes per image (>= 1).
+        stream: independent sub-stream of ``seed`` (``detection_datasets`` uses 0 for train, 1 for val).
+        backgrounds: background kinds to choose from: ``noise`` (smooth colour noise), ``gradient``
+            (linear ramp between two colours), ``stripes`` (sinusoidal two-colour stripes), ``constant``
+            (one flat colour, no noise; handy for tests). The textured kinds add per-pixel noise (std 0.03).
+
+    Returns per item ``(image, target)``: ``image`` float32 ``[3, S, S]`` in [0, 1]; ``target["boxes"]``
+    float32 ``[N, 4]`` xyxy in pixels (integers, ``0 <= x_min < x_max <= S``), ``target["labels"]`` int64
+    ``[N]`` in 1..3 (index into ``CLASSES_SYNTHETIC`` plus one; 0 is the detector's background).
+    """
+
+    classes = CLASSES_SYNTHETIC
+
+    def __init__(self, num_images: int, image_size: int = 128, seed: int = 0, max_objects: int = 4, *,
+                 stream: int = 0, backgrounds: Sequence[str] = ("noise", "gradient", "stripes")) -> None:
+        if num_images < 0 or image_size < 16 or max_objects < 1 or seed < 0 or stream < 0:
+            raise ValueError(f"SyntheticShapes(num_images={num_images}, image_size={image_size}, seed={seed}, "
+                             f"max_objects={max_objects}, stream={stream}) (sizes >= 0, image_size >= 16, "
+                             "max_objects >= 1, seeds >= 0)")
+        bad = [b for b in backgrounds if b not in BACKGROUNDS]
+        if bad or not backgrounds:
+            raise ValueError(f"backgrounds={list(backgrounds)} (a non-empty list of: {', '.join(BACKGROUNDS)})")
+        self.num_images = num_images
+        self.image_size = image_size
+        self.seed = seed
+        self.max_objects = max_objects
+        self.stream = stream
+        self.backgrounds = tuple(backgrounds)
+        # Pixel-centre coordinates, [S, S] each, shared by every render.
+        c = torch.arange(image_size, dtype=torch.float32) + 0.5
+        self._yy, self._xx = torch.meshgrid(c, c, indexing="ij")
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        if not 0 <= index < self.num_images:
+            raise IndexError(f"index {index} out of range for {self.num_images} images")
+        image, target, _ = self.render(index)
+        return image, target
+
+    # -- drawing ---------------------------------------------------------------------------------------------
+
+    def render(self, index: int) -> tuple[torch.Tensor, Target, torch.Tensor]:
+        """``(image [3,S,S] float32, target, visible [N,S,S] bool)``: ``visible[k]`` marks object k's pixels."""
+        rng = np.random.default_rng([self.seed, self.stream, index])
+        s = self.image_size
+        background = self._background(rng)
+        boxes = self._place_boxes(rng)  # float64 [K, 4] sampling boxes, xyxy in pixels
+        k = len(boxes)
+        labels = torch.as_tensor(rng.integers(1, len(CLASSES_SYNTHETIC) + 1, size=k), dtype=torch.int64)
+        masks = self._shape_masks(torch.as_tensor(boxes, dtype=torch.float32), labels, rng)  # [K, S, S] bool
+
+        # Paint in order: the owner of a pixel is the last shape covering it (0: background).
+        order = torch.arange(1, k + 1).view(k, 1, 1)
+        owner = (masks * order).amax(dim=0)  # [S, S] int64
+        visible = owner.unsqueeze(0) == order  # [K, S, S]
+        colours = self._colours(rng, k, background.mean(dim=(1, 2)))  # [K, 3]
+        palette = torch.cat([torch.zeros(1, 3), colours]).T  # [3, K+1]; column 0 unused
+        image = torch.where(owner > 0, palette[:, owner], background)
+
+        # Tight boxes of the visible pixels (pixel i covers [i, i+1)). The overlap limit keeps each non-empty.
+        cols, rows = visible.any(dim=1), visible.any(dim=2)  # [K, S] each
+        x0 = cols.int().argmax(dim=1)
+        x1 = s - cols.flip(1).int().argmax(dim=1)
+        y0 = rows.int().argmax(dim=1)
+        y1 = s - rows.flip(1).int().argmax(dim=1)
+        keep = visible.flatten(1).any(dim=1)
+        box_t = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
+        target = {"boxes": box_t[keep], "labels": labels[keep]}
+        return image.contiguous(), target, visible[keep]
+
+    def _background(self, rng: np.random.Generator) -> torch.Tensor:
+        s = self.image_size
+        kind = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
+        c0, c1 = (torch.as_tensor(rng.uniform(0, 1, size=(3, 1, 1)), dtype=torch.float32) for _ in range(2))
+        if kind == "constant":
+            return c0.expand(3, s, s).clone()
+        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        theta = rng.uniform(0, 2 * math.pi)
+        proj = self._xx * math.cos(theta) + self._yy * math.sin(theta)  # [S, S], pixels along a random direction
+        if kind == "noise":
+            # Smooth colour blobs: a coarse random grid upsampled, so texture has structure at several scales.
+            cells = int(rng.integers(2, 9))
+            coarse = torch.rand(1, 3, cells, cells, generator=gen)
+            bg = F.interpolate(coarse, size=(s, s), mode="bicubic", align_corners=False)[0]
+        elif kind == "gradient":
+            t = (proj - proj.min()) / (proj.max() - proj.min())
+            bg = c0 * (1 - t) + c1 * t
+        else:  # stripes
+            period = rng.uniform(s / 16, s / 4)
+            t = 0.5 + 0.5 * torch.sin(2 * math.pi * proj / period + rng.uniform(0, 2 * math.pi))
+            bg = c0 * (1 - t) + c1 * t
+        bg = bg + 0.03 * torch.randn(3, s, s, generator=gen)
+        return bg.clamp(0, 1)
+
+    def _place_boxes(self, rng: np.random.Generator) -> np.ndarray:
+        """Sampling boxes with sides in [0.1, 0.5]*S, rejected if they overlap an earlier one by > 15 %."""
+        s = self.image_size
+        n = int(rng.integers(1, self.max_objects + 1))
+        placed: list[np.ndarray] = []
+        for _ in range(50 * n):  # rejection sampling; a few tries per object suffice at <= 4 objects
+            if len(placed) == n:
+                break
+            w, h = rng.uniform(0.1 * s, 0.5 * s, size=2)
+            x, y = rng.uniform(0, s - w), rng.uniform(0, s - h)
+            box = np.array([x, y, x + w, y + h])
+            if all(_overlap_fraction(box, other) <= 0.15 for other in placed):
+                placed.append(box)
+        return np.stack(placed)
+
+    def _shape_masks(self, boxes: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Masks ``[K, S, S]`` bool for all K objects at once; each shape is inscribed in its sampling box."""
+        k = len(boxes)
+        x0, y0, x1, y1 = (boxes[:, i].view(k, 1, 1) for i in range(4))
+        xx, yy = self._xx, self._yy
+        rect = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
+        cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+        ellipse = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+        # Triangle: apex at a random point of one random side of the box, base on the opposite side. Built in
+        # box-normalised coordinates (u, v in [0, 1], apex on v = 0), then a random quarter turn.
+        u, v = (xx - x0) / (x1 - x0), (yy - y0) / (y1 - y0)
+        turn = torch.as_tensor(rng.integers(0, 4, size=k)).view(k, 1, 1)
+        u, v = (torch.where(turn % 2 == 1, v, u), torch.where(turn % 2 == 1, u, v))  # swap axes on odd turns
+        v = torch.where(turn >= 2, 1 - v, v)  # flip apex to the far side on turns 2 and 3
+        apex = torch.as_tensor(rng.uniform(0, 1, size=k), dtype=torch.float32).view(k, 1, 1)
+        inside_box = (u >= 0) & (u < 1) & (v >= 0) & (v < 1)
+        # Inside when between the two lines from the apex (apex, 0) to the base corners (0, 1) and (1, 1).
+        triangle = inside_box & (u >= apex * (1 - v)) & (u <= apex + (1 - apex) * v)
+        return torch.where((labels == 1).view(k, 1, 1), rect, torch.where((labels == 2).view(k, 1, 1), ellipse,
+                                                                          triangle))
+
+    @staticmethod
+    def _colours(rng: np.random.Generator, k: int, bg_mean: torch.Tensor) -> torch.Tensor:
+        """k RGB colours at least 0.35 (Euclidean) from the background's mean colour, so shapes stand out."""
+        out = []
+        for _ in range(k):
+            for _ in range(100):
+                c = torch.as_tensor(rng.uniform(0, 1, size=3), dtype=torch.float32)
+                if torch.linalg.vector_norm(c - bg_mean) >= 0.35:
+                    break
+            out.append(c)
+        return torch.stack(out)
+
+
+def _overlap_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection area of two xyxy boxes over the smaller box's area."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    small = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return float(iw * ih / small)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pascal VOC
+
+
+def _voc_archive(year: str, image_set: str) -> str:
+    from torchvision.datasets.voc import DATASET_YEAR_DICT
+
+    key = "2007-test" if year == "2007" and image_set == "test" else year
+    return DATASET_YEAR_DICT.get(key, {}).get("filename", f"the VOC{year} archive")
+
+
+class _VOC(Dataset):
+    """VOCDetection with targets in our format plus ``difficult`` (bool [N]) and PIL -> float tensor."""
+
+    classes = VOC_CLASSES
+
+    def __init__(self, base: torchvision.datasets.VOCDetection, hflip: bool) -> None:
+        self.base = base
+        self.hflip = hflip
+        self._index = {name: i + 1 for i, name in enumerate(VOC_CLASSES)}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        img, ann = self.base[index]
+        image = torchvision.transforms.functional.pil_to_tensor(img).to(torch.float32).div_(255)
+        objects = ann["annotation"].get("object", [])
+        if isinstance(objects, dict):  # defensive: parse_voc_xml returns a list, but a single dict is also valid
+            objects = [objects]
+        boxes, labels, difficult = [], [], []
+        for obj in objects:
+            b = obj["bndbox"]
+            # VOC boxes are 1-based and inclusive: [xmin - 1, xmax) in our pixel-interval convention.
+            boxes.append([float(b["xmin"]) - 1, float(b["ymin"]) - 1, float(b["xmax"]), float(b["ymax"])])
+            name = obj["name"].strip()
+            if name not in self._index:
+                raise DetectionDataError(f"unknown VOC class {name!r} in {self.base.annotations[index]} "
+                                         f"(one of: {', '.join(VOC_CLASSES)})")
+            labels.append(self._index[name])
+            difficult.append(str(obj.get("difficult", "0")).strip() == "1")
+        target = {
+            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "difficult": torch.tensor(difficult, dtype=torch.bool),
+        }
+        if self.hflip and bool(torch.rand(()) < 0.5):
+            w = image.shape[-1]
+            image = image.flip(-1)
+            target["boxes"] = torch.stack([w - target["boxes"][:, 2], target["boxes"][:, 1],
+                                           w - target["boxes"][:, 0], target["boxes"][:, 3]], dim=1)
+        return image, target
+
+
+def voc_dataset(root: str | os.PathLike, year: str = "2007", image_set: str = "trainval", *,
+                hflip: bool = False) -> Dataset:
+    """Pascal VOC detection from ``root/VOCdevkit/VOC<year>``, never downloaded.
+
+    Items are ``(image float32 [3, H, W] in [0, 1], target)`` with ``target["boxes"]`` float32 ``[N, 4]``
+    xyxy pixels, ``target["labels"]`` int64 ``[N]`` in 1..20 (``VOC_CLASSES`` index plus one) and
+    ``target["difficult"]`` bool ``[N]``. Difficult objects are **kept and flagged**: they are trained on
+    (as detectron2 does) and :class:`MapMeter` passes them to COCO evaluation as ``iscrowd`` so they are
+    ignored, neither true nor false positives, as in the VOC protocol. ``hflip`` flips half the images at
+    random (torch's global RNG), the one augmentation of torchvision's detection reference.
+
+    Raises:
+        DetectionDataError: one line naming the missing path and the archive to extract there.
+    """
+    year = str(year)
+    years = [str(y) for y in range(2007, 2013)]
+    if year not in years:
+        raise DetectionDataError(f"VOC year {year!r} is not supported (one of: {', '.join(years)})")
+    sets = ["train", "val", "trainval"] + (["test"] if year == "2007" else [])
+    if image_set not in sets:
+        raise DetectionDataError(f"VOC {year} image_set {image_set!r} is not supported (one of: {', '.join(sets)})")
+    root = os.path.abspath(os.fspath(root))
+    voc = os.path.join(root, "VOCdevkit", f"VOC{year}")
+    archive = _voc_archive(year, image_set)
+    fix = f"(download {archive} and extract it under {root})"
+    needed = [os.path.join(voc, d) for d in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main"))]
+    if not all(os.path.isdir(d) for d in needed):
+        raise DetectionDataError(f"VOC {year} not found under {root}: expected "
+                                 f"{voc}/{{Annotations,JPEGImages,ImageSets/Main}} {fix}")
+    split = os.path.join(voc, "ImageSets", "Main", f"{image_set}.txt")
+    if not os.path.isfile(split):
+        raise DetectionDataError(f"VOC {year} split list {split} not found {fix}")
+    base = torchvision.datasets.VOCDetection(root, year=year, image_set=image_set, download=False)
+    missing = [p for p in base.images + base.annotations if not os.path.isfile(p)]
+    if missing:
+        raise DetectionDataError(f"VOC {year} {image_set}: {len(missing)} listed files are missing, first "
+                                 f"{missing[0]} {fix}")
+    return _VOC(base, hflip)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+
+
+def _feature_levels(backbone: nn.Module, image_size: int) -> OrderedDict[str, int]:
+    """Names of the backbone's output maps with their strides, from one dummy forward pass.
+
+    The pass runs in eval mode and without gradients, so BatchNorm running statistics of a pretrained
+    backbone are not touched by the dummy input.
+    """
+    param = next(backbone.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        backbone.train(was_training)
+    if isinstance(out, torch.Tensor):
+        out = OrderedDict([("0", out)])  # FasterRCNN wraps a single map the same way
+    levels = OrderedDict((str(name), max(1, round(image_size / fm.shape[-1]))) for name, fm in out.items())
+    strides = list(levels.values())
+    if strides != sorted(strides):
+        raise ValueError(f"backbone feature maps must go from fine to coarse, got strides {levels}")
+    return levels
+
+
+def _anchor_sizes(num_levels: int, image_size: int) -> tuple[tuple[int, ...], ...]:
+    """Anchor sides from image_size/16 to image_size, geometric, spread fine-to-coarse over the levels.
+
+    torchvision's defaults (32..512 over 5 levels) suit 800-px images; at 128 px they would miss small
+    objects. Here 5 levels get one size each (8, 16, 32, 64, 128 at 128 px); fewer levels get
+    ``ceil(5 / levels)`` sizes each, so the octave coverage stays similar (the RPN head needs the same
+    number of anchors at every level).
+    """
+    per_level = math.ceil(5 / num_levels)
+    n = num_levels * per_level
+    lo, hi = image_size / 16, float(image_size)
+    sizes = [max(1, round(lo * (hi / lo) ** (j / max(1, n - 1)))) for j in range(n)]
+    return tuple(tuple(sizes[i * per_level:(i + 1) * per_level]) for i in range(num_levels))
+
+
+def build_detector(backbone: nn.Module, num_classes: int, image_size: int = 128, *,
+                   anchor_sizes: tuple[tuple[int, ...], ...] | None = None,
+                   aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+                   rpn_batch_size_per_image: int = 128,
+                   rpn_pre_nms_top_n_train: int = 500, rpn_post_nms_top_n_train: int = 500,
+                   rpn_pre_nms_top_n_test: int = 250, rpn_post_nms_top_n_test: int = 250,
+                   box_batch_size_per_image: int = 64,
+                   representation_size: int = 1024,
+                   **kwargs: Any) -> FasterRCNN:
+    """Faster R-CNN (Ren et al., 2015) with FPN RoI pooling (Lin et al., 2017) over ``backbone``.
+
+    Args:
+        backbone: module with an ``out_channels`` int whose forward maps ``[B, 3, H, W]`` to an OrderedDict
+            of feature maps ordered fine to coarse, each ``[B, out_channels, H/stride, W/stride]`` (e.g.
+            ``resnet_fpn_backbone(backbone_name="resnet18", weights=None)``, whose extra ``"pool"`` level
+            feeds only the RPN, or our own 3-4 level FPN).
+        num_classes: including background (3 shapes -> 4, VOC -> 21).
+        image_size: images are resized so the longer side is ``image_size`` (``min_size = max_size``).
+        anchor_sizes: per-level anchor sides in pixels; default :func:`_anchor_sizes` for the actual
+            number of levels, found by one dummy forward pass.
+        rpn_* / box_batch_size_per_image: sampling budgets. torchvision's defaults (RPN 256 anchors and
+            2000/1000 proposals per image, 512 RoIs per image) are sized for 800-px COCO images with dozens
+            of objects; at 128 px an image holds ~4 k anchors and a handful of objects, so 128 anchors,
+            500 train / 250 test proposals and 64 RoIs per image (up to 16 positives) lose little. On a CPU
+            the RoI head dominates (RoIAlign's backward and the 12.8 M-weight fc6 scale with the RoI count):
+            R18-FPN, batch 8 at 128 px, one CPU thread: 7.4 s per step with torchvision's budgets, 2.1 s
+            with 128 RoIs per image, ~1.45 s with these defaults.
+        representation_size: width of the box head's two fully connected layers (torchvision's TwoMLPHead;
+            1024 as in FPN). 256 cuts another ~30 % of a CPU step at some cost in capacity.
+        **kwargs: passed to ``FasterRCNN`` (e.g. ``image_mean``/``image_std`` to match the backbone's
+            pre-training normalisation, ``box_score_thresh``, ``box_detections_per_img``).
+
+    The RoI level of a box follows FPN eq. (1), ``k = floor(k0 + log2(sqrt(wh) / c))``, with torchvision's
+    geometry scaled to the image (``c = 224 * image_size / 800``, ``k0 = 4`` or the coarsest level if lower),
+    so objects spread over the pyramid as they would at 800 px instead of all landing on the finest map.
+    """
+    if not isinstance(getattr(backbone, "out_channels", None), int):
+        raise ValueError("backbone needs an int attribute out_channels (the FPN's channel count)")
+    levels = _feature_levels(backbone, image_size)
+    if anchor_sizes is None:
+        anchor_sizes = _anchor_sizes(len(levels), image_size)
+    if len(anchor_sizes) != len(levels):
+        raise ValueError(f"anchor_sizes has {len(anchor_sizes)} levels, the backbone returns {len(levels)}")
+    anchor_generator = AnchorGenerator(sizes=anchor_sizes, aspect_ratios=(aspect_ratios,) * len(levels))
+    # torchvision's LastLevelMaxPool adds "pool" (stride-2 subsampled P5) for the RPN only (FPN paper sec. 4.1).
+    roi_names = [name for name in levels if name != "pool"] or list(levels)
+    coarsest = int(math.log2(levels[roi_names[-1]]))
+    roi_pool = MultiScaleRoIAlign(featmap_names=roi_names, output_size=7, sampling_ratio=2,
+                                  canonical_scale=max(1, round(224 * image_size / 800)),
+                                  canonical_level=min(4, coarsest))
+    if "box_head" not in kwargs:
+        resolution = roi_pool.output_size[0]
+        kwargs["box_head"] = TwoMLPHead(backbone.out_channels * resolution**2, representation_size)
+        if "box_predictor" not in kwargs:
+            kwargs["box_predictor"] = FastRCNNPredictor(representation_size, num_classes)
+            num_classes = None  # FasterRCNN refuses num_classes together with a box_predictor
+    return FasterRCNN(
+        backbone, num_classes=num_classes, min_size=image_size, max_size=image_size,
+        rpn_anchor_generator=anchor_generator, box_roi_pool=roi_pool,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        box_batch_size_per_image=box_batch_size_per_image, **kwargs,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data loading
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
+    """``[(image, target), ...]`` -> ``(images, targets)`` lists; images may differ in size (no stacking)."""
+    return [item[0] for item in batch], [item[1] for item in batch]
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
+    """A DataLoader with :func:`collate` whose shuffle order is fixed by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=generator,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def _to_device(images: list[torch.Tensor], targets: list[Target], device: torch.device | str
+               ) -> tuple[list[torch.Tensor], list[Target]]:
+    non_blocking = torch.device(device).type == "cuda"
+    return ([im.to(device, non_blocking=non_blocking) for im in images],
+            [{k: v.to(device, non_blocking=non_blocking) for k, v in t.items()} for t in targets])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    device: torch.device | str, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    log: Callable[[str], Any] | None = None, log_every: int = 10) -> dict[str, float]:
+    """One pass over ``loader``; ``scheduler`` (if any) steps every iteration.
+
+    Returns the mean over iterations of each loss torchvision reports (``loss_classifier``, ``loss_box_reg``,
+    ``loss_objectness``, ``loss_rpn_box_reg``) and of their sum ``loss``. Raises ``FloatingPointError`` on a
+    non-finite loss, as torchvision's reference stops there (training on from NaN wastes the budget).
+    """
+    model.train()
+    sums: dict[str, float] = {}
+    n = 0
+    for it, (images, targets) in enumerate(loader):
+        images, targets = _to_device(images, targets, device)
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite detection loss at iteration {it}: "
+                                     f"{ {k: float(v) for k, v in losses.items()} }")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        sums["loss"] = sums.get("loss", 0.0) + value
+        n += 1
+        if log is not None and log_every > 0 and (it + 1) % log_every == 0:
+            log(f"  iter {it + 1}/{len(loader)} loss {sums['loss'] / n:.4f} lr {optimizer.param_groups[0]['lr']:.2e}")
+    return {k: v / max(1, n) for k, v in sums.items()}
+
+
+class MapMeter:
+    """COCO-style box mAP accumulated over batches (torchmetrics ``MeanAveragePrecision``, pycocotools backend).
+
+    ``update(preds, targets)`` takes per-image dicts: preds ``boxes`` float [M, 4] xyxy, ``scores`` float [M],
+    ``labels`` int64 [M]; targets ``boxes`` float [N, 4], ``labels`` int64 [N] and optionally ``difficult``
+    bool [N], passed on as ``iscrowd`` so those objects are ignored. Tensors may live on any device.
+    ``compute()`` returns floats ``map`` (mAP@[.5:.95]), ``map_50``, ``map_75``; -1 when there was no object.
+    """
+
+    def __init__(self) -> None:
+        from torchmetrics.detection import MeanAveragePrecision
+
+        self.metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+
+    def update(self, preds: Sequence[Target], targets: Sequence[Target]) -> None:
+        p = [{k: pred[k].detach().cpu() for k in ("boxes", "scores", "labels")} for pred in preds]
+        t = []
+        for tgt in targets:
+            item = {"boxes": tgt["boxes"].detach().cpu(), "labels": tgt["labels"].detach().cpu()}
+            if "difficult" in tgt:
+                item["iscrowd"] = tgt["difficult"].detach().cpu().to(torch.int64)
+            t.append(item)
+        self.metric.update(p, t)
+
+    def compute(self) -> dict[str, float]:
+        result = self.metric.compute()
+        return {k: float(result[k]) for k in ("map", "map_50", "map_75")}
+
+
+@torch.no_grad()
+def evaluate_map(model: nn.Module, loader: DataLoader, device: torch.device | str) -> dict[str, float]:
+    """Run ``model`` in eval mode over ``loader``: ``{"map", "map_50", "map_75"}`` as floats (see MapMeter).
+
+    Predicted boxes come back in each input image's own pixel coordinates (torchvision's transform undoes its
+    resize), so they compare with the dataset's targets directly.
+    """
+    model.eval()
+    meter = MapMeter()
+    for images, targets in loader:
+        images = [im.to(device) for im in images]
+        meter.update(model(images), targets)
+    return meter.compute()
+
+
+def _warmup_cosine(total_iters: int, warmup_iters: int, warmup_factor: float = 1e-3) -> Callable[[int], float]:
+    """LR multiplier: linear from ``warmup_factor`` to 1 over ``warmup_iters``, then cosine to 0 at ``total``."""
+    def factor(it: int) -> float:
+        if it < warmup_iters:
+            a = it / warmup_iters
+            return warmup_factor * (1 - a) + a
+        progress = (it - warmup_iters) / max(1, total_iters - warmup_iters)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def finetune(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: DetectConfig,
+             device: torch.device | str = "cpu", log: Callable[[str], Any] = print) -> Iterator[dict[str, float]]:
+    """Fine-tune a detector and yield one dict per epoch.
+
+    SGD (momentum 0.9, weight decay 1e-4, lr ``cfg.lr``) on trainable parameters, per-iteration schedule:
+    linear warm-up over the first epoch (at most a quarter of training) then cosine to 0 over ``cfg.epochs``.
+    Seeds torch's global RNG (RPN/RoI sampling, ``hflip``) and the shuffle order with ``cfg.seed``; seed before
+    :func:`build_detector` too for reproducible head initialisation.
+
+    Yields ``{"epoch": 1.., "train/loss", "val/map", "val/map_50", "val/map_75", "wall_s"}``, with ``wall_s`` the
+    seconds this epoch took (training plus evaluation).
+    """
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    train_loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    val_loader = make_loader(val_ds, cfg.batch_size, shuffle=False, seed=cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=1e-4)
+    total = cfg.epochs * len(train_loader)
+    warmup = max(1, min(len(train_loader), total // 4))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, warmup))
+    log(f"detect: {len(train_ds)} train / {len(val_ds)} val images, {len(train_loader)} iterations/epoch "
+        f"x {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, device {device}")
+    for epoch in range(1, cfg.epochs + 1):
+        start = time.perf_counter()
+        train = train_one_epoch(model, train_loader, optimizer, device, scheduler, log=log)
+        val = evaluate_map(model, val_loader, device)
+        row = {"epoch": epoch, "train/loss": train["loss"], "val/map": val["map"], "val/map_50": val["map_50"],
+               "val/map_75": val["map_75"], "wall_s": time.perf_counter() - start}
+        log(f"detect epoch {epoch}/{cfg.epochs}: loss {row['train/loss']:.4f} mAP {row['val/map']:.4f} "
+            f"mAP@.5 {row['val/map_50']:.4f} ({row['wall_s']:.1f} s)")
+        yield row
+
+
+def detection_datasets(cfg: DetectConfig) -> tuple[Dataset, Dataset, tuple[str, ...]]:
+    """``(train_ds, val_ds, class_names)`` for ``cfg.data``; ``num_classes`` for the detector is ``len + 1``.
+
+    ``synthetic``: ``SyntheticShapes`` of ``cfg.num_train`` / ``cfg.num_val`` images at ``cfg.image_size``,
+    disjoint streams of ``cfg.seed``. ``voc``: ``trainval`` (with horizontal flips) for training and, for
+    2007, ``test`` for validation (the paper's protocol tests on VOC 2007 test), ``val`` for the other years;
+    the full sets, since ``num_train``/``num_val`` size the synthetic data only.
+    """
+    if cfg.data == "synthetic":
+        train = SyntheticShapes(cfg.num_train, cfg.image_size, seed=cfg.seed, stream=0)
+        val = SyntheticShapes(cfg.num_val, cfg.image_size, seed=cfg.seed, stream=1)
+        return train, val, CLASSES_SYNTHETIC
+    if cfg.data == "voc":
+        if not cfg.root:
+            raise DetectionDataError("detect.root is empty: set it to the directory holding VOCdevkit/ "
+                                     f"(e.g. --set detect.root=/data/voc), with {_voc_archive(cfg.year, 'trainval')} "
+                                     "extracted there")
+        train = voc_dataset(cfg.root, cfg.year, "trainval", hflip=True)
+        val = voc_dataset(cfg.root, cfg.year, "test" if cfg.year == "2007" else "val")
+        return train, val, VOC_CLASSES
+    raise DetectionDataError(f"detect.data={cfg.data!r} is not supported (one of: synthetic, voc)")
