@@ -37,7 +37,12 @@ def finetune_from(export_dir: Path, cfg: PipelineConfig, datasets, *, random_ini
     if random_init:
         # The control trains every layer: frozen random early layers would handicap it and flatter transfer.
         layers = len(read_manifest(export_dir)["stage_names"]) + 1
-    backbone = load_backbone(export_dir, trainable_layers=layers, random_init=random_init)
+    manifest = read_manifest(export_dir)
+    # Like torchvision's FPN (which starts at stride 4), leave out stride-1 stages: a CIFAR-style stem at detection
+    # resolution would put a 256-channel pyramid level at full image size, the bulk of the cost for little gain.
+    strides = manifest.get("feature_strides") or []
+    returned = [i + 1 for i, st in enumerate(strides) if st >= 2] or None
+    backbone = load_backbone(export_dir, trainable_layers=layers, random_init=random_init, returned_layers=returned)
     norm = backbone.manifest.get("normalisation") or {}
     extra = {"image_mean": norm["mean"], "image_std": norm["std"]} if norm.get("mean") else {}
     model = build_detector(backbone, len(classes) + 1, d.image_size, **extra)

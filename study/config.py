@@ -21,7 +21,7 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "digits.yaml"
 
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "synthetic", "shapes", "cifar10", "cifar100", "imagefolder")
 METHODS = ("cutmix", "mixup", "cutout", "none")
 MODES = ("batch", "sample")
 SCHEDULES = ("step", "cosine")

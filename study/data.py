@@ -211,6 +211,21 @@ def load_synthetic(cfg: DataConfig) -> DataBundle:
     return _from_arrays("synthetic", images, labels.numpy(), cfg, fr, k, tuple(f"class{i}" for i in range(k)))
 
 
+def load_shapes(cfg: DataConfig) -> DataBundle:
+    """Classification of single coloured shapes (rectangle, ellipse, triangle) on textured backgrounds, drawn by
+    the same generator as the synthetic detection set (`study.detection.SyntheticShapes`, stream 2, disjoint from
+    the detection splits). A backbone pretrained here has seen the objects a shapes detector must find: the
+    controlled transfer experiment of the detect stage. Sizes from `data.synthetic_sizes`."""
+    from study.detection import CLASSES_SYNTHETIC, SyntheticShapes
+
+    n = sum(cfg.synthetic_sizes)
+    ds = SyntheticShapes(n, max(16, cfg.image_size), seed=cfg.split_seed, max_objects=1, stream=2)
+    images, labels = zip(*((img, int(t["labels"][0]) - 1) for img, t in (ds[i] for i in range(n))))
+    x = (torch.stack(images) * 255).round().to(torch.uint8).numpy()
+    fr = tuple(k / n for k in cfg.synthetic_sizes)
+    return _from_arrays("shapes", x, np.asarray(labels), cfg, fr, len(CLASSES_SYNTHETIC), CLASSES_SYNTHETIC)
+
+
 def load_cifar(cfg: DataConfig) -> DataBundle:
     """CIFAR-10/100 from `data.root` with torchvision's readers (never downloading). Test is the official test
     set; val is `val_fraction` of the official train set, stratified and fixed by `split_seed`."""
@@ -293,7 +308,7 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-LOADERS = {"digits": load_digits, "synthetic": load_synthetic, "cifar10": load_cifar, "cifar100": load_cifar,
+LOADERS = {"digits": load_digits, "synthetic": load_synthetic, "shapes": load_shapes, "cifar10": load_cifar, "cifar100": load_cifar,
            "imagefolder": load_imagefolder}
 
 

@@ -19,6 +19,7 @@ import math
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,17 +67,18 @@ def suggest(trial: Any, name: str, dim: Dimension) -> Any:
     return trial.suggest_float(name, float(dim.low), float(dim.high), log=dim.type == "loguniform")
 
 
-def define_by_run(cfg: PipelineConfig) -> Callable[[Any], None]:
-    """Optuna define-by-run space: conditional parameters are only suggested where they apply."""
-    space = ordered_space(cfg)
+class DefineByRun:
+    """Optuna define-by-run space: conditional parameters are only suggested where they apply. A module-level
+    class, not a closure, because Tune pickles the searcher (and this space) with the experiment for resume."""
 
-    def space_fn(trial: Any) -> None:
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+
+    def __call__(self, trial: Any) -> None:
         chosen: dict[str, Any] = {}
-        for name, dim in space:
-            if applies(name, chosen, cfg):
+        for name, dim in ordered_space(self.cfg):
+            if applies(name, chosen, self.cfg):
                 chosen[name] = suggest(trial, name, dim)
-
-    return space_fn
 
 
 def grid_points(cfg: PipelineConfig) -> list[dict[str, Any]]:
@@ -140,6 +142,8 @@ def make_searcher(cfg: PipelineConfig) -> tuple[Any, dict[str, Any], int]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # group=True (TPE over conditional spaces) is marked experimental; the warning is noise to a user.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if s.algorithm == "tpe":
         startup = min(10, max(2, s.num_samples // 3))
         sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup, multivariate=True, group=True)
@@ -148,10 +152,15 @@ def make_searcher(cfg: PipelineConfig) -> tuple[Any, dict[str, Any], int]:
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     points = default_points(cfg) if s.evaluate_defaults else None
-    searcher = OptunaSearch(space=define_by_run(cfg), metric=s.metric, mode=s.mode, sampler=sampler,
+    searcher = OptunaSearch(space=DefineByRun(cfg), metric=s.metric, mode=s.mode, sampler=sampler,
                             points_to_evaluate=points, seed=s.seed)
     searcher = tune.search.ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
     return searcher, {}, s.num_samples
+
+
+def trial_name(trial: Any) -> str:
+    """Short, stable names ("trial_00003_1a2b3c4d") for logs, Tune's directories and MLflow run names."""
+    return f"trial_{trial.trial_id}"
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -392,6 +401,8 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     import ray
 
+    # Tune warns on every forced experiment snapshot (each trial checkpoint); our progress lines say enough.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
@@ -422,11 +433,13 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
-                                        num_samples=num_samples, max_concurrent_trials=s.max_concurrent,
-                                        reuse_actors=True),
+                                        num_samples=num_samples, reuse_actors=True,
+                                        # the searcher is already a ConcurrencyLimiter; grid has none
+                                        max_concurrent_trials=s.max_concurrent if searcher is None else None,
+                                        trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=storage_path(cfg, out_dir), verbose=0,
                                       callbacks=callbacks,
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()

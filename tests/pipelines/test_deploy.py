@@ -1,0 +1,193 @@
+"""Deployment for real: `ray start --head` + `ray job submit` (twice: the second resumes), and the pipeline against
+an `mlflow server` backed by a PostgreSQL cluster that the test starts. Everything listens on 127.0.0.1 and is
+stopped by PID at the end."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, TINY, free_port, kill_tree, start_mlflow_server, wait_http
+
+PIPELINE = TINY + ["search.num_samples=2", "search.max_concurrent=1", "search.scheduler=none"]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _set_args(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def _ray_env() -> dict[str, str]:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A one-node Ray cluster started with the real `ray start --head` on 127.0.0.1; stopped by PID."""
+    port, dash = free_port(), free_port()
+    env = _ray_env()
+    temp_dir = Path("/tmp") / f"rt{os.getpid()}{port}"  # Ray's socket paths must stay short
+    proc = subprocess.run(
+        [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
+         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pids = _ray_pids(temp_dir)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        wait_http(address + "/api/version", timeout=90)
+        yield address, env
+    finally:
+        for pid in _ray_pids(temp_dir) | pids:
+            kill_tree(pid)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ray_pids(temp_dir: Path) -> set[int]:
+    """PIDs of every process whose command line names this cluster's temp dir (gcs, raylet, dashboard, agents)."""
+    import psutil
+
+    found = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(str(temp_dir) in part for part in (p.info["cmdline"] or [])):
+                found.add(p.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _submit(address: str, env: dict[str, str], out: Path, submission_id: str) -> str:
+    runtime_env = {"excludes": [".venv", "runs", ".git", "*.egg-info"], "env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}}
+    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--submission-id", submission_id,
+           "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
+           "python", "-m", "pipelines.run", "--output", str(out), "--resume", *_set_args(PIPELINE)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return submission_id
+
+
+def _wait_job(address: str, submission_id: str, timeout: float = 900) -> tuple[str, str]:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get_job_status(submission_id)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            return str(status), client.get_job_logs(submission_id)
+        time.sleep(2)
+    raise TimeoutError(f"job {submission_id} did not finish in {timeout}s")
+
+
+def _mlflow_runs(uri: str, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_pipeline_and_a_resubmission_resumes(ray_head, tmp_path):
+    address, env = ray_head
+    out = tmp_path / "out"
+    status, logs = _wait_job(address, _submit(address, env, out, "cutmix-first"))
+    assert status.endswith("SUCCEEDED"), logs[-4000:]
+    assert "detector mAP@0.5" in logs and "browse: mlflow ui --backend-store-uri sqlite:///" in logs
+
+    frame = pq.read_table(out / "results.parquet").to_pandas()
+    assert len(frame) == 2 and (frame["status"] == "completed").all()
+    for path in ("best_config.yaml", "retrain/summary.json", "export/backbone.pt", "export/manifest.json",
+                 "detect/metrics.json"):
+        assert (out / path).is_file(), path
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    _, runs = _mlflow_runs(uri, "digits")
+    stamp = {p: (out / p).stat().st_mtime_ns for p in ("retrain/cutmix/seed0/checkpoints/last.pt",
+                                                      "export/backbone.pt", "detect/metrics.json")}
+
+    # The same job again against the same storage: it resumes (nothing is retrained or logged twice).
+    status, logs = _wait_job(address, _submit(address, env, out, "cutmix-second"))
+    assert status.endswith("SUCCEEDED"), logs[-4000:]
+    again = pq.read_table(out / "results.parquet").to_pandas()
+    assert sorted(again["trial_id"]) == sorted(frame["trial_id"])
+    _, runs_again = _mlflow_runs(uri, "digits")
+    assert sorted(r.info.run_id for r in runs_again) == sorted(r.info.run_id for r in runs)
+    trial_runs = [r for r in runs_again if r.data.tags.get("cutmix.stage") == "trial"]
+    assert len(trial_runs) == 2
+    for path, mtime in stamp.items():
+        assert (out / path).stat().st_mtime_ns == mtime, f"{path} was redone"
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[-1:]
+    if not found:
+        pytest.fail(f"PostgreSQL's {name} is not installed: run `bash .ci/system-deps.sh` (apt package postgresql)")
+    return found if isinstance(found, str) else found[0]
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A private PostgreSQL cluster on 127.0.0.1 (initdb + pg_ctl, as the postgres user when run as root)."""
+    port = free_port()
+    data, sock = tmp_path / "pgdata", tmp_path / "pgsock"
+    data.mkdir()
+    sock.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        for d in (tmp_path, data, sock):
+            os.chown(d, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"], check=True,
+                   capture_output=True, timeout=120)
+    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(tmp_path / "pg.log"), "-w", "-o",
+                    f"-c listen_addresses=127.0.0.1 -p {port} -k {sock}", "start"], check=True, capture_output=True,
+                   timeout=120)
+    pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+    try:
+        subprocess.run([*as_user, _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                        "mlflow"], check=True, capture_output=True, timeout=60)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow", port
+    finally:
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
+                       timeout=60)
+        kill_tree(pid)
+
+
+@pytest.mark.slow
+def test_pipeline_tracks_to_mlflow_server_on_postgresql(postgres, tmp_path, run_cli):
+    import psycopg2
+
+    backend, port = postgres
+    server, uri = start_mlflow_server(tmp_path / "mlflow", backend_uri=backend)
+    try:
+        proc = run_cli("study", "--output", str(tmp_path / "out"), "--tracking-uri", uri, *_set_args(PIPELINE))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        client, runs = _mlflow_runs(uri, "digits")
+        parents = [r for r in runs if r.data.tags.get("cutmix.stage") == "study"]
+        trials = [r for r in runs if r.data.tags.get("cutmix.stage") == "trial"]
+        assert len(parents) == 1 and len(trials) == 2
+        assert all(t.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for t in trials)
+        assert all(len(client.get_metric_history(t.info.run_id, "val/top1_err")) == 2 for t in trials)
+        # The runs really live in PostgreSQL.
+        with psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="mlflow") as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM runs")
+                assert cur.fetchone()[0] == 3
+    finally:
+        kill_tree(server.pid)

@@ -1,0 +1,97 @@
+"""A study whose driver is SIGKILLed mid-run resumes with --resume: every trial finishes, none is rerun or
+duplicated in results.parquet or MLflow (checked on a real tracking server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, TINY, descendants, kill_tree
+
+STUDY = TINY + ["name=resume", "train.epochs=4", "search.num_samples=4", "search.max_concurrent=1",
+                "search.scheduler=none", "search.algorithm=tpe"]
+
+
+def _cmd(out, uri, *extra):
+    sets = [a for o in STUDY for a in ("--set", o)]
+    return [sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), "--tracking-uri", uri, *sets, *extra]
+
+
+def _trial_runs(uri):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("resume")
+    if exp is None:
+        return client, []
+    return client, client.search_runs([exp.experiment_id], filter_string="tags.`cutmix.stage` = 'trial'",
+                                      max_results=1000)
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_without_rerunning_or_duplicating(mlflow_server, tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(_cmd(out, mlflow_server), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    seen: set[int] = set()
+    try:
+        # Kill once at least one trial has finished and the next one is running (it has logged an epoch).
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            seen.update(descendants(proc.pid))
+            assert proc.poll() is None, f"study ended before it could be killed: {proc.stderr.read()[-2000:]}"
+            client, runs = _trial_runs(mlflow_server)
+            finished = [r for r in runs if r.info.status == "FINISHED"]
+            running = [r for r in runs if r.info.status == "RUNNING" and r.data.metrics.get("epoch", 0) >= 1]
+            if finished and running:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the study never reached a finished and a running trial")
+    finally:
+        seen.update(descendants(proc.pid))
+        kill_tree(proc.pid, sorted(seen))  # SIGKILL: the driver and the local Ray it started
+    finished_before = {r.data.tags["ray.trial_id"]: r.info.run_id for r in finished}
+    started_before = {r.data.tags["ray.trial_id"] for r in runs}
+    assert not (out / "results.parquet").exists()
+
+    done = subprocess.run(_cmd(out, mlflow_server, "--resume"), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    frame = pq.read_table(out / "results.parquet").to_pandas()
+    assert len(frame) == 4 and frame["trial_id"].is_unique
+    assert (frame["status"] == "completed").all() and (frame["epochs"] == 4).all()
+    client, runs = _trial_runs(mlflow_server)
+    by_trial: dict[str, list] = {}
+    for r in runs:
+        by_trial.setdefault(r.data.tags["ray.trial_id"], []).append(r)
+    assert sorted(by_trial) == sorted(frame["trial_id"])
+    assert all(len(v) == 1 for v in by_trial.values()), "a trial got a second MLflow run"
+    assert started_before <= set(by_trial)
+    for trial_id, run_id in finished_before.items():
+        assert by_trial[trial_id][0].info.run_id == run_id
+        # Not rerun: Tune appends one result line per reported epoch; a rerun would add four more.
+        lines = (out / "tune" / "study" / f"trial_{trial_id}" / "result.json").read_text().strip().splitlines()
+        assert len(lines) == 4, (trial_id, len(lines))
+    for trial_id, (run,) in by_trial.items():
+        assert run.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/top1_err")]
+        assert sorted(steps) == [1, 2, 3, 4], (trial_id, steps)  # no epoch logged twice, none missing
+    assert set(frame["mlflow_run_id"]) == {v[0].info.run_id for v in by_trial.values()}
+
+
+def test_rerun_without_resume_refuses_and_keeps_results(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tune").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(_cmd(out, f"sqlite:///{tmp_path / 'm.db'}"), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "already holds results" in proc.stderr and "Traceback" not in proc.stderr
+    assert (out / "tune").is_dir()
