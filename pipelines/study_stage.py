@@ -105,10 +105,23 @@ def summary_table(frame, cfg: PipelineConfig, limit: int = 20) -> str:
     return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in lines])
 
 
-def child_run_ids(client, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+def child_run_ids(client, experiment_id: str, parent_run_id: str, trial_ids: set[str]) -> dict[str, str]:
+    """Trial id -> MLflow run id. A run whose trial Tune no longer knows (started after the last experiment
+    snapshot of a driver that was killed, so a restore never resumes it) is kept, marked KILLED and tagged
+    `cutmix.trial_status=interrupted`: what it recorded stays, and it is not mistaken for a live trial."""
+    from study import tracking
+
     runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                               max_results=10000)
-    return {r.data.tags["ray.trial_id"]: r.info.run_id for r in runs if "ray.trial_id" in r.data.tags}
+    ids = {}
+    for r in runs:
+        trial = r.data.tags.get("ray.trial_id")
+        if trial in trial_ids:
+            ids[trial] = r.info.run_id
+        elif trial is not None and r.info.status != "KILLED":
+            tracking.set_tags(client, r.info.run_id, {"cutmix.trial_status": "interrupted"})
+            tracking.end_run(client, r.info.run_id, "KILLED")
+    return ids
 
 
 def check_study_config(cfg: PipelineConfig) -> None:
@@ -172,7 +185,8 @@ def run_study(cfg: PipelineConfig, out_dir: Path, uri: str, *, resume: bool = Fa
         tracking.end_run(client, parent, "FAILED")
         raise
 
-    frame = records_to_frame(records, cfg, child_run_ids(client, experiment_id, parent))
+    run_ids = child_run_ids(client, experiment_id, parent, {r.trial_id for r in records})
+    frame = records_to_frame(records, cfg, run_ids)
     write_parquet(frame, out_dir / "results.parquet")
     best_idx, best_value = pick_best(frame, cfg.search.metric, cfg.search.mode)
     best_params: dict[str, Any] = {}

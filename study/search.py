@@ -32,6 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from study.config import ConfigError, Dimension, PipelineConfig, from_dict, replace, to_dict
 
 TRIAL_CHECKPOINT = "checkpoint.pt"
+HISTORY_KEY = "_history"  # per-epoch metrics before a restored checkpoint (see _trainable)
 EXPERIMENT_NAME = "study"
 # Parameters that only exist when the batch is actually mixed.
 CONDITIONAL = ("cutmix.alpha", "cutmix.mode", "cutmix.cutout_size", "cutmix.label_smoothing")
@@ -196,9 +197,15 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = load_checkpoint(Path(d) / TRIAL_CHECKPOINT)
+    # After a restore, the first report carries the epochs before the checkpoint, so the driver can backfill any
+    # the tracking store lost (a SIGKILLed driver dies with its queue of unsent logging calls).
+    backfill = list(resume.get("history", [])) if resume else None
     for result in fit(cfg, data, checkpoint=resume):
         metrics = dict(result.metrics)
         metrics.update(used_values(result.trainer))
+        if backfill:
+            metrics[HISTORY_KEY] = backfill
+        backfill = None
         metrics.update({f"best/{k}": v for k, v in result.trainer.best_metrics.items() if "/" in k})
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(result.trainer.checkpoint(), Path(d) / TRIAL_CHECKPOINT)
@@ -277,10 +284,14 @@ class MlflowTrialCallback(tune.Callback):
         from study import tracking
 
         step = int(result.get("training_iteration", result.get("epoch", 0)))
-        if step <= self._logged_step.get(trial_id, -1):
+        logged = self._logged_step.get(trial_id, -1)
+        for earlier in result.get(HISTORY_KEY) or []:
+            past = int(earlier.get("epoch", 0))
+            if logged < past < step:
+                tracking.log_metrics(self._client, self._runs[trial_id], _loggable(earlier), past)
+        if step <= logged:
             return  # a resumed trial re-reports epochs already logged before the interruption
-        metrics = {k: v for k, v in result.items() if "/" in k or k in ("lr", "epoch", "epoch_s")}
-        tracking.log_metrics(self._client, self._runs[trial_id], metrics, step)
+        tracking.log_metrics(self._client, self._runs[trial_id], _loggable(result), step)
         self._logged_step[trial_id] = step
 
     def _close_run(self, trial_id: str, status: str, run_status: str) -> None:
@@ -319,6 +330,10 @@ class MlflowTrialCallback(tune.Callback):
         if self._logger is not None:
             self._logger.close()
             self._logger = None
+
+
+def _loggable(result: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if "/" in k or k in ("lr", "epoch", "epoch_s")}
 
 
 class ProgressCallback(tune.Callback):

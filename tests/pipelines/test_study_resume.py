@@ -71,14 +71,19 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(mlflow_server, tm
     by_trial: dict[str, list] = {}
     for r in runs:
         by_trial.setdefault(r.data.tags["ray.trial_id"], []).append(r)
-    assert sorted(by_trial) == sorted(frame["trial_id"])
     assert all(len(v) == 1 for v in by_trial.values()), "a trial got a second MLflow run"
-    assert started_before <= set(by_trial)
+    # A trial started after Tune's last snapshot is unknown to the restore: its run is kept, marked interrupted.
+    lost = {t for t, (r,) in by_trial.items() if r.info.status == "KILLED"}
+    assert all(by_trial[t][0].data.tags["cutmix.trial_status"] == "interrupted" for t in lost)
+    assert len(lost) <= 1 and not lost & set(frame["trial_id"]) and not lost & set(finished_before)
+    by_trial = {t: v for t, v in by_trial.items() if t not in lost}
+    assert sorted(by_trial) == sorted(frame["trial_id"])
+    assert started_before - lost <= set(by_trial)
     for trial_id, run_id in finished_before.items():
         assert by_trial[trial_id][0].info.run_id == run_id
-        # Not rerun: Tune appends one result line per reported epoch; a rerun would add four more.
-        lines = (out / "tune" / "study" / f"trial_{trial_id}" / "result.json").read_text().strip().splitlines()
-        assert len(lines) == 4, (trial_id, len(lines))
+        # Not rerun: each reported epoch writes the next checkpoint index (0..3); a rerun would go past 3.
+        ckpts = sorted(p.name for p in (out / "tune" / "study" / f"trial_{trial_id}").glob("checkpoint_*"))
+        assert ckpts and ckpts[-1] == "checkpoint_000003", (trial_id, ckpts)
     for trial_id, (run,) in by_trial.items():
         assert run.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/top1_err")]
