@@ -1,0 +1,108 @@
+"""retrain and export from a finished study, by directory and by MLflow run id; the whole `run` chain."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import TINY
+
+STUDY = TINY + ["name=chain", "search.num_samples=2", "search.scheduler=none", "search.max_concurrent=1"]
+
+
+def sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path_factory.mktemp("chain") / "study"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), *sets(STUDY)],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def uri_of(study_dir):
+    return f"sqlite:///{study_dir / 'mlflow.db'}"
+
+
+@pytest.mark.slow
+def test_retrain_reports_mean_and_std_over_seeds_with_baseline(study_dir, run_cli):
+    proc = run_cli("retrain", "--from", str(study_dir), "--set", "retrain.seeds=3", "--set",
+                   "retrain.compare_baseline=true", "--set", "cutmix.prob=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "± " in proc.stdout and "over 3 seeds" in proc.stdout and "CutMix gain" in proc.stdout
+    summary = json.loads((study_dir / "retrain" / "summary.json").read_text())
+    for variant in ("cutmix", "baseline"):
+        stats = summary["variants"][variant]["test/top1_err"]
+        assert stats["n"] == 3 and len(stats["values"]) == 3
+        assert stats["mean"] == pytest.approx(sum(stats["values"]) / 3)
+        assert stats["std"] >= 0
+    assert [r["seed"] for r in summary["variants"]["cutmix"]["seeds"]] == [0, 1, 2]
+    assert torch.load(summary["best_checkpoint"], weights_only=True)["config"]["cutmix"]["prob"] == 0.5
+    client = MlflowClient(tracking_uri=uri_of(study_dir))
+    run = client.get_run(summary["retrain_run_id"])
+    study_run = json.loads((study_dir / "study_run.json").read_text())["run_id"]
+    assert run.data.tags["cutmix.study_run_id"] == study_run and run.info.status == "FINISHED"
+    assert "cutmix/test/top1_err_mean" in run.data.metrics and "baseline/test/top1_err_std" in run.data.metrics
+    seeds = client.search_runs([run.info.experiment_id],
+                               filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert len(seeds) == 6
+    assert all(len(client.get_metric_history(s.info.run_id, "test/top1_err")) == 2 for s in seeds)
+
+
+@pytest.mark.slow
+def test_retrain_and_export_from_mlflow_run_ids(study_dir, tmp_path, run_cli):
+    study_run = json.loads((study_dir / "study_run.json").read_text())["run_id"]
+    out = tmp_path / "from-run"
+    proc = run_cli("retrain", "--from", study_run, "--tracking-uri", uri_of(study_dir), "--output", str(out),
+                   "--set", "retrain.seeds=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "retrain" / "summary.json").read_text())
+    assert summary["study_run_id"] == study_run and summary["variants"]["cutmix"]["test/top1_err"]["n"] == 2
+
+    proc = run_cli("export", "--from", summary["retrain_run_id"], "--tracking-uri", uri_of(study_dir), "--output",
+                   str(tmp_path / "exported"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "exported" / "export" / "manifest.json").read_text())
+    assert manifest["source_run_id"] == summary["retrain_run_id"] and manifest["arch"] == "cnn"
+    client = MlflowClient(tracking_uri=uri_of(study_dir))
+    export_run = client.get_run(manifest["mlflow_run_id"])
+    assert export_run.data.tags["cutmix.stage"] == "export"
+    versions = client.search_model_versions("name = 'chain-backbone'")
+    assert any(v.run_id == manifest["mlflow_run_id"] and v.tags["arch"] == "cnn" for v in versions)
+    assert any(a.path == "backbone" for a in client.list_artifacts(export_run.info.run_id))
+
+    # Export from a directory works the same way; a second export into the same place needs --overwrite.
+    proc = run_cli("export", "--from", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "export" / "backbone.safetensors").is_file()
+    proc = run_cli("export", "--from", str(out))
+    assert proc.returncode == 2 and "already holds results" in proc.stderr
+
+
+@pytest.mark.slow
+def test_run_chains_every_stage(tmp_path, run_cli):
+    proc = run_cli("run", "--output", str(tmp_path / "all"), *sets(STUDY))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for needle in ("== study", "== retrain", "== export", "== detect", "backbone: ", "detector mAP@0.5",
+                   "browse: mlflow ui --backend-store-uri sqlite:///"):
+        assert needle in proc.stdout, needle
+    out = tmp_path / "all"
+    for path in ("results.parquet", "best_config.yaml", "retrain/summary.json", "export/backbone.pt",
+                 "export/backbone.safetensors", "export/manifest.json", "detect/metrics.json"):
+        assert (out / path).is_file(), path
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("chain")
+    stages = {r.data.tags.get("cutmix.stage") for r in client.search_runs([exp.experiment_id], max_results=100)}
+    assert {"study", "trial", "retrain", "retrain-seed", "export", "detect"} <= stages
