@@ -141,32 +141,38 @@ def _pg_bin(name: str) -> str:
 
 
 @pytest.fixture
-def postgres(tmp_path):
-    """A private PostgreSQL cluster on 127.0.0.1 (initdb + pg_ctl, as the postgres user when run as root)."""
+def postgres():
+    """A private PostgreSQL cluster on 127.0.0.1 (initdb + pg_ctl, as the postgres user when run as root, in a
+    directory of its own: pytest's temporary root is private to root). Stopped and removed at the end."""
+    import tempfile
+
     port = free_port()
-    data, sock = tmp_path / "pgdata", tmp_path / "pgsock"
-    data.mkdir()
+    root = Path(tempfile.mkdtemp(prefix="cutmix-pg-"))
+    data, sock = root / "data", root / "sock"
     sock.mkdir()
     as_user: list[str] = []
     if os.geteuid() == 0:
         user = pwd.getpwnam("postgres")
-        for d in (tmp_path, data, sock):
+        for d in (root, sock):
             os.chown(d, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"], check=True,
-                   capture_output=True, timeout=120)
-    subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(tmp_path / "pg.log"), "-w", "-o",
-                    f"-c listen_addresses=127.0.0.1 -p {port} -k {sock}", "start"], check=True, capture_output=True,
-                   timeout=120)
-    pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+    pid = None
     try:
+        subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"], check=True,
+                       capture_output=True, timeout=120)
+        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "-o",
+                        f"-c listen_addresses=127.0.0.1 -p {port} -k {sock}", "start"], check=True,
+                       capture_output=True, timeout=120)
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
         subprocess.run([*as_user, _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                         "mlflow"], check=True, capture_output=True, timeout=60)
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow", port
     finally:
-        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
-                       timeout=60)
-        kill_tree(pid)
+        if pid is not None:
+            subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                           capture_output=True, timeout=60)
+            kill_tree(pid)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
