@@ -64,7 +64,8 @@ def prepare_output(path: Path, owned: list[str], *, resume: bool, overwrite: boo
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create output directory {path} ({exc.strerror}; choose a writable --output)") from None
+        raise OutputError(f"cannot create output directory {path} ({exc.strerror}; choose a writable --output)"
+                          ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {path} is not writable (choose a writable --output)")
     existing = [name for name in owned if (path / name).exists() and (name != "." or any(path.iterdir()))]

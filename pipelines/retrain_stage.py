@@ -135,7 +135,8 @@ def run_retrain(cfg: PipelineConfig, out_dir: Path, uri: str, *, study_run_id: s
         tracking.end_run(client, parent, "FAILED")
         raise
 
-    report: dict[str, Any] = {"config": str(out_dir / "best_config.yaml"), "epochs": epochs, "study_run_id": study_run_id,
+    report: dict[str, Any] = {"config": str(out_dir / "best_config.yaml"), "epochs": epochs,
+                              "study_run_id": study_run_id,
                               "retrain_run_id": parent, "variants": {}}
     for variant, rows in results.items():
         report["variants"][variant] = {"seeds": rows, **{m: mean_std([r[m] for r in rows]) for m in REPORTED}}
@@ -143,7 +144,8 @@ def run_retrain(cfg: PipelineConfig, out_dir: Path, uri: str, *, study_run_id: s
     report["best_run_dir"] = best["run_dir"]
     report["best_checkpoint"] = str(Path(best["run_dir"]) / "checkpoints" / "best.pt")
     if "baseline" in results:
-        gain = report["variants"]["baseline"]["test/top1_err"]["mean"] - report["variants"]["cutmix"]["test/top1_err"]["mean"]
+        means = {v: report["variants"][v]["test/top1_err"]["mean"] for v in ("baseline", "cutmix")}
+        gain = means["baseline"] - means["cutmix"]
         report["cutmix_gain_top1_points"] = gain  # positive: CutMix lowers the error
     rdir.mkdir(parents=True, exist_ok=True)
     (rdir / "summary.json").write_text(json.dumps(report, indent=2))
@@ -169,7 +171,8 @@ def format_report(report: dict[str, Any]) -> str:
     for variant, stats in report["variants"].items():
         t = stats["test/top1_err"]
         values = ", ".join(f"{v:.2f}" for v in t["values"])
-        lines.append(f"{variant:>8}: test top-1 error {t['mean']:.2f} ± {t['std']:.2f} % over {t['n']} seeds ({values})")
+        lines.append(f"{variant:>8}: test top-1 error {t['mean']:.2f} ± {t['std']:.2f} % over {t['n']} seeds "
+                     f"({values})")
     if "cutmix_gain_top1_points" in report:
         g = report["cutmix_gain_top1_points"]
         verdict = "CutMix wins" if g > 0 else "the baseline wins" if g < 0 else "a tie"

@@ -72,7 +72,8 @@ def main(args: argparse.Namespace) -> int:
     out = prepare_output(out, ["."], resume=args.resume, overwrite=args.overwrite)
     summary = train_run(cfg, out, data=data, resume=args.resume)
     best, final = summary["best"], summary["final"]
-    print(f"best epoch {summary['best_epoch']}: " + fmt_metrics(best, ("val/top1_err", "test/top1_err", "test/top5_err")))
-    print(f"final epoch {summary['epochs']}: " + fmt_metrics(final, ("val/top1_err", "test/top1_err", "test/top5_err")))
+    shown = ("val/top1_err", "test/top1_err", "test/top5_err")
+    print(f"best epoch {summary['best_epoch']}: " + fmt_metrics(best, shown))
+    print(f"final epoch {summary['epochs']}: " + fmt_metrics(final, shown))
     print(f"outputs in {out}")
     return 0

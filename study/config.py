@@ -397,7 +397,8 @@ def validate(cfg: PipelineConfig) -> None:
     _check(0 <= t.momentum < 1, f"train.momentum={t.momentum} is not allowed (0 <= momentum < 1)")
     _check(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} is not allowed (>= 0)")
     _one_of(t.schedule, SCHEDULES, "train.schedule")
-    _check(all(0 < x < 1 for x in t.milestones), f"train.milestones={list(t.milestones)} (fractions of epochs in (0, 1))")
+    _check(all(0 < x < 1 for x in t.milestones),
+           f"train.milestones={list(t.milestones)} is not allowed (fractions of epochs in (0, 1))")
     _check(0 < t.gamma <= 1, f"train.gamma={t.gamma} is not allowed (0 < gamma <= 1)")
     _check(0 <= t.warmup_epochs < t.epochs, f"train.warmup_epochs={t.warmup_epochs} (0 <= value < train.epochs)")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),

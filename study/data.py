@@ -308,7 +308,8 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-LOADERS = {"digits": load_digits, "synthetic": load_synthetic, "shapes": load_shapes, "cifar10": load_cifar, "cifar100": load_cifar,
+LOADERS = {"digits": load_digits, "synthetic": load_synthetic, "shapes": load_shapes, "cifar10": load_cifar,
+           "cifar100": load_cifar,
            "imagefolder": load_imagefolder}
 
 

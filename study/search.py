@@ -272,7 +272,8 @@ class MlflowTrialCallback(tune.Callback):
             return
         cfg = replace(from_dict(self.base), params)
         tracking.log_params(client, run_id, flatten(cfg), skip_existing=False)
-        tracking.set_tags(client, run_id, {"cutmix.searched": ",".join(sorted(params)), "cutmix.trial_status": "running"})
+        tracking.set_tags(client, run_id, {"cutmix.searched": ",".join(sorted(params)),
+                                           "cutmix.trial_status": "running"})
         with tempfile.TemporaryDirectory() as d:
             dump_config(cfg, Path(d) / "config.yaml")
             tracking.log_artifact(client, run_id, Path(d) / "config.yaml")
@@ -365,7 +366,8 @@ class ProgressCallback(tune.Callback):
         self.done += 1
         best = (trial.last_result or {}).get(f"best/{self.metric}")
         shown = f"{best:.3g}" if isinstance(best, float) else "-"
-        self._line(f"finished {trial} ({self.done}/{self.total}) {trial_params(trial.config)} best {self.metric} {shown}")
+        params = trial_params(trial.config)
+        self._line(f"finished {trial} ({self.done}/{self.total}) {params} best {self.metric} {shown}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
@@ -427,7 +429,8 @@ def init_ray(num_cpus: int | None = None) -> None:
                  configure_logging=True, logging_level="WARNING")
 
 
-def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list[Any], resume: bool) -> list[TrialRecord]:
+def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list[Any],
+               resume: bool) -> list[TrialRecord]:
     """Run (or resume) the Tune experiment and return one record per trial."""
     s = cfg.search
     base = to_dict(cfg)

@@ -50,7 +50,8 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 return  # an authenticating server is up; credentials are checked on the first call
-            raise TrackingError(f"tracking server {uri} answered {exc.code} on /health (check --tracking-uri)") from None
+            raise TrackingError(f"tracking server {uri} answered {exc.code} on /health (check --tracking-uri)"
+                                ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise TrackingError(f"tracking server {uri} is unreachable ({reason}; start it or fix --tracking-uri)"
@@ -90,7 +91,8 @@ def get_experiment(client: MlflowClient, name: str, artifact_location: str | Non
 def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str | None:
     """The newest run of the experiment whose tags all match, or None."""
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = client.search_runs([experiment_id], filter_string=query, max_results=1, order_by=["attributes.start_time DESC"])
+    runs = client.search_runs([experiment_id], filter_string=query, max_results=1,
+                              order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id if runs else None
 
 

@@ -72,7 +72,8 @@ def _ray_pids(temp_dir: Path) -> set[int]:
 
 
 def _submit(address: str, env: dict[str, str], out: Path, submission_id: str) -> str:
-    runtime_env = {"excludes": [".venv", "runs", ".git", "*.egg-info"], "env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}}
+    runtime_env = {"excludes": [".venv", "runs", ".git", "*.egg-info"],
+                   "env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}}
     cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--submission-id", submission_id,
            "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
            "python", "-m", "pipelines.run", "--output", str(out), "--resume", *_set_args(PIPELINE)]

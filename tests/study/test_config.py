@@ -112,3 +112,16 @@ def test_apply_overrides_does_not_mutate_input():
     data = {"cutmix": {"alpha": 1.0}}
     out = apply_overrides(data, ["cutmix.alpha=2"])
     assert data == {"cutmix": {"alpha": 1.0}} and out["cutmix"]["alpha"] == 2
+
+
+def test_every_shipped_config_is_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(DEFAULT_CONFIG).parent).glob("*.yaml"))
+    assert {p.name for p in configs} >= {"digits.yaml", "cifar100_paper.yaml", "imagenet_resnet50.yaml"}
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.search.space, path
+    paper = load_config(DEFAULT_CONFIG.parent / "cifar100_paper.yaml")
+    assert (paper.model.arch, paper.train.epochs, paper.train.batch_size, paper.train.lr) == ("pyramidnet200", 300, 64,
+                                                                                             0.25)

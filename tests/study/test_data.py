@@ -108,7 +108,8 @@ def test_imagefolder_reads_class_directories(tmp_path):
         for cls in ("cat", "dog"):
             (tmp_path / sub / cls).mkdir(parents=True)
             for i in range(5 if sub == "train" else 2):
-                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / sub / cls / f"{i}.png")
+                pixels = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / sub / cls / f"{i}.png")
     d = load_data(DataConfig(name="imagefolder", root=str(tmp_path), image_size=16, val_fraction=0.2))
     assert d.class_names == ("cat", "dog") and len(d.test) == 4 and len(d.train) + len(d.val) == 10
     assert d.train.images.shape[1:] == (3, 16, 16) and d.train.images.dtype == torch.uint8

@@ -79,7 +79,7 @@ def test_resume_from_checkpoint_reproduces_uninterrupted_run(digits8, tmp_path):
     cfg = load_config(None, TINY + ["train.epochs=3", "cutmix.prob=1.0", "train.schedule=step"])
     straight = list(fit(cfg, digits8))
     interrupted = Trainer(cfg, digits8)
-    for r in interrupted.fit(epochs=2):
+    for _ in interrupted.fit(epochs=2):
         pass
     save_checkpoint(interrupted.checkpoint(), tmp_path / "ck.pt")
     torch.manual_seed(12345)  # a resumed process starts with unrelated global RNG state
