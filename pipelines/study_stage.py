@@ -124,6 +124,27 @@ def child_run_ids(client, experiment_id: str, parent_run_id: str, trial_ids: set
     return ids
 
 
+def reconcile_runs(client, records: list, run_ids: dict[str, str]) -> None:
+    """Make every trial's MLflow run agree with Tune's final word. A driver killed after Tune recorded a trial as
+    finished, but before its logging queue drained, leaves that run RUNNING and short of epochs, and a restored
+    Tune sends no more callbacks for it: backfill the missing epochs from the trial's checkpoint and close it."""
+    from study import search, tracking
+
+    for record in records:
+        run_id = run_ids.get(record.trial_id)
+        if run_id is None:
+            continue
+        run = client.get_run(run_id)
+        logged = tracking.last_step(client, run_id, "epoch")
+        if run.info.status == "RUNNING" or logged < record.epochs:
+            for row in search.trial_history(record):
+                if logged < int(row.get("epoch", 0)) <= record.epochs:
+                    tracking.log_metrics(client, run_id, row, int(row["epoch"]))
+        if run.info.status == "RUNNING":
+            tracking.set_tags(client, run_id, {"cutmix.trial_status": record.status})
+            tracking.end_run(client, run_id, "FAILED" if record.status == "error" else "FINISHED")
+
+
 def check_study_config(cfg: PipelineConfig) -> None:
     """What only a study needs: a non-empty space, and a grid of listed values."""
     from study.config import ConfigError
@@ -186,6 +207,7 @@ def run_study(cfg: PipelineConfig, out_dir: Path, uri: str, *, resume: bool = Fa
         raise
 
     run_ids = child_run_ids(client, experiment_id, parent, {r.trial_id for r in records})
+    reconcile_runs(client, records, run_ids)
     frame = records_to_frame(records, cfg, run_ids)
     write_parquet(frame, out_dir / "results.parquet")
     best_idx, best_value = pick_best(frame, cfg.search.metric, cfg.search.mode)

@@ -388,6 +388,17 @@ class TrialRecord:
     epochs: int
     wall_s: float
     error: str | None
+    checkpoint: Any = None  # the trial's latest tune.Checkpoint (its history backfills tracking after a crash)
+
+
+def trial_history(record: TrialRecord) -> list[dict[str, float]]:
+    """Per-epoch metrics stored in the trial's latest checkpoint ([] if it has none)."""
+    from study.checkpoint import load_checkpoint
+
+    if record.checkpoint is None:
+        return []
+    with record.checkpoint.as_directory() as d:
+        return list(load_checkpoint(Path(d) / TRIAL_CHECKPOINT).get("history", []))
 
 
 def storage_path(cfg: PipelineConfig, out_dir: Path) -> str:
@@ -474,7 +485,8 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
         best = {k[len("best/"):]: float(v) for k, v in m.items() if k.startswith("best/") and _num(v)}
         records.append(TrialRecord(str(m.get("trial_id") or _trial_id_from_path(result.path)), status, cfg_params,
                                    final, best, epochs, float(m.get("time_total_s", 0.0)),
-                                   None if result.error is None else str(result.error).splitlines()[0][:500]))
+                                   None if result.error is None else str(result.error).splitlines()[0][:500],
+                                   result.checkpoint))
     return records
 
 
