@@ -10,7 +10,7 @@ and then (d) a random search with ASHA, counting epochs trained against the full
 Targets (2 CPUs, one trial at a time, ~30 s trials): (c)/(a) <= 1.15 and (c)/(b) <= 1.05. Ray's start-up is
 timed separately (it happens once per driver, not per trial).
 
-    python bench/study_overhead.py                  # 4 trials of ~30 s: about 8 minutes in all
+    python bench/study_overhead.py                  # 4 trials of ~30 s: about 8 minutes in all (quiet machine)
     python bench/study_overhead.py --trials 2 --epochs 3 --asha-trials 4
 """
 
@@ -95,7 +95,7 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=4, help=f"trials per variant (at most {len(ALPHAS)})")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial (10: ~30 s on 2 cores)")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs per trial (40: ~30 s on 2 cores)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--asha-trials", type=int, default=8)
     parser.add_argument("--server", action="store_true", help="track to a local `mlflow server`, not SQLite")

@@ -279,9 +279,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             last = i == len(parts) - 1
             if cls is SearchConfig and part == "space" and not last:
                 # The rest of the key is one dotted parameter name.
-                node = node.setdefault("space", {}) or {}
-                out_space = node
-                out_space[".".join(parts[i + 1:])] = parse_value(raw)
+                if not isinstance(node.get("space"), dict):
+                    node["space"] = {}
+                node["space"][".".join(parts[i + 1:])] = parse_value(raw)
                 break
             if last:
                 node[part] = parse_value(raw)

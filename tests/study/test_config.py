@@ -66,6 +66,11 @@ def test_overrides_are_typed_and_nested():
         cfg.train.epochs = 5  # type: ignore[misc]
 
 
+def test_space_can_be_cleared_then_rebuilt_from_the_command_line():
+    cfg = load_config(None, ["search.space={}", "search.space.cutmix.alpha={type: choice, values: [0.5, 2.0]}"])
+    assert list(cfg.search.space) == ["cutmix.alpha"] and cfg.search.space["cutmix.alpha"].values == (0.5, 2.0)
+
+
 def test_unknown_yaml_key_is_an_error(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("cutmix:\n  alpah: 1.0\n")
