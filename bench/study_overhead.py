@@ -111,7 +111,9 @@ def main() -> None:
     data = load_data(cfg.data)
     work = Path(tempfile.mkdtemp(prefix="bench-study-"))
     t0 = time.perf_counter()
-    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    from study.search import init_ray
+
+    init_ray(num_cpus=args.threads)  # as the study stage starts it
     ray_start = time.perf_counter() - t0
     server = None
     try:

@@ -116,6 +116,7 @@ class SearchConfig:
     storage: str = ""  # Ray Tune storage path or URI (s3://...); default <output>/tune
     seed: int = 0  # sampler seed
     evaluate_defaults: bool = True  # paper defaults (alpha=1, p=0.5) and the no-CutMix baseline first
+    checkpoint_every: int = 0  # trial checkpoints: every N epochs and the last; 0 = auto (about every 10 s)
     space: Mapping[str, Dimension] = field(default_factory=dict)
 
 
@@ -411,6 +412,8 @@ def validate(cfg: PipelineConfig) -> None:
     _check(s.num_samples >= 1, f"search.num_samples={s.num_samples} is not allowed (>= 1)")
     _check(s.max_concurrent >= 1, f"search.max_concurrent={s.max_concurrent} is not allowed (>= 1)")
     _check(s.grace_period >= 1, f"search.grace_period={s.grace_period} is not allowed (>= 1)")
+    _check(s.checkpoint_every >= 0,
+           f"search.checkpoint_every={s.checkpoint_every} is not allowed (0 for auto, or >= 1)")
     _check(s.reduction_factor >= 2, f"search.reduction_factor={s.reduction_factor} is not allowed (>= 2)")
     _check(s.resources_per_trial.cpu > 0, f"search.resources_per_trial.cpu={s.resources_per_trial.cpu} (> 0)")
     _check(s.resources_per_trial.gpu >= 0, f"search.resources_per_trial.gpu={s.resources_per_trial.gpu} (>= 0)")

@@ -32,6 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from study.config import ConfigError, Dimension, PipelineConfig, from_dict, replace, to_dict
 
 TRIAL_CHECKPOINT = "checkpoint.pt"
+AUTO_CHECKPOINT_S = 10.0  # search.checkpoint_every=0: checkpoint a trial about this often
 HISTORY_KEY = "_history"  # per-epoch metrics before a restored checkpoint (see _trainable)
 EXPERIMENT_NAME = "study"
 # Parameters that only exist when the batch is actually mixed.
@@ -200,6 +201,7 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
     # After a restore, the first report carries the epochs before the checkpoint, so the driver can backfill any
     # the tracking store lost (a SIGKILLed driver dies with its queue of unsent logging calls).
     backfill = list(resume.get("history", [])) if resume else None
+    every, last_saved = cfg.search.checkpoint_every, time.monotonic()
     for result in fit(cfg, data, checkpoint=resume):
         metrics = dict(result.metrics)
         metrics.update(used_values(result.trainer))
@@ -207,10 +209,17 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
             metrics[HISTORY_KEY] = backfill
         backfill = None
         metrics.update({f"best/{k}": v for k, v in result.trainer.best_metrics.items() if "/" in k})
+        # Each checkpoint makes Tune snapshot the experiment (num_to_keep), so short epochs are not checkpointed
+        # one by one: a resume repeats at most `every` epochs (or ~10 s) of a trial. The last epoch always is.
+        due = (result.epoch >= cfg.train.epochs or (every > 0 and result.epoch % every == 0)
+               or (every == 0 and time.monotonic() - last_saved >= AUTO_CHECKPOINT_S))
+        if not due:
+            tune.report(metrics)  # ASHA may stop the trial in here (SystemExit): that is its normal end
+            continue
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(result.trainer.checkpoint(), Path(d) / TRIAL_CHECKPOINT)
-            # ASHA may stop the trial inside this call (SystemExit): nothing after the last report is needed.
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        last_saved = time.monotonic()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import REPO, TINY, descendants, kill_tree
 
 STUDY = TINY + ["name=resume", "train.epochs=4", "search.num_samples=4", "search.max_concurrent=1",
-                "search.scheduler=none", "search.algorithm=tpe"]
+                "search.scheduler=none", "search.algorithm=tpe", "search.checkpoint_every=1"]
 
 
 def _cmd(out, uri, *extra):
