@@ -23,6 +23,19 @@ from study.config import PipelineConfig, from_dict, load_config
 SHOWN = ("val/map", "val/map_50", "val/map_75")
 
 
+def pyramid_stages(strides: list[int]) -> list[int] | None:
+    """1-based stages fed to the FPN: those of stride >= 4, as torchvision's FPN starts at C2 (stride 4).
+
+    A CIFAR network's stride-1 and stride-2 stages would put 256-channel pyramid maps at full or half image size:
+    at 64 px a ResNet-20 detector's step takes twice as long with its stride-2 level, and objects of 6-32 px are
+    pooled from the stride-4 map anyway. A network with no stage that deep keeps its deepest stage; None when the
+    manifest lists no strides (then every stage is returned).
+    """
+    if not strides:
+        return None
+    return [i + 1 for i, st in enumerate(strides) if st >= 4] or [len(strides)]
+
+
 def finetune_from(export_dir: Path, cfg: PipelineConfig, datasets, *, random_init: bool, log) -> tuple[dict, Any]:
     """Fine-tune a detector on the exported backbone (or its random-init control); (per-epoch rows, model)."""
     import torch
@@ -38,14 +51,17 @@ def finetune_from(export_dir: Path, cfg: PipelineConfig, datasets, *, random_ini
         # The control trains every layer: frozen random early layers would handicap it and flatter transfer.
         layers = len(read_manifest(export_dir)["stage_names"]) + 1
     manifest = read_manifest(export_dir)
-    # Like torchvision's FPN (which starts at stride 4), leave out stride-1 stages: a CIFAR-style stem at detection
-    # resolution would put a 256-channel pyramid level at full image size, the bulk of the cost for little gain.
-    strides = manifest.get("feature_strides") or []
-    returned = [i + 1 for i, st in enumerate(strides) if st >= 2] or None
+    returned = pyramid_stages(manifest.get("feature_strides") or [])
     backbone = load_backbone(export_dir, trainable_layers=layers, random_init=random_init, returned_layers=returned)
     norm = backbone.manifest.get("normalisation") or {}
     extra = {"image_mean": norm["mean"], "image_std": norm["std"]} if norm.get("mean") else {}
-    model = build_detector(backbone, len(classes) + 1, d.image_size, **extra)
+    # Only the levels the network computes: load_backbone's padding levels are subsampled copies (see FinestLevels).
+    # Anchors span the dataset's object sizes when it states them (SyntheticShapes: 0.1-0.5 of the side).
+    if hasattr(train_ds, "object_scale"):
+        extra["anchor_scale"] = tuple(train_ds.object_scale)
+    model = build_detector(backbone, len(classes) + 1, d.image_size, levels=len(returned) if returned else None,
+                           representation_size=d.representation_size, box_batch_size_per_image=d.rois_per_image,
+                           **extra)
     rows = list(finetune(model, train_ds, val_ds, d, device="cuda" if torch.cuda.is_available() else "cpu", log=log))
     return rows, model
 

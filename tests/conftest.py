@@ -35,6 +35,16 @@ TINY = [
 ]
 
 
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """The CLI's bad-input contract: exit 2 and a single `error: ...` line holding every needle, no traceback."""
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
 @pytest.fixture(autouse=True, scope="session")
 def _threads() -> None:
     import torch

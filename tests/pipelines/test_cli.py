@@ -9,22 +9,13 @@ import sys
 import pytest
 
 from pipelines.cli import main
-from tests.conftest import REPO, TINY, free_port
+from tests.conftest import REPO, TINY, assert_one_line_error, free_port
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.mark.parametrize(("argv", "needles"), [

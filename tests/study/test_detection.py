@@ -290,6 +290,30 @@ def test_build_detector_three_level_custom_fpn_and_bn_untouched():
     _train_step_and_infer(model)
 
 
+def test_build_detector_finest_levels_only_and_anchor_scale():
+    """levels=k keeps the k finest maps for the RPN and the RoIs; anchor_scale spans the objects' sizes."""
+    torch.manual_seed(0)
+    backbone = TinyFPN()
+    model = build_detector(backbone, num_classes=4, image_size=64, levels=1, anchor_scale=(0.1, 0.5),
+                           representation_size=32, box_batch_size_per_image=16)
+    assert model.backbone.out_channels == backbone.out_channels and model.backbone.body is backbone
+    with torch.no_grad():
+        feats = model.backbone(torch.zeros(1, 3, 64, 64))
+    assert list(feats) == ["c3"] and feats["c3"].shape[-1] == 32  # the stride-2 map alone
+    assert model.rpn.anchor_generator.sizes == ((6, 14, 32),)  # 0.1..0.5 of 64 px, about one per octave
+    assert model.roi_heads.box_roi_pool.featmap_names == ["c3"]
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 16
+    _train_step_and_infer(model)
+    # Two levels: the sizes split fine to coarse; the default scale is image_size/16 .. image_size.
+    model = build_detector(TinyFPN(), num_classes=4, image_size=64, levels=2, anchor_scale=(0.1, 0.5))
+    assert model.rpn.anchor_generator.sizes == ((6, 11), (19, 32))
+    assert build_detector(TinyFPN(), 4, 64, levels=1).rpn.anchor_generator.sizes == ((4, 8, 16, 32, 64),)
+    with pytest.raises(ValueError, match="levels=0"):
+        build_detector(TinyFPN(), num_classes=4, image_size=64, levels=0)
+    with pytest.raises(ValueError, match="anchor scale"):
+        build_detector(TinyFPN(), num_classes=4, image_size=64, anchor_scale=(0.5, 0.1))
+
+
 def test_build_detector_rejects_backbone_without_out_channels():
     with pytest.raises(ValueError, match="out_channels"):
         build_detector(nn.Sequential(nn.Conv2d(3, 8, 3)), num_classes=4, image_size=64)
