@@ -94,7 +94,8 @@ def run_detect(export_dir: Path, cfg: PipelineConfig, out_dir: Path, uri: str, *
                         | {"backbone.arch": manifest["arch"], "backbone.dataset": manifest.get("dataset")})
     start = time.perf_counter()
     report: dict[str, Any] = {"backbone": str(Path(export_dir).resolve() / "backbone.pt"), "arch": manifest["arch"],
-                              "data": cfg.detect.data, "classes": list(datasets[2]), "runs": {}}
+                              "pretrained_on": manifest.get("dataset") or "", "data": cfg.detect.data,
+                              "classes": list(datasets[2]), "runs": {}}
     try:
         variants = [("pretrained", False)] + ([("random", True)] if cfg.detect.compare_random else [])
         for name, random_init in variants:
@@ -128,7 +129,8 @@ def run_detect(export_dir: Path, cfg: PipelineConfig, out_dir: Path, uri: str, *
 def format_report(report: dict[str, Any]) -> str:
     line = f"detector from {report['backbone']}: mAP@0.5 {report['map_50']:.3f}, mAP@[.5:.95] {report['map']:.3f}"
     if "random_map_50" in report:
-        verdict = "pretrained wins" if report["gain_map_50"] > 0 else "pretraining did not help"
+        source = f" on {report['pretrained_on']}" if report.get("pretrained_on") else ""
+        verdict = "pretrained wins" if report["gain_map_50"] > 0 else f"pretraining{source} did not help here"
         line += f"; random-init control mAP@0.5 {report['random_map_50']:.3f} ({verdict})"
     return line
 

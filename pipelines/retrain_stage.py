@@ -166,6 +166,17 @@ def run_retrain(cfg: PipelineConfig, out_dir: Path, uri: str, *, study_run_id: s
     return report
 
 
+def gain_line(report: dict[str, Any]) -> str:
+    """One line on the CutMix gain; a gain no larger than the seed-to-seed std of either variant is called a tie."""
+    g = report["cutmix_gain_top1_points"]
+    spread = max(report["variants"][v]["test/top1_err"]["std"] for v in ("baseline", "cutmix"))
+    if abs(g) <= spread:
+        verdict = f"within the seed spread of {spread:.2f}: no measured difference"
+    else:
+        verdict = "CutMix wins" if g > 0 else "the baseline wins"
+    return f"CutMix gain: {g:+.2f} points of top-1 error ({verdict})"
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = []
     for variant, stats in report["variants"].items():
@@ -174,9 +185,7 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{variant:>8}: test top-1 error {t['mean']:.2f} ± {t['std']:.2f} % over {t['n']} seeds "
                      f"({values})")
     if "cutmix_gain_top1_points" in report:
-        g = report["cutmix_gain_top1_points"]
-        verdict = "CutMix wins" if g > 0 else "the baseline wins" if g < 0 else "a tie"
-        lines.append(f"CutMix gain: {g:+.2f} points of top-1 error ({verdict})")
+        lines.append(gain_line(report))
     lines.append(f"best checkpoint: {report['best_checkpoint']}")
     return "\n".join(lines)
 

@@ -50,6 +50,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n== done in {time.perf_counter() - start:.0f} s ==")
     print(f"best config: {study.best_params} ({cfg.search.metric} {study.best_value:.2f})")
     print(f"retrained: test top-1 error {cut['mean']:.2f} ± {cut['std']:.2f} % over {cut['n']} seeds")
+    if "cutmix_gain_top1_points" in report:
+        base = report["variants"]["baseline"]["test/top1_err"]
+        print(f"baseline (p=0): test top-1 error {base['mean']:.2f} ± {base['std']:.2f} %; "
+              + retrain_stage.gain_line(report))
     print(f"backbone: {study.out_dir / 'export' / 'backbone.pt'}")
     print(f"detector mAP@0.5: {detect['map_50']:.3f}" + (f" (random-init control {detect['random_map_50']:.3f})"
                                                         if "random_map_50" in detect else ""))
