@@ -10,14 +10,15 @@ and then (d) a random search with ASHA, counting epochs trained against the full
 Targets (2 CPUs, one trial at a time, ~30 s trials): (c)/(a) <= 1.15 and (c)/(b) <= 1.05. Ray's start-up is
 timed separately (it happens once per driver, not per trial).
 
-    python bench/study_overhead.py                  # 4 trials of ~30 s: about 8 minutes in all (quiet machine)
-    python bench/study_overhead.py --trials 2 --epochs 3 --asha-trials 4
+    python bench/study_overhead.py                  # 4 trials of ~30 s, 2 rounds: about 13 minutes (quiet machine)
+    python bench/study_overhead.py --trials 2 --epochs 3 --repeats 1 --asha-trials 4
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+LABELS = {"a": "(a) plain loop over fit()", "b": "(b) Ray Tune study, no tracking",
+          "c": "(c) Ray Tune study + MLflow"}
 ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 0.1, 0.75, 1.5)
 
 
@@ -95,7 +98,8 @@ def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=4, help=f"trials per variant (at most {len(ALPHAS)})")
-    parser.add_argument("--epochs", type=int, default=40, help="epochs per trial (40: ~30 s on 2 cores)")
+    parser.add_argument("--epochs", type=int, default=75, help="epochs per trial (75: ~30 s on 2 quiet cores)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds of (a), (b), (c); medians compared")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--asha-trials", type=int, default=8)
     parser.add_argument("--server", action="store_true", help="track to a local `mlflow server`, not SQLite")
@@ -123,12 +127,19 @@ def main() -> None:
             uri = f"sqlite:///{work / 'mlflow.db'}"
         print(f"{args.trials} trials x {args.epochs} epochs of resnet20 on digits, {args.threads} threads; "
               f"tracking {uri}", flush=True)
-        plain, plain_epochs = plain_loop(cfg, data)
-        print(f"(a) plain loop done: {plain:.1f} s", flush=True)
-        tune_only, _ = tune_run(cfg, data, work / "tune-only", None)
-        print(f"(b) Ray Tune done: {tune_only:.1f} s", flush=True)
-        tracked, _ = tune_run(cfg, data, work / "tracked", uri)
-        print(f"(c) Ray Tune + MLflow done: {tracked:.1f} s", flush=True)
+        # Rounds interleave the variants (rotating their order) so drift in machine speed hits all three alike;
+        # medians over rounds are compared, and every round's ratios are printed to show the spread.
+        runners = {
+            "a": lambda r: plain_loop(cfg, data)[0],
+            "b": lambda r: tune_run(cfg, data, work / f"tune-only-{r}", None)[0],
+            "c": lambda r: tune_run(cfg, data, work / f"tracked-{r}", uri)[0],
+        }
+        walls: dict[str, list[float]] = {k: [] for k in runners}
+        for r in range(args.repeats):
+            order = list(runners)[r % 3:] + list(runners)[:r % 3]
+            for key in order:
+                walls[key].append(runners[key](r))
+                print(f"round {r + 1}/{args.repeats} {LABELS[key]}: {walls[key][-1]:.1f} s", flush=True)
 
         asha_cfg = make_config(args.trials, args.epochs, args.threads, [
             "search.algorithm=random", f"search.num_samples={args.asha_trials}", "search.scheduler=asha",
@@ -142,14 +153,15 @@ def main() -> None:
             server.kill()
         ray.shutdown()
 
-    rows = [("(a) plain loop over fit()", plain), ("(b) Ray Tune study, no tracking", tune_only),
-            ("(c) Ray Tune study + MLflow", tracked)]
-    print(f"\nRay start-up (once per driver): {ray_start:.1f} s")
-    print(f"{'variant':<36} {'wall s':>8} {'per trial s':>12} {'vs (a)':>8}")
-    for name, wall in rows:
-        print(f"{name:<36} {wall:8.1f} {wall / args.trials:12.1f} {wall / plain:8.3f}")
-    print(f"\nstudy / plain loop: {tracked / plain:.3f} (target <= 1.15)")
-    print(f"MLflow tracking overhead: {tracked / tune_only:.3f} (target <= 1.05)")
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    print(f"\nRay start-up (once per driver): {ray_start:.1f} s; {args.repeats} interleaved rounds, medians")
+    print(f"{'variant':<36} {'wall s':>8} {'per trial s':>12} {'vs (a)':>8}   every round (s)")
+    for key, wall in med.items():
+        rounds = " ".join(f"{w:.1f}" for w in walls[key])
+        print(f"{LABELS[key]:<36} {wall:8.1f} {wall / args.trials:12.1f} {wall / med['a']:8.3f}   {rounds}")
+    per_round = lambda x, y: " ".join(f"{p / q:.3f}" for p, q in zip(walls[x], walls[y]))  # noqa: E731
+    print(f"\nstudy / plain loop: {med['c'] / med['a']:.3f} (target <= 1.15; rounds {per_round('c', 'a')})")
+    print(f"MLflow tracking overhead: {med['c'] / med['b']:.3f} (target <= 1.05; rounds {per_round('c', 'b')})")
     print(f"ASHA: {len(records)} trials trained {trained} of {full} epochs ({100 * trained / full:.0f}% of the full "
           f"budget, {asha_wall:.1f} s); epochs per trial {[r.epochs for r in records]}")
 
