@@ -46,11 +46,11 @@ def finetune_from(export_dir: Path, cfg: PipelineConfig, datasets, *, random_ini
     d = cfg.detect
     train_ds, val_ds, classes = datasets
     torch.manual_seed(d.seed)  # the same head initialisation for the pretrained run and its control
+    manifest = read_manifest(export_dir)
     layers = None if d.trainable_layers < 0 else d.trainable_layers
     if random_init:
         # The control trains every layer: frozen random early layers would handicap it and flatter transfer.
-        layers = len(read_manifest(export_dir)["stage_names"]) + 1
-    manifest = read_manifest(export_dir)
+        layers = len(manifest["stage_names"]) + 1
     returned = pyramid_stages(manifest.get("feature_strides") or [])
     backbone = load_backbone(export_dir, trainable_layers=layers, random_init=random_init, returned_layers=returned)
     norm = backbone.manifest.get("normalisation") or {}

@@ -437,10 +437,9 @@ def _paste_boxes(images: torch.Tensor, perm_t: torch.Tensor, lo: np.ndarray, hi:
     _, _, height, width = images.shape
     out = torch.empty_like(images)  # keeps the input's memory format (channels_last stays channels_last)
     torch.index_select(images, 0, perm_t, out=out)
-    if images.dtype.is_floating_point:
-        weight = _box_mask(lo, hi, (height, width), images.dtype, images.device)
-        return torch.lerp(images, out, weight, out=out)
     mask = _box_mask(lo, hi, (height, width), images.dtype, images.device)
+    if images.dtype.is_floating_point:
+        return torch.lerp(images, out, mask, out=out)
     out.bitwise_xor_(images).bitwise_and_(mask).bitwise_xor_(images)
     return out
 

@@ -36,6 +36,14 @@ TINY = [
 
 
 
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    """The CLI in-process: (exit code, stdout, stderr)."""
+    from pipelines.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     """The CLI's bad-input contract: exit 2 and a single `error: ...` line holding every needle, no traceback."""
     assert code == 2, err

@@ -9,13 +9,7 @@ import sys
 import pytest
 
 from pipelines.cli import main
-from tests.conftest import REPO, TINY, assert_one_line_error, free_port
-
-
-def run_main(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.conftest import REPO, TINY, assert_one_line_error, free_port, run_main
 
 
 @pytest.mark.parametrize(("argv", "needles"), [

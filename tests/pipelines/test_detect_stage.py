@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.cli import main
 from pipelines.detect_stage import run_detect
 from pipelines.train_stage import train_run
 from study.config import load_config
 from study.export import export_backbone
-from tests.conftest import TINY, assert_one_line_error
+from tests.conftest import TINY, assert_one_line_error, run_main
 
 # Pretraining: 10k shapes at 16 px (at 32 px the loss sits at ln 3 for a seed-dependent 5-10+ epochs before it
 # falls; at 16 px it falls steadily: val error ~20 % after 20 epochs for seeds 0 and 1), no mixing (a pasted patch
@@ -91,10 +90,9 @@ def _copy(export: Path, tmp_path: Path) -> Path:
     return dst
 
 
-def _detect(capsys, export: Path, tmp_path: Path) -> tuple[int, str]:
-    code = main(["detect", "--backbone", str(export), "--output", str(tmp_path / "out"),
-                 *[arg for item in TINY for arg in ("--set", item)]])
-    return code, capsys.readouterr().err
+def _detect(capsys, export: Path, tmp_path: Path) -> tuple[int, str, str]:
+    return run_main(capsys, "detect", "--backbone", str(export), "--output", str(tmp_path / "out"),
+                    *[arg for item in TINY for arg in ("--set", item)])
 
 
 def test_detect_refuses_a_corrupted_safetensors_byte(capsys, tmp_path, tiny_export):
@@ -103,7 +101,7 @@ def test_detect_refuses_a_corrupted_safetensors_byte(capsys, tmp_path, tiny_expo
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF  # same size, one byte changed: only the sha256 can tell
     path.write_bytes(bytes(data))
-    code, err = _detect(capsys, export, tmp_path)
+    code, _, err = _detect(capsys, export, tmp_path)
     assert_one_line_error(code, err, str(path), "corrupted")
     assert not (tmp_path / "out" / "detect").exists()  # refused before any work
 
@@ -112,7 +110,7 @@ def test_detect_refuses_a_truncated_backbone_pt(capsys, tmp_path, tiny_export):
     export = _copy(tiny_export, tmp_path)
     path = export / "backbone.pt"
     path.write_bytes(path.read_bytes()[:-100])
-    code, err = _detect(capsys, export, tmp_path)
+    code, _, err = _detect(capsys, export, tmp_path)
     assert_one_line_error(code, err, str(path), "bytes")
     assert not (tmp_path / "out" / "detect").exists()
 
@@ -120,14 +118,12 @@ def test_detect_refuses_a_truncated_backbone_pt(capsys, tmp_path, tiny_export):
 def test_detect_refuses_an_export_without_manifest(capsys, tmp_path, tiny_export):
     export = _copy(tiny_export, tmp_path)
     (export / "manifest.json").unlink()
-    code, err = _detect(capsys, export, tmp_path)
+    code, _, err = _detect(capsys, export, tmp_path)
     assert_one_line_error(code, err, str(export), "manifest.json")
 
 
 def test_detect_tiny_export_runs_end_to_end(capsys, tmp_path, tiny_export):
-    code = main(["detect", "--backbone", str(tiny_export), "--output", str(tmp_path / "out"),
-                 *[arg for item in TINY for arg in ("--set", item)]])
-    out, err = capsys.readouterr()
+    code, out, err = _detect(capsys, tiny_export, tmp_path)
     assert code == 0, err
     assert "mAP@0.5" in out and "random-init control" in out
     report = json.loads((tmp_path / "out" / "detect" / "metrics.json").read_text())
