@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-SUBCOMMANDS = ("run", "study", "retrain", "export", "detect", "train")
+SUBCOMMANDS = ("run", "study", "retrain", "evaluate", "export", "detect", "train")
 
 
 class UsageError(ValueError):
@@ -31,9 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "detect. With no --config the embedded digits default runs on the CPU.")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     helps = {
-        "run": "all stages: study -> retrain -> export -> detect",
+        "run": "all stages: study -> retrain -> evaluate -> export -> detect",
         "study": "Ray Tune + Optuna search over CutMix alpha, p and architecture",
-        "retrain": "retrain the study's best config with several seeds; test mean +- std",
+        "retrain": "retrain the study's best config and baselines with several seeds; test mean +- std, 95%% CI",
+        "evaluate": "the paper's evaluations of retrained models: calibration, CAM localization, occlusion, "
+                    "in-between-class, FGSM, OOD; the method table",
         "export": "export a detection-ready backbone (backbone.pt, safetensors, manifest.json)",
         "detect": "fine-tune Faster R-CNN (FPN) from an exported backbone; report mAP",
         "train": "one training run of a config",
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the output dir)")
         p.add_argument("--resume", action="store_true", help="continue the run stored in the output directory")
         p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output directory")
-        if name in ("retrain", "export"):
+        if name in ("retrain", "evaluate", "export"):
             p.add_argument("--from", dest="source", default=None,
                            help="a study/run directory or an MLflow run id (default: the output directory)")
         if name == "detect":
@@ -65,7 +67,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, CheckpointError]
     for module, name in (("study.export", "ExportError"), ("study.detection", "DetectionDataError"),
-                         ("pipelines.common", "OutputError"), ("study.tracking", "TrackingError")):
+                         ("pipelines.results", "ResultError"), ("study.tracking", "TrackingError"),
+                         ("study.evaluation", "EvaluationError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):

@@ -1,20 +1,32 @@
-"""What every stage does at the door: resolve the config, the output directory and the tracking URI."""
+"""What every stage does at the door: the config, the output directory (with --resume / --overwrite), the tracker,
+and `--from` (a directory or an MLflow run id), each resolved here once for every stage.
+
+--resume and --overwrite, for every stage (`open_stage`):
+- neither: a stage whose outputs already exist refuses to run (exit 2): nothing is replaced silently;
+- --overwrite: the stage's own outputs (and only those) are removed first;
+- --resume: a stage whose summary.json exists is finished and is returned as it is; an unfinished one continues
+  from what it left (the study from its Tune experiment, retrain and evaluate per seed).
+"""
+
 
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from pipelines.results import ResultError, StageResult
 from study.config import PipelineConfig, load_config
 
+R = TypeVar("R", bound=StageResult)
 
-class OutputError(ValueError):
-    """The output directory cannot be used as asked; one-line message."""
+
+class OutputError(ResultError):
+    """The output directory or a --from source cannot be used as asked; one-line message."""
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -86,63 +98,65 @@ def prepare_output(path: Path, owned: list[str], *, resume: bool, overwrite: boo
     return path
 
 
+def open_stage(path: str | Path, owned: list[str], *, resume: bool, overwrite: bool,
+               result: type[R] | None = None) -> tuple[Path, R | None]:
+    """The one place --resume / --overwrite are applied (see the module docstring). Returns (the output directory,
+    made ready; the finished result when resuming a stage whose summary.json exists, else None)."""
+    out = prepare_output(path, owned, resume=resume, overwrite=overwrite)
+    if resume and result is not None and result.exists(out):
+        return out, result.from_dir(out)
+    return out, None
+
+
 def tracking_uri(args: argparse.Namespace, out_dir: Path) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else a SQLite store in the output directory."""
     uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
 
 
-class Progress:
-    """Per-epoch progress lines with an ETA, on stderr (stdout stays for results)."""
+def tracker_for(args: argparse.Namespace, out_dir: Path):
+    """The Tracker of a pipeline whose output directory is `out_dir` (artifacts inside it for local stores)."""
+    from study.tracking import Tracker
 
-    def __init__(self, total: int, label: str = "", stream=None):
-        self.total, self.label, self.start = total, label, time.perf_counter()
-        self.stream = stream or sys.stderr
-
-    def update(self, done: int, text: str) -> None:
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / max(done, 1) * (self.total - done)
-        prefix = f"{self.label} " if self.label else ""
-        print(f"{prefix}[{done:>{len(str(self.total))}}/{self.total}] {text}  {elapsed:5.0f}s elapsed, eta {eta:4.0f}s",
-              file=self.stream, flush=True)
-
-
-def fmt_metrics(metrics: dict[str, float], keys: tuple[str, ...]) -> str:
-    return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
-
-
-def save_sample_grid_for(cfg: PipelineConfig, data, path: Path, n: int = 32) -> Path:
-    """A grid of training samples as a trial would see them, mixed with probability 1 so that the picture
-    shows what the configured method does (the title gives the configured p)."""
-    import dataclasses
-
-    import torch
-
-    from study.augment import build_mixer, one_hot
-    from study.data import BatchAugment, iterate_batches
-    from study.plots import save_sample_grid
-
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    x, y = next(iterate_batches(data.train, n, shuffle=True, seed=cfg.train.seed))
-    x = BatchAugment(data.mean, data.std, cfg.data.pad, cfg.data.hflip)(x, gen)
-    c = cfg.cutmix
-    if c.method != "none" and c.prob > 0:
-        x, targets = build_mixer(dataclasses.replace(c, prob=1.0), data.num_classes)(x, y, generator=gen)
-    else:
-        targets = one_hot(y, data.num_classes, c.label_smoothing)
-    alpha = f" alpha={c.alpha:g}" if c.method in ("cutmix", "mixup") and c.prob > 0 else ""
-    return save_sample_grid(x, path, targets=targets, mean=data.mean, std=data.std, class_names=data.class_names,
-                            title=f"{cfg.model.arch}: {c.method}{alpha} p={c.prob:g} ({c.mode})")
+    return Tracker(tracking_uri(args, out_dir), out_dir)
 
 
 def is_run_id(text: str | None) -> bool:
     """MLflow run ids are 32 lowercase hex characters."""
-    return bool(text) and len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+    return bool(text) and len(text) == 32 and all(c in "0123456789abcdef" for c in str(text))
 
 
-def mean_std(values: list[float]) -> dict[str, float | list[float]]:
-    """Mean and sample standard deviation (ddof=1; 0 for one value) with the values themselves."""
-    import statistics
+@dataclass(frozen=True)
+class Source:
+    """A resolved `--from`: a local directory, or an MLflow run (its tags, and a temporary directory holding
+    the artifacts a stage downloaded from it)."""
 
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values), "values": list(values)}
+    path: Path | None = None
+    run_id: str | None = None
+    tags: dict[str, str] | None = None
+
+    def download(self, tracker, artifact: str, dst: Path, *, required: str | None = None) -> Path | None:
+        """Fetch `artifact` of the run into `dst`; None if absent, or OutputError(`required`) when it is needed."""
+        try:
+            return tracker.download(self.run_id, artifact, dst)
+        except Exception:
+            if required is None:
+                return None
+            raise OutputError(f"MLflow run {self.run_id} has no {artifact} artifact ({required})") from None
+
+
+def resolve_source(source: str | Path | None, tracker, *, stages: tuple[str, ...], hint: str) -> Source | None:
+    """`--from` for every stage that takes one: None (use the output directory), an existing directory, or an
+    MLflow run id whose `cutmix.stage` tag is one of `stages`. `hint` says what to give instead."""
+    if source is None or source == "":
+        return None
+    text = str(source)
+    if is_run_id(text):
+        tags, _, _ = tracker.run_info(text)
+        if tags.get("cutmix.stage") not in stages:
+            raise OutputError(f"MLflow run {text} is a {tags.get('cutmix.stage', 'non-cutmix')} run ({hint})")
+        return Source(run_id=text, tags=dict(tags))
+    path = Path(text)
+    if not path.exists():
+        raise OutputError(f"--from {text}: no such directory or MLflow run id ({hint})")
+    return Source(path=path)

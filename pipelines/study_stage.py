@@ -2,7 +2,8 @@
 
 Writes into the output directory: `results.parquet` (one row per trial), `best_config.yaml` (a complete config
 that `retrain --config` accepts), `plots/*.png`, `tune/` (Ray Tune's experiment, unless `search.storage` points
-elsewhere), `study_run.json` (the MLflow parent run), and by default the SQLite MLflow store `mlflow.db`.
+elsewhere), `study_run.json` (the MLflow parent run), `study/summary.json` (the StudyResult), and by default the
+SQLite MLflow store `mlflow.db` with its artifacts in `mlartifacts/`.
 """
 
 from __future__ import annotations
@@ -11,35 +12,15 @@ import argparse
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import (
-    OutputError,
-    check_writable,
-    config_from_args,
-    default_output,
-    prepare_output,
-    save_sample_grid_for,
-    tracking_uri,
-)
-from study.config import PipelineConfig, dump_config, flatten, replace
+from pipelines.common import OutputError, check_writable, config_from_args, default_output, open_stage, tracker_for
+from pipelines.results import StudyResult
+from study.config import PipelineConfig, dump_config, flatten, replace, to_dict
 
-OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json"]
+OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study"]
 RUN_FILE = "study_run.json"
-
-
-@dataclass
-class StudyResult:
-    out_dir: Path
-    frame: Any  # pandas.DataFrame, one row per trial
-    best_params: dict[str, Any]
-    best_value: float
-    best_config: Path
-    parent_run_id: str
-    tracking_uri: str
-    wall_s: float
 
 
 def records_to_frame(records: list, cfg: PipelineConfig, run_ids: dict[str, str]):
@@ -84,10 +65,10 @@ def pick_best(frame, metric: str, mode: str) -> tuple[int | None, float]:
     return int(idx), float(frame.loc[idx, col])
 
 
-def summary_table(frame, cfg: PipelineConfig, limit: int = 20) -> str:
-    col = f"best/{cfg.search.metric}"
-    names = [n for n in cfg.search.space if n in frame]
-    shown = frame.sort_values(col, ascending=cfg.search.mode == "min", na_position="last") if col in frame else frame
+def summary_table(frame, names: list[str], metric: str, mode: str, limit: int = 20) -> str:
+    col = f"best/{metric}"
+    names = [n for n in names if n in frame]
+    shown = frame.sort_values(col, ascending=mode == "min", na_position="last") if col in frame else frame
     headers = ["trial", "status", *names, col, "epochs", "wall_s"]
     lines = []
     for _, row in shown.head(limit).iterrows():
@@ -105,50 +86,10 @@ def summary_table(frame, cfg: PipelineConfig, limit: int = 20) -> str:
     return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in lines])
 
 
-def child_run_ids(client, experiment_id: str, parent_run_id: str, trial_ids: set[str]) -> dict[str, str]:
-    """Trial id -> MLflow run id. A run whose trial Tune no longer knows (started after the last experiment
-    snapshot of a driver that was killed, so a restore never resumes it) is kept, marked KILLED and tagged
-    `cutmix.trial_status=interrupted`: what it recorded stays, and it is not mistaken for a live trial."""
-    from study import tracking
-
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                              max_results=10000)
-    ids = {}
-    for r in runs:
-        trial = r.data.tags.get("ray.trial_id")
-        if trial in trial_ids:
-            ids[trial] = r.info.run_id
-        elif trial is not None and r.info.status != "KILLED":
-            tracking.set_tags(client, r.info.run_id, {"cutmix.trial_status": "interrupted"})
-            tracking.end_run(client, r.info.run_id, "KILLED")
-    return ids
-
-
-def reconcile_runs(client, records: list, run_ids: dict[str, str]) -> None:
-    """Make every trial's MLflow run agree with Tune's final word. A driver killed after Tune recorded a trial as
-    finished, but before its logging queue drained, leaves that run RUNNING and short of epochs, and a restored
-    Tune sends no more callbacks for it: backfill the missing epochs from the trial's checkpoint and close it."""
-    from study import search, tracking
-
-    for record in records:
-        run_id = run_ids.get(record.trial_id)
-        if run_id is None:
-            continue
-        run = client.get_run(run_id)
-        logged = tracking.last_step(client, run_id, "epoch")
-        if run.info.status == "RUNNING" or logged < record.epochs:
-            for row in search.trial_history(record):
-                if logged < int(row.get("epoch", 0)) <= record.epochs:
-                    tracking.log_metrics(client, run_id, row, int(row["epoch"]))
-        if run.info.status == "RUNNING":
-            tracking.set_tags(client, run_id, {"cutmix.trial_status": record.status})
-            tracking.end_run(client, run_id, "FAILED" if record.status == "error" else "FINISHED")
-
-
 def check_study_config(cfg: PipelineConfig) -> None:
     """What only a study needs: a non-empty space, and a grid of listed values."""
     from study.config import ConfigError
-    from study.search import grid_points
+    from study.space import grid_points
 
     if not cfg.search.space:
         raise ConfigError("search.space is empty (give at least one parameter, e.g. cutmix.alpha)")
@@ -156,90 +97,115 @@ def check_study_config(cfg: PipelineConfig) -> None:
         grid_points(cfg)
 
 
-def run_study(cfg: PipelineConfig, out_dir: Path, uri: str, *, resume: bool = False, overwrite: bool = False,
-              data=None) -> StudyResult:
-    """Validate everything, then run or resume the study; write and log its outputs."""
-    from study import search, tracking
-    from study.data import load_data
+def baseline_value(frame, cfg: PipelineConfig) -> float | None:
+    """The best value of the study's no-mixing trial (p=0 or method=none), if it ran one."""
+    col = f"best/{cfg.search.metric}"
+    if col not in frame or not len(frame):
+        return None
+    prob = frame["cutmix.prob"] if "cutmix.prob" in frame else None
+    method = frame["cutmix.method"] if "cutmix.method" in frame else None
+    if prob is None and method is None:
+        return None
+    mask = False
+    if prob is not None:
+        mask = mask | (prob == 0)
+    if method is not None:
+        mask = mask | (method == "none")
+    values = frame.loc[mask, col].dropna()
+    if values.empty:
+        return None
+    return float(values.min() if cfg.search.mode == "min" else values.max())
+
+
+def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: bool = False,
+        overwrite: bool = False) -> StudyResult:
+    """Validate everything, then run or resume the study; write and log its outputs. `source` is unused (a study
+    starts from its config)."""
+    from study import search
+    from study.runner import dataset, save_sample_grid_for
+    from study.stats import separation_in_se
 
     start = time.perf_counter()
     check_study_config(cfg)
     check_writable(out_dir)
-    tracking.check_tracking_uri(uri)
-    data = data if data is not None else load_data(cfg.data)
+    tracker.check()
+    data = dataset(cfg.data)
     remote = bool(cfg.search.storage) and "://" in cfg.search.storage
-    out_dir = prepare_output(out_dir, OWNED, resume=resume, overwrite=overwrite)
+    out_dir, done = open_stage(out_dir, OWNED, resume=resume, overwrite=overwrite, result=StudyResult)
+    if done is not None:
+        return done
     if remote and search.can_resume(cfg, out_dir) and not resume:
         if not overwrite:
             raise OutputError(f"{search.experiment_path(cfg, out_dir)} already holds a study (pass --resume to "
                               "continue, --overwrite to replace, or change search.storage)")
         search.delete_experiment(cfg, out_dir)
     resuming = resume and search.can_resume(cfg, out_dir)
-
-    client = tracking.client_for(uri)
-    experiment_id = tracking.get_experiment(client, cfg.tracking.experiment or cfg.name)
     run_file = out_dir / RUN_FILE
-    parent = None
-    if resuming and run_file.is_file():
-        parent = json.loads(run_file.read_text()).get("run_id")
-        client.update_run(parent, status="RUNNING")
-    if parent is None:
-        parent, _ = tracking.start_run(client, experiment_id, "study",
-                                       {"cutmix.stage": "study", "cutmix.output": str(out_dir)}, reuse=False)
-        run_file.write_text(json.dumps({"run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri}))
-        tracking.log_params(client, parent, {k: v for k, v in flatten(cfg).items() if k != "search.space"})
-        tracking.log_params(client, parent, {f"search.space.{k}": v for k, v in cfg.search.space.items()})
-        resolved = out_dir / "config.yaml"
-        dump_config(cfg, resolved)
-        tracking.log_artifact(client, parent, resolved)
+    earlier = json.loads(run_file.read_text()).get("run_id") if resuming and run_file.is_file() else None
 
-    def trial_artifacts(trial_cfg: PipelineConfig, tmp: Path) -> list[Path]:
-        return [save_sample_grid_for(trial_cfg, data, tmp / "samples.png")]
+    experiment = cfg.tracking.experiment or cfg.name
+    with tracker.stage_run("study", experiment, run_id=earlier) as parent:
+        if earlier is None:
+            run_file.write_text(json.dumps({"run_id": parent.run_id, "experiment_id": parent.experiment_id,
+                                            "tracking_uri": tracker.uri}))
+            parent.log_params({k: v for k, v in flatten(cfg).items() if k != "search.space"})
+            parent.log_params({f"search.space.{k}": v for k, v in cfg.search.space.items()})
+            dump_config(cfg, out_dir / "config.yaml")
+            parent.log_artifact(out_dir / "config.yaml")
+            parent.log_artifact(save_sample_grid_for(cfg, data, out_dir / "plots" / "samples.png"), "plots")
 
-    search.init_ray()
-    total = len(search.grid_points(cfg)) if cfg.search.algorithm == "grid" else cfg.search.num_samples
-    callbacks = [search.MlflowTrialCallback(uri, experiment_id, parent, _base(cfg), str(out_dir), trial_artifacts),
-                 search.ProgressCallback(total, cfg.train.epochs, cfg.search.metric)]
-    try:
+        def trial_artifacts(trial_cfg: PipelineConfig, tmp: Path) -> list[Path]:
+            return [save_sample_grid_for(trial_cfg, data, tmp / "samples.png")]
+
+        search.init_ray()
+        total = len(search.grid_points(cfg)) if cfg.search.algorithm == "grid" else cfg.search.num_samples
+        callbacks = [search.MlflowTrialCallback(tracker.uri, parent.experiment_id, parent.run_id, to_dict(cfg),
+                                                trial_artifacts),
+                     search.ProgressCallback(total, cfg.train.epochs, cfg.search.metric)]
         records = search.run_search(cfg, data, out_dir, callbacks=callbacks, resume=resuming)
-    except BaseException:
-        tracking.end_run(client, parent, "FAILED")
-        raise
 
-    run_ids = child_run_ids(client, experiment_id, parent, {r.trial_id for r in records})
-    reconcile_runs(client, records, run_ids)
-    frame = records_to_frame(records, cfg, run_ids)
-    write_parquet(frame, out_dir / "results.parquet")
-    best_idx, best_value = pick_best(frame, cfg.search.metric, cfg.search.mode)
-    best_params: dict[str, Any] = {}
-    if best_idx is not None:
-        row = frame.loc[best_idx]
-        best_params = {n: _plain(row[n]) for n in cfg.search.space if n in row and not _missing(row[n])}
-    best_cfg = replace(cfg, best_params) if best_params else cfg
-    dump_config(best_cfg, out_dir / "best_config.yaml")
+        from study import tracking
 
-    from study.plots import save_study_plots
+        run_ids = tracking.child_run_ids(parent.client, parent.experiment_id, parent.run_id,
+                                         {r.trial_id for r in records})
+        tracking.reconcile_runs(parent.client, [(r.trial_id, r.status, r.epochs,
+                                                 lambda r=r: search.trial_history(r)) for r in records], run_ids)
+        frame = records_to_frame(records, cfg, run_ids)
+        write_parquet(frame, out_dir / "results.parquet")
+        best_idx, best_value = pick_best(frame, cfg.search.metric, cfg.search.mode)
+        best_params: dict[str, Any] = {}
+        if best_idx is not None:
+            row = frame.loc[best_idx]
+            best_params = {n: _plain(row[n]) for n in cfg.search.space if n in row and not _missing(row[n])}
+        best_cfg = replace(cfg, best_params) if best_params else cfg
+        dump_config(best_cfg, out_dir / "best_config.yaml")
 
-    plots = save_study_plots(frame, cfg.search.metric, cfg.search.mode, out_dir / "plots")
-    tracking.log_artifact(client, parent, out_dir / "results.parquet")
-    tracking.log_artifact(client, parent, out_dir / "best_config.yaml")
-    for p in plots:
-        tracking.log_artifact(client, parent, p, "plots")
-    tracking.log_params(client, parent, {f"best.{k}": v for k, v in best_params.items()})
-    counts = frame["status"].value_counts().to_dict() if len(frame) else {}
-    tracking.log_metrics(client, parent, {f"best/{cfg.search.metric}": best_value, "trials": len(frame),
-                                          **{f"trials_{k}": v for k, v in counts.items()}}, step=0)
-    tracking.set_tags(client, parent, {"cutmix.best_trial": frame.loc[best_idx, "trial_id"] if best_idx is not None
-                                       else ""})
-    tracking.end_run(client, parent, "FINISHED")
-    return StudyResult(out_dir, frame, best_params, best_value, out_dir / "best_config.yaml", parent, uri,
-                       time.perf_counter() - start)
+        from study.plots import save_study_plots
 
-
-def _base(cfg: PipelineConfig) -> dict[str, Any]:
-    from study.config import to_dict
-
-    return to_dict(cfg)
+        plots = save_study_plots(frame, cfg.search.metric, cfg.search.mode, out_dir / "plots")
+        parent.log_artifact(out_dir / "results.parquet")
+        parent.log_artifact(out_dir / "best_config.yaml")
+        for p in plots:
+            parent.log_artifact(p, "plots")
+        # The searched parameters of the winner and the study's best metric, as columns of the parent run.
+        parent.log_params({f"best.{k}": v for k, v in best_params.items()})
+        counts = frame["status"].value_counts().to_dict() if len(frame) else {}
+        base = baseline_value(frame, cfg)
+        num_val = len(data.val)
+        sep = None
+        if base is not None and not math.isnan(best_value) and cfg.search.metric.endswith("err"):
+            sep = separation_in_se(best_value, base, num_val)
+        parent.log_metrics({f"best/{cfg.search.metric}": best_value, "trials": len(frame),
+                            **({"baseline/" + cfg.search.metric: base} if base is not None else {}),
+                            **({"best_vs_baseline_se": sep} if sep is not None and math.isfinite(sep) else {}),
+                            **{f"trials_{k}": v for k, v in counts.items()}})
+        parent.set_tags({"cutmix.best_trial": frame.loc[best_idx, "trial_id"] if best_idx is not None else ""})
+        result = StudyResult(str(out_dir), best_params, best_value, cfg.search.metric, cfg.search.mode,
+                             list(cfg.search.space), str(out_dir / "best_config.yaml"), parent.run_id, tracker.uri, parent.experiment_id,
+                             len(frame), time.perf_counter() - start, base, num_val, sep)
+        result.to_json()
+        parent.log_artifact(result.path(out_dir), "study")
+    return result
 
 
 def _missing(v: Any) -> bool:
@@ -253,23 +219,25 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def print_summary(result: StudyResult, cfg: PipelineConfig) -> None:
-    print(summary_table(result.frame, cfg))
-    print(f"\nbest {cfg.search.metric}: {result.best_value:.3f} with {result.best_params}")
-    print(f"results: {result.out_dir / 'results.parquet'}")
+def print_summary(result: StudyResult) -> None:
+    cfg_metric = result.metric
+    frame = result.frame
+    print(summary_table(frame, result.searched, cfg_metric, result.mode))
+    print(f"\nbest {cfg_metric}: {result.best_value:.3f} with {result.best_params}")
+    if result.baseline_value is not None:
+        sep = result.best_vs_baseline_se
+        signal = ("" if sep is None else f", {sep:.1f} binomial standard errors of the {result.num_val}-image "
+                  f"val split apart: " + ("a signal" if sep >= 2 else "within noise, the ranking is not resolved"))
+        print(f"baseline trial (no mixing) {cfg_metric}: {result.baseline_value:.3f}{signal}")
+    print(f"results: {Path(result.out_dir) / 'results.parquet'}")
     print(f"best config: {result.best_config}")
-    print(f"browse: {mlflow_ui_command(result.tracking_uri)}")
-
-
-def mlflow_ui_command(uri: str) -> str:
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.output or default_output(cfg))
-    result = run_study(cfg, out, tracking_uri(args, out), resume=args.resume, overwrite=args.overwrite)
-    print_summary(result, cfg)
+    tracker = tracker_for(args, out)
+    result = run(cfg, out, tracker, resume=args.resume, overwrite=args.overwrite)
+    print_summary(result)
+    print(f"browse: {tracker.ui_command()}")
     return 0

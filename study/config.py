@@ -65,6 +65,11 @@ class CutMixConfig:
     label_smoothing: float = 0.0
     cutout_size: float = 0.5  # cutout: square side as a fraction of the image side
 
+    @property
+    def mixes(self) -> bool:
+        """Whether any batch is mixed (or cut out) at all: the one rule every component uses."""
+        return self.method != "none" and self.prob > 0
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -125,6 +130,10 @@ class RetrainConfig:
     seeds: int = 3
     epochs: int = 0  # 0 means train.epochs
     compare_baseline: bool = False
+    # Methods retrained with the same seeds, the paper's comparison (none, mixup, cutout, cutmix): `cutmix` is the
+    # study's best config, `none` its p=0 baseline, mixup and cutout the paper's settings (alpha 1, p 1; a hole of
+    # half the side). Empty: the best config, plus the baseline when compare_baseline.
+    methods: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -427,6 +436,10 @@ def validate(cfg: PipelineConfig) -> None:
         validate_dimension(cfg, name, dim)
 
     _check(cfg.retrain.seeds >= 1, f"retrain.seeds={cfg.retrain.seeds} is not allowed (>= 1)")
+    for method in cfg.retrain.methods:
+        _one_of(method, METHODS, "retrain.methods")
+    _check(len(set(cfg.retrain.methods)) == len(cfg.retrain.methods),
+           f"retrain.methods={list(cfg.retrain.methods)} is not allowed (each method once)")
     _check(cfg.retrain.epochs >= 0, f"retrain.epochs={cfg.retrain.epochs} is not allowed (0 for train.epochs, or > 0)")
     _one_of(cfg.detect.data, DETECT_DATA, "detect.data")
     _check(cfg.detect.image_size >= 32, f"detect.image_size={cfg.detect.image_size} is not allowed (>= 32)")

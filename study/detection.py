@@ -28,6 +28,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -661,3 +662,49 @@ def detection_datasets(cfg: DetectConfig) -> tuple[Dataset, Dataset, tuple[str, 
         val = voc_dataset(cfg.root, cfg.year, "test" if cfg.year == "2007" else "val")
         return train, val, VOC_CLASSES
     raise DetectionDataError(f"detect.data={cfg.data!r} is not supported (one of: synthetic, voc)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The transfer detector of the detect stage
+
+
+def pyramid_stages(strides: list[int]) -> list[int] | None:
+    """1-based stages fed to the FPN: those of stride >= 4, as torchvision's FPN starts at C2 (stride 4).
+
+    A CIFAR network's stride-1 and stride-2 stages would put 256-channel pyramid maps at full or half image size:
+    at 64 px a ResNet-20 detector's step takes twice as long with its stride-2 level, and objects of 6-32 px are
+    pooled from the stride-4 map anyway. A network with no stage that deep keeps its deepest stage; None when the
+    manifest lists no strides (then every stage is returned).
+    """
+    if not strides:
+        return None
+    return [i + 1 for i, st in enumerate(strides) if st >= 4] or [len(strides)]
+
+
+def finetune_transfer(export_dir: str | Path, d: DetectConfig, datasets, *, random_init: bool, log=print,
+                      manifest: dict | None = None) -> tuple[list[dict[str, float]], nn.Module]:
+    """The transfer detector: Faster R-CNN (FPN) on the exported backbone, or on the same architecture randomly
+    initialised (the control: every layer trainable, live BatchNorm), with the same head initialisation, data and
+    budget; fine-tuned with `finetune`. Returns (per-epoch rows, model)."""
+    from study.export import load_backbone, read_manifest
+
+    train_ds, val_ds, classes = datasets
+    torch.manual_seed(d.seed)  # the same head initialisation for the pretrained run and its control
+    manifest = manifest or read_manifest(export_dir)
+    layers = None if d.trainable_layers < 0 else d.trainable_layers
+    if random_init:
+        # The control trains every layer: frozen random early layers would handicap it and flatter transfer.
+        layers = len(manifest["stage_names"]) + 1
+    returned = pyramid_stages(manifest.get("feature_strides") or [])
+    backbone = load_backbone(export_dir, trainable_layers=layers, random_init=random_init, returned_layers=returned)
+    norm = backbone.manifest.get("normalisation") or {}
+    extra = {"image_mean": norm["mean"], "image_std": norm["std"]} if norm.get("mean") else {}
+    # Only the levels the network computes: load_backbone's padding levels are subsampled copies (see FinestLevels).
+    # Anchors span the dataset's object sizes when it states them (SyntheticShapes: 0.1-0.5 of the side).
+    if hasattr(train_ds, "object_scale"):
+        extra["anchor_scale"] = tuple(train_ds.object_scale)
+    model = build_detector(backbone, len(classes) + 1, d.image_size, levels=len(returned) if returned else None,
+                           representation_size=d.representation_size, box_batch_size_per_image=d.rois_per_image,
+                           **extra)
+    rows = list(finetune(model, train_ds, val_ds, d, device="cuda" if torch.cuda.is_available() else "cpu", log=log))
+    return rows, model

@@ -14,13 +14,10 @@ combination once (p=0 runs once per architecture, not once per alpha).
 
 from __future__ import annotations
 
-import itertools
 import math
 import tempfile
-import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,112 +26,22 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from study.config import ConfigError, Dimension, PipelineConfig, from_dict, replace, to_dict
+from study.config import PipelineConfig, from_dict, replace, to_dict
+from study.space import (  # noqa: F401 - re-exported: the study's space is part of this module's API
+    CONDITIONAL,
+    DefineByRun,
+    applies,
+    default_points,
+    grid_points,
+    ordered_space,
+    suggest,
+    trial_params,
+)
+from study.trial_callback import HISTORY_KEY, MlflowTrialCallback  # noqa: F401 - re-exported for the stage
 
 TRIAL_CHECKPOINT = "checkpoint.pt"
 AUTO_CHECKPOINT_S = 10.0  # search.checkpoint_every=0: checkpoint a trial about this often
-HISTORY_KEY = "_history"  # per-epoch metrics before a restored checkpoint (see _trainable)
 EXPERIMENT_NAME = "study"
-# Parameters that only exist when the batch is actually mixed.
-CONDITIONAL = ("cutmix.alpha", "cutmix.mode", "cutmix.cutout_size", "cutmix.label_smoothing")
-
-
-def applies(name: str, params: Mapping[str, Any], base: PipelineConfig) -> bool:
-    """Whether parameter `name` has any effect given the values chosen so far (or the base config's)."""
-    method = params.get("cutmix.method", base.cutmix.method)
-    prob = params.get("cutmix.prob", base.cutmix.prob)
-    mixed = method != "none" and prob > 0
-    if name == "cutmix.alpha":
-        return mixed and method in ("cutmix", "mixup")
-    if name == "cutmix.cutout_size":
-        return mixed and method == "cutout"
-    if name in CONDITIONAL:
-        return mixed
-    return True
-
-
-def ordered_space(cfg: PipelineConfig) -> list[tuple[str, Dimension]]:
-    """Method and p first (they decide which other parameters apply), then the rest in config order."""
-    first = [n for n in ("cutmix.method", "cutmix.prob") if n in cfg.search.space]
-    rest = [n for n in cfg.search.space if n not in first]
-    return [(n, cfg.search.space[n]) for n in first + rest]
-
-
-def suggest(trial: Any, name: str, dim: Dimension) -> Any:
-    """One Optuna suggestion for a Dimension."""
-    if dim.type == "choice":
-        return trial.suggest_categorical(name, list(dim.values))
-    if dim.type == "int":
-        return trial.suggest_int(name, int(dim.low), int(dim.high))
-    return trial.suggest_float(name, float(dim.low), float(dim.high), log=dim.type == "loguniform")
-
-
-class DefineByRun:
-    """Optuna define-by-run space: conditional parameters are only suggested where they apply. A module-level
-    class, not a closure, because Tune pickles the searcher (and this space) with the experiment for resume."""
-
-    def __init__(self, cfg: PipelineConfig):
-        self.cfg = cfg
-
-    def __call__(self, trial: Any) -> None:
-        chosen: dict[str, Any] = {}
-        for name, dim in ordered_space(self.cfg):
-            if applies(name, chosen, self.cfg):
-                chosen[name] = suggest(trial, name, dim)
-
-
-def grid_points(cfg: PipelineConfig) -> list[dict[str, Any]]:
-    """Every effective combination of the listed values exactly once, in listed order."""
-    space = ordered_space(cfg)
-    bad = [n for n, d in space if d.type != "choice"]
-    if bad:
-        raise ConfigError(f"search.algorithm=grid needs listed values: search.space.{bad[0]} has type "
-                          f"{cfg.search.space[bad[0]].type} (use type: choice with values)")
-    points, seen = [], set()
-    for combo in itertools.product(*(d.values for _, d in space)):
-        point: dict[str, Any] = {}
-        for (name, _), value in zip(space, combo):
-            if applies(name, point, cfg):
-                point[name] = value
-        key = tuple(sorted(point.items()))
-        if key not in seen:
-            seen.add(key)
-            points.append(point)
-    return points
-
-
-def _nearest(dim: Dimension, value: Any) -> Any:
-    """`value` if the dimension allows it, else the closest allowed value (first choice for categoricals)."""
-    if dim.type == "choice":
-        return value if value in dim.values else dim.values[0]
-    clipped = min(max(value, dim.low), dim.high)
-    return int(round(clipped)) if dim.type == "int" else float(clipped)
-
-
-def default_points(cfg: PipelineConfig) -> list[dict[str, Any]]:
-    """The config's own values (the paper's defaults in our configs: alpha=1, p=0.5) and the no-mixing baseline
-    (p=0, or method=none when only the method is searched), restricted to the searched parameters."""
-    base = {name: _nearest(dim, _flat_get(cfg, name)) for name, dim in ordered_space(cfg)}
-    points = [{k: v for k, v in base.items() if applies(k, base, cfg)}]
-    space = cfg.search.space
-    baseline = dict(base)
-    if "cutmix.prob" in space and _nearest(space["cutmix.prob"], 0.0) == 0.0:
-        baseline["cutmix.prob"] = 0.0
-    elif "cutmix.method" in space and "none" in space["cutmix.method"].values:
-        baseline["cutmix.method"] = "none"
-    else:
-        return points  # the space cannot express "no mixing"
-    points.append({k: v for k, v in baseline.items() if applies(k, baseline, cfg)})
-    return points if points[1] != points[0] else points[:1]
-
-
-def _flat_get(cfg: PipelineConfig, name: str) -> Any:
-    node: Any = cfg
-    for part in name.split("."):
-        node = getattr(node, part)
-    return node
-
-
 def make_searcher(cfg: PipelineConfig) -> tuple[Any, dict[str, Any], int]:
     """(search_alg or None, param_space, num_samples) for the configured algorithm."""
     s = cfg.search
@@ -163,11 +70,6 @@ def make_searcher(cfg: PipelineConfig) -> tuple[Any, dict[str, Any], int]:
 def trial_name(trial: Any) -> str:
     """Short, stable names ("trial_00003_1a2b3c4d") for logs, Tune's directories and MLflow run names."""
     return f"trial_{trial.trial_id}"
-
-
-def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The dotted-name parameters of a trial (grid trials nest them under "params")."""
-    return dict(config.get("params", config))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -223,127 +125,7 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Driver-side MLflow logging
-
-
-_ATTACHED: dict[str, Any] = {}  # study output dir -> in-memory objects a restored callback re-attaches to
-
-
-class MlflowTrialCallback(tune.Callback):
-    """Child run per trial, per-epoch `log_batch`, status and artifacts; all from the driver, on one background
-    thread (study.tracking.AsyncLogger). Picklable, because Tune stores callbacks with the experiment and
-    `Tuner.restore` brings them back: clients and threads are recreated lazily, and a restored callback finds a
-    trial's existing run by its `ray.trial_id` tag instead of creating a second one."""
-
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, base: dict[str, Any], key: str,
-                 artifacts: Callable[[PipelineConfig, Path], list[Path]] | None = None):
-        self.uri, self.experiment_id, self.parent_run_id = uri, experiment_id, parent_run_id
-        self.base, self.key = base, key
-        _ATTACHED.setdefault(key, {})["artifacts"] = artifacts
-        self._init_runtime()
-
-    def _init_runtime(self) -> None:
-        self._client = None
-        self._logger = None
-        self._runs: dict[str, str] = {}
-        self._logged_step: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("uri", "experiment_id", "parent_run_id", "base", "key")}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._init_runtime()
-
-    @property
-    def logger(self) -> Any:
-        from study import tracking
-
-        with self._lock:
-            if self._logger is None:
-                self._client = tracking.client_for(self.uri)
-                self._logger = tracking.AsyncLogger()
-            return self._logger
-
-    # Jobs run on the logger thread, in submission order.
-
-    def _open_run(self, trial_id: str, trial_name: str, params: dict[str, Any]) -> None:
-        from study import tracking
-        from study.config import dump_config, flatten
-
-        client = self._client
-        tags = {"mlflow.parentRunId": self.parent_run_id, "ray.trial_id": trial_id, "cutmix.stage": "trial"}
-        run_id, reused = tracking.start_run(client, self.experiment_id, trial_name, tags)
-        self._runs[trial_id] = run_id
-        self._logged_step[trial_id] = tracking.last_step(client, run_id, "epoch") if reused else -1
-        if reused:
-            return
-        cfg = replace(from_dict(self.base), params)
-        tracking.log_params(client, run_id, flatten(cfg), skip_existing=False)
-        tracking.set_tags(client, run_id, {"cutmix.searched": ",".join(sorted(params)),
-                                           "cutmix.trial_status": "running"})
-        with tempfile.TemporaryDirectory() as d:
-            dump_config(cfg, Path(d) / "config.yaml")
-            tracking.log_artifact(client, run_id, Path(d) / "config.yaml")
-            make = _ATTACHED.get(self.key, {}).get("artifacts")
-            for path in make(cfg, Path(d)) if make else []:
-                tracking.log_artifact(client, run_id, path)
-
-    def _log_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        from study import tracking
-
-        step = int(result.get("training_iteration", result.get("epoch", 0)))
-        logged = self._logged_step.get(trial_id, -1)
-        for earlier in result.get(HISTORY_KEY) or []:
-            past = int(earlier.get("epoch", 0))
-            if logged < past < step:
-                tracking.log_metrics(self._client, self._runs[trial_id], _loggable(earlier), past)
-        if step <= logged:
-            return  # a resumed trial re-reports epochs already logged before the interruption
-        tracking.log_metrics(self._client, self._runs[trial_id], _loggable(result), step)
-        self._logged_step[trial_id] = step
-
-    def _close_run(self, trial_id: str, status: str, run_status: str) -> None:
-        from study import tracking
-
-        run_id = self._runs.get(trial_id)
-        if run_id is not None:
-            tracking.set_tags(self._client, run_id, {"cutmix.trial_status": status})
-            tracking.end_run(self._client, run_id, run_status)
-
-    # Tune hooks: enqueue only.
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        params = trial_params(trial.config)
-        self.logger.submit(lambda: self._open_run(trial.trial_id, str(trial), params))
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        tid, res = trial.trial_id, dict(result)
-        if tid not in self._runs and tid not in getattr(self, "_pending", set()):
-            # A trial restored mid-run may report before Tune calls on_trial_start again.
-            self.on_trial_start(iteration, trials, trial)
-            self._pending = getattr(self, "_pending", set()) | {tid}
-        self.logger.submit(lambda: self._log_result(tid, res))
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        tid = trial.trial_id
-        done = int((trial.last_result or {}).get("training_iteration", 0))
-        status = "completed" if done >= from_dict(self.base).train.epochs else "stopped"
-        self.logger.submit(lambda: self._close_run(tid, status, "FINISHED"))
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        tid = trial.trial_id
-        self.logger.submit(lambda: self._close_run(tid, "error", "FAILED"))
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if self._logger is not None:
-            self._logger.close()
-            self._logger = None
-
-
-def _loggable(result: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if "/" in k or k in ("lr", "epoch", "epoch_s")}
+# Driver-side progress
 
 
 class ProgressCallback(tune.Callback):
@@ -460,6 +242,12 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
     path = experiment_path(cfg, out_dir)
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        # The restored callbacks are unpickled copies of the first run's: give them this driver's in-memory parts.
+        restored = tuner._local_tuner.get_run_config().callbacks or []
+        for old in restored:
+            fresh = next((c for c in callbacks if type(c) is type(old)), None)
+            if fresh is not None and hasattr(old, "reattach"):
+                old.reattach(fresh)
     else:
         searcher, param_space, num_samples = make_searcher(cfg)
         scheduler = None

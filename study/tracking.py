@@ -1,8 +1,10 @@
 """MLflow at the edge: the only module that imports mlflow.
 
-Layout (DESIGN.md section 3): an experiment named after the study; one parent run per stage (`study`, `retrain`,
-`export`, `detect`); trials as child runs of `study` (tag `mlflow.parentRunId`); params under dotted config
-names; per-epoch metrics with `step=epoch`.
+Layout (DESIGN.md section 3): an experiment named after the study, tagged for MLflow's model-training view; one
+parent run per stage (`study`, `retrain`, `evaluate`, `export`, `detect`), opened and closed by
+`Tracker.stage_run`; trials as child runs of `study` (tag `mlflow.parentRunId`); params under dotted config names;
+per-epoch metrics with `step=epoch`. With a local store (SQLite, the default) the experiment's artifacts live in
+`<output>/mlartifacts`, so an output directory is the whole record; a tracking server keeps its own artifact store.
 
 Speed: Ray's stock `MLflowLoggerCallback` makes one HTTP call per metric. Here every epoch of a trial is one
 `log_batch` call, made by a single background thread in the driver (`AsyncLogger`), so trials never wait on the
@@ -14,6 +16,7 @@ continues its runs instead of creating second ones.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -21,7 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,9 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 MAX_PARAM_LEN = 6000
+ARTIFACTS_DIR = "mlartifacts"  # under the output directory, for local stores
+# MLflow 3's UI opens an experiment on its GenAI overview (traces) unless it is tagged as model development.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(ValueError):
@@ -72,15 +78,24 @@ def client_for(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+def is_local_store(uri: str) -> bool:
+    """SQLite or file stores keep artifacts where the experiment says; a server has its own artifact store."""
+    return not uri.startswith(("http://", "https://", "databricks"))
+
+
 def get_experiment(client: MlflowClient, name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment `name`, created if missing (race-safe against a concurrent creator)."""
+    """The id of experiment `name`, created if missing (race-safe against a concurrent creator), tagged for the
+    model-training view of the MLflow UI."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        if any(exp.tags.get(k) != v for k, v in EXPERIMENT_TAGS.items()):
+            for k, v in EXPERIMENT_TAGS.items():
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
     except mlflow.exceptions.MlflowException:
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -225,3 +240,150 @@ class AsyncLogger:
         self.flush()
         self._queue.put(None)
         self._thread.join(timeout=30)
+
+
+class StageRun:
+    """One MLflow run bound to its client: what a stage logs, without passing (client, run_id) around."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, reused: bool = False):
+        self.client, self.run_id, self.experiment_id, self.reused = client, run_id, experiment_id, reused
+
+    def log_params(self, params: Mapping[str, Any], skip_existing: bool = True) -> None:
+        log_params(self.client, self.run_id, params, skip_existing)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int = 0) -> None:
+        log_metrics(self.client, self.run_id, metrics, step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        set_tags(self.client, self.run_id, tags)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        log_artifact(self.client, self.run_id, path, artifact_path)
+
+    def last_step(self, key: str = "epoch") -> int:
+        return last_step(self.client, self.run_id, key)
+
+    @contextlib.contextmanager
+    def child(self, name: str, tags: Mapping[str, str], *, reuse: bool = False) -> Iterator[StageRun]:
+        """A nested run (a retrain seed, an evaluated model) with the same lifecycle as its parent."""
+        run_id, reused = start_run(self.client, self.experiment_id, name,
+                                   {"mlflow.parentRunId": self.run_id, **tags}, reuse=reuse)
+        with _lifecycle(self.client, run_id):
+            yield StageRun(self.client, run_id, self.experiment_id, reused)
+
+
+@contextlib.contextmanager
+def _lifecycle(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """FINISHED when the block ends, FAILED when it raises (KeyboardInterrupt and SystemExit too)."""
+    try:
+        yield
+    except BaseException:
+        end_run(client, run_id, "FAILED")
+        raise
+    end_run(client, run_id)
+
+
+class Tracker:
+    """Where a pipeline records: the tracking URI, the experiment of a study, and the stage-run lifecycle.
+
+    `out_dir` is the pipeline's output directory: with a local store the experiment is created with its artifact
+    location inside it (`<out_dir>/mlartifacts`), so nothing lands in `./mlruns` of the working directory.
+    """
+
+    def __init__(self, uri: str, out_dir: str | Path | None = None):
+        self.uri = uri
+        self.out_dir = Path(out_dir).resolve() if out_dir is not None else None
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = client_for(self.uri)
+        return self._client
+
+    def check(self) -> None:
+        check_tracking_uri(self.uri)
+
+    def artifact_location(self) -> str | None:
+        if self.out_dir is None or not is_local_store(self.uri):
+            return None
+        return (self.out_dir / ARTIFACTS_DIR).as_uri()
+
+    def experiment(self, name: str) -> str:
+        return get_experiment(self.client, name, self.artifact_location())
+
+    @contextlib.contextmanager
+    def stage_run(self, stage: str, experiment: str, *, tags: Mapping[str, str] | None = None, reuse: bool = False,
+                  run_id: str | None = None) -> Iterator[StageRun]:
+        """The parent run of a stage (tag `cutmix.stage`): found again when `reuse` (or given by `run_id`), else
+        new; marked FAILED if the block raises, FINISHED when it ends."""
+        experiment_id = self.experiment(experiment)
+        base = {"cutmix.stage": stage, **({"cutmix.output": str(self.out_dir)} if self.out_dir else {})}
+        reused = False
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            reused = True
+        else:
+            run_id, reused = start_run(self.client, experiment_id, stage, base, reuse=reuse)
+        run = StageRun(self.client, run_id, experiment_id, reused)
+        if tags:
+            run.set_tags(tags)
+        with _lifecycle(self.client, run_id):
+            yield run
+
+    def run_info(self, run_id: str) -> tuple[Mapping[str, str], Mapping[str, str], Mapping[str, float]]:
+        return run_info(self.client, run_id)
+
+    def download(self, run_id: str, path: str, dst: str | Path) -> Path:
+        return download_artifacts(self.client, run_id, path, dst)
+
+    def register_model(self, name: str, run_id: str, artifact_path: str, tags: Mapping[str, Any]) -> str:
+        return register_model(self.client, name, run_id, artifact_path, tags)
+
+    def ui_command(self) -> str:
+        if not is_local_store(self.uri):
+            return f"open {self.uri} in a browser"
+        return f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# After a study: make the trial runs agree with what Tune finally knows
+
+
+def child_run_ids(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_ids: set[str]) -> dict[str, str]:
+    """Trial id -> MLflow run id. A run whose trial Tune no longer knows (started after the last experiment
+    snapshot of a driver that was killed, so a restore never resumes it) is kept, marked KILLED and tagged
+    `cutmix.trial_status=interrupted`: what it recorded stays, and it is not mistaken for a live trial."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                              max_results=10000)
+    ids = {}
+    for r in runs:
+        trial = r.data.tags.get("ray.trial_id")
+        if trial in trial_ids:
+            ids[trial] = r.info.run_id
+        elif trial is not None and r.info.status != "KILLED":
+            set_tags(client, r.info.run_id, {"cutmix.trial_status": "interrupted"})
+            end_run(client, r.info.run_id, "KILLED")
+    return ids
+
+
+def reconcile_runs(client: MlflowClient,
+                   trials: list[tuple[str, str, int, Callable[[], list[dict[str, float]]]]],
+                   run_ids: dict[str, str]) -> None:
+    """Make every trial's run agree with Tune's final word: `trials` holds (trial id, status, epochs, a function
+    reading the per-epoch history from its checkpoint, called only when needed). A driver killed after Tune
+    recorded a trial as finished, but before its logging queue drained, leaves that run RUNNING and short of
+    epochs, and a restored Tune sends no more callbacks for it: backfill the missing epochs and close it."""
+    for trial_id, status, epochs, history in trials:
+        run_id = run_ids.get(trial_id)
+        if run_id is None:
+            continue
+        run = client.get_run(run_id)
+        logged = last_step(client, run_id, "epoch")
+        if run.info.status == "RUNNING" or logged < epochs:
+            for row in history():
+                if logged < int(row.get("epoch", 0)) <= epochs:
+                    log_metrics(client, run_id, row, int(row["epoch"]))
+        if run.info.status == "RUNNING":
+            set_tags(client, run_id, {"cutmix.trial_status": status})
+            end_run(client, run_id, "FAILED" if status == "error" else "FINISHED")

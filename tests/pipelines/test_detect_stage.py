@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.detect_stage import run_detect
-from pipelines.train_stage import train_run
+from pipelines.detect_stage import run as run_detect
+from study.runner import train_run
+from study.tracking import Tracker
 from study.config import load_config
 from study.export import export_backbone
 from tests.conftest import TINY, assert_one_line_error, run_main
@@ -36,10 +37,12 @@ MARGIN = 0.3  # mAP@0.5, pretrained minus random: measured 0.78, 0.56, 0.58 for 
 @pytest.mark.slow
 def test_shapes_pretrained_backbone_beats_random_init(tmp_path):
     cfg = load_config(None, PRETRAIN)
-    summary = train_run(cfg, tmp_path / "train", log=None)
+    summary = train_run(cfg, tmp_path / "train")
     export_backbone(tmp_path / "train", tmp_path / "export")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    report = run_detect(tmp_path / "export", cfg, tmp_path / "out", uri, log=lambda _: None)
+    result = run_detect(cfg, tmp_path / "out", Tracker(uri, tmp_path / "out"), source=tmp_path / "export",
+                        log=lambda _: None)
+    report = json.loads((tmp_path / "out" / "detect" / "metrics.json").read_text())
 
     assert summary["best"]["val/top1_err"] < 50, summary["best"]  # the backbone learned shapes (chance: 66.7)
     pre, rnd = report["map_50"], report["random_map_50"]
@@ -79,7 +82,7 @@ def tiny_export(tmp_path_factory) -> Path:
     """A real export of a seconds-long run (digits at 8 px, the small CNN)."""
     root = tmp_path_factory.mktemp("tiny_export")
     cfg = load_config(None, TINY)
-    train_run(cfg, root / "train", log=None)
+    train_run(cfg, root / "train")
     export_backbone(root / "train", root / "export")
     return root / "export"
 

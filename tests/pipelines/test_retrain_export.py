@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
+import scipy.stats
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -41,13 +43,25 @@ def test_retrain_reports_mean_and_std_over_seeds_with_baseline(study_dir, run_cl
     proc = run_cli("retrain", "--from", str(study_dir), "--set", "retrain.seeds=3", "--set",
                    "retrain.compare_baseline=true", "--set", "cutmix.prob=0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "± " in proc.stdout and "over 3 seeds" in proc.stdout and "CutMix gain" in proc.stdout
+    assert "± " in proc.stdout and "over 3 seeds" in proc.stdout and "cutmix - baseline: " in proc.stdout
+    assert "359 test images" in proc.stdout and "Welch's t" in proc.stdout
     summary = json.loads((study_dir / "retrain" / "summary.json").read_text())
     for variant in ("cutmix", "baseline"):
         stats = summary["variants"][variant]["test/top1_err"]
         assert stats["n"] == 3 and len(stats["values"]) == 3
         assert stats["mean"] == pytest.approx(sum(stats["values"]) / 3)
-        assert stats["std"] >= 0
+        assert stats["std"] == pytest.approx(statistics.stdev(stats["values"]))
+        half = scipy.stats.t.ppf(0.975, 2) * stats["std"] / 3 ** 0.5
+        assert stats["ci95"] == pytest.approx([stats["mean"] - half, stats["mean"] + half])
+    assert summary["num_test"] == 359
+    comp = summary["comparisons"]["cutmix"]["test/top1_err"]
+    means = {v: summary["variants"][v]["test/top1_err"]["mean"] for v in ("cutmix", "baseline")}
+    assert comp["diff"] == pytest.approx(means["cutmix"] - means["baseline"])
+    welch = scipy.stats.ttest_ind(summary["variants"]["cutmix"]["test/top1_err"]["values"],
+                                  summary["variants"]["baseline"]["test/top1_err"]["values"], equal_var=False)
+    ci = welch.confidence_interval(0.95)
+    assert comp["ci95"] == pytest.approx([ci.low, ci.high])
+    assert comp["verdict"] == ("not resolved" if ci.low <= 0 <= ci.high else "better" if comp["diff"] < 0 else "worse")
     assert [r["seed"] for r in summary["variants"]["cutmix"]["seeds"]] == [0, 1, 2]
     assert torch.load(summary["best_checkpoint"], weights_only=True)["config"]["cutmix"]["prob"] == 0.5
     client = MlflowClient(tracking_uri=uri_of(study_dir))

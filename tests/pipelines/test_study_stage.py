@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipelines.study_stage import run_study
+from pipelines.study_stage import run as run_study
+from study.tracking import Tracker
 from study.config import load_config
 from tests.conftest import TINY
 
@@ -50,7 +51,7 @@ def test_study_records_every_trial_in_mlflow_server_and_parquet(ray_local, digit
         "search.space.model.arch={type: choice, values: [cnn, resnet20]}",
         "search.space.train.lr={type: loguniform, low: 0.01, high: 0.1}",
     ])
-    result = run_study(cfg, tmp_path / "out", mlflow_server, data=digits8)
+    result = run_study(cfg, tmp_path / "out", Tracker(mlflow_server, tmp_path / "out"))
     table = pq.read_table(tmp_path / "out" / "results.parquet")
     frame = table.to_pandas()
     assert len(frame) == 4 and frame["trial_id"].is_unique
@@ -110,7 +111,7 @@ def test_grid_covers_every_effective_combination_once(ray_local, digits8, tmp_pa
         "search.space.cutmix.prob={type: choice, values: [0.0, 1.0]}",
         "search.space.model.arch={type: choice, values: [cnn]}",
     ])
-    run_study(cfg, tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}", data=digits8)
+    run_study(cfg, tmp_path / "out", Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "out"))
     frame = pq.read_table(tmp_path / "out" / "results.parquet").to_pandas()
     combos = sorted((r["cutmix.prob"], -1.0 if math.isnan(r["cutmix.alpha"]) else r["cutmix.alpha"])
                     for r in frame.to_dict("records"))
@@ -126,7 +127,7 @@ def test_each_search_algorithm_runs_its_trials_within_bounds(ray_local, digits8,
         "search.space.cutmix.alpha={type: loguniform, low: 0.1, high: 4.0}",
         "search.space.cutmix.prob={type: uniform, low: 0.1, high: 1.0}",
     ])
-    run_study(cfg, tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}", data=digits8)
+    run_study(cfg, tmp_path / "out", Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "out"))
     frame = pq.read_table(tmp_path / "out" / "results.parquet").to_pandas()
     assert len(frame) == 4 and frame["trial_id"].is_unique
     assert frame["cutmix.alpha"].between(0.1, 4.0).all() and frame["cutmix.prob"].between(0.1, 1.0).all()
@@ -139,7 +140,7 @@ def test_asha_stops_weak_trials_early(ray_local, digits8, tmp_path):
         "search.grace_period=1", "search.reduction_factor=2", "search.algorithm=random",
         "search.space.train.lr={type: loguniform, low: 0.0001, high: 0.5}",
     ])
-    result = run_study(cfg, tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}", data=digits8)
+    result = run_study(cfg, tmp_path / "out", Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "out"))
     frame = result.frame
     assert len(frame) == 6 and (frame["epochs"] <= 4).all()
     assert (frame["status"] == "stopped").any() and (frame["epochs"] < 4).any()

@@ -1,0 +1,152 @@
+"""What each stage returns: a frozen dataclass that writes and reads its own `summary.json`.
+
+The next stage consumes the typed object (or reads it back with `from_dir`), never dict keys: this module is the
+only place that knows the keys of a stage summary. Each result lives at `<output>/<stage>/summary.json`, except
+`train`, whose run directory is the stage directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+T = TypeVar("T", bound="StageResult")
+
+
+class ResultError(ValueError):
+    """A stage's summary is missing or unreadable; one-line message (exit 2)."""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    STAGE: ClassVar[str] = ""
+    out_dir: str  # the pipeline's output directory
+
+    @classmethod
+    def path(cls, out_dir: str | Path) -> Path:
+        return Path(out_dir) / cls.STAGE / "summary.json"
+
+    @classmethod
+    def exists(cls, out_dir: str | Path) -> bool:
+        return cls.path(out_dir).is_file()
+
+    def to_json(self) -> Path:
+        path = self.path(self.out_dir)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, default=str))
+        return path
+
+    @classmethod
+    def from_dir(cls: type[T], out_dir: str | Path) -> T:
+        path = cls.path(out_dir)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ResultError(f"{path} not found (run `cutmix-study {cls.STAGE or 'train'}` there first)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ResultError(f"{path} is not a readable {cls.STAGE or 'train'} summary (rerun the stage with "
+                              "--overwrite)") from None
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    @property
+    def stage_dir(self) -> Path:
+        return Path(self.out_dir) / self.STAGE
+
+
+@dataclass(frozen=True)
+class TrainResult(StageResult):
+    STAGE: ClassVar[str] = ""
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = 0
+    epochs: int = 0
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StudyResult(StageResult):
+    STAGE: ClassVar[str] = "study"
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_value: float = float("nan")
+    metric: str = "val/top1_err"
+    mode: str = "min"
+    searched: list[str] = field(default_factory=list)  # the dotted names of the searched parameters
+    best_config: str = ""  # path of best_config.yaml
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    experiment_id: str = ""
+    trials: int = 0
+    wall_s: float = 0.0
+    baseline_value: float | None = None  # the p=0 (or method=none) trial's best value, if the study ran one
+    num_val: int = 0  # images in the val split the trials were ranked on
+    best_vs_baseline_se: float | None = None  # |best - baseline| in binomial standard errors of the val split
+
+    @property
+    def frame(self):
+        """results.parquet as a pandas DataFrame, one row per trial."""
+        import pandas as pd
+
+        return pd.read_parquet(Path(self.out_dir) / "results.parquet")
+
+
+@dataclass(frozen=True)
+class RetrainResult(StageResult):
+    STAGE: ClassVar[str] = "retrain"
+    config: str = ""  # the best config this retrain trained
+    epochs: int = 0
+    study_run_id: str | None = None
+    retrain_run_id: str = ""
+    num_test: int = 0
+    variants: dict[str, Any] = field(default_factory=dict)  # variant -> {seeds: [...], metric: summarize(...)}
+    comparisons: dict[str, Any] = field(default_factory=dict)  # variant -> {metric: stats.compare(...) vs baseline}
+    best_run_dir: str = ""
+    best_checkpoint: str = ""
+    cutmix_gain_top1_points: float | None = None  # baseline - cutmix mean test error: positive when CutMix helps
+
+    def seed_runs(self) -> list[tuple[str, int, Path]]:
+        """(variant, seed index, run directory) of every retrained model."""
+        return [(v, i, Path(row["run_dir"])) for v, stats in self.variants.items()
+                for i, row in enumerate(stats["seeds"])]
+
+
+@dataclass(frozen=True)
+class EvaluateResult(StageResult):
+    STAGE: ClassVar[str] = "evaluate"
+    run_id: str = ""
+    num_test: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)  # variant -> metric -> summarize(...) over seeds
+    comparisons: dict[str, Any] = field(default_factory=dict)  # variant -> metric -> stats.compare(...)
+    per_seed: dict[str, Any] = field(default_factory=dict)  # variant -> [ {seed, metric: value, ...} ]
+    table: str = ""  # path of the markdown method table
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExportResult(StageResult):
+    STAGE: ClassVar[str] = "export"
+    manifest: dict[str, Any] = field(default_factory=dict)
+    registered_model: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def backbone(self) -> Path:
+        return self.stage_dir / "backbone.pt"
+
+
+@dataclass(frozen=True)
+class DetectResult(StageResult):
+    STAGE: ClassVar[str] = "detect"
+    backbone: str = ""
+    arch: str = ""
+    pretrained_on: str = ""
+    data: str = ""
+    run_id: str = ""
+    map: float = float("nan")
+    map_50: float = float("nan")
+    random_map_50: float | None = None
+    random_map: float | None = None
+    gain_map_50: float | None = None
+    wall_s: float = 0.0

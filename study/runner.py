@@ -1,0 +1,115 @@
+"""One training run of a config into a run directory: what `train` does once and `retrain` does per seed.
+
+Writes `config.yaml` (resolved), `metrics.json` (final and best metrics), `checkpoints/{best,last}.pt`,
+`samples.png` (augmented, mixed training samples with their soft targets) and `curves.png`. Plain PyTorch through
+`study.engine.Trainer`: no Ray, no MLflow here (a caller that tracks passes `on_epoch`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from study.config import DataConfig, PipelineConfig, dump_config
+
+SHOWN = ("train/loss", "val/loss", "val/top1_err", "test/top1_err")
+
+
+@functools.lru_cache(maxsize=2)
+def dataset(cfg: DataConfig):
+    """`study.data.load_data`, once per data config in a process: the study, retrain and evaluate of one
+    pipeline share the in-memory dataset (generated sets take seconds; real readers decode once)."""
+    from study.data import load_data
+
+    return load_data(cfg)
+
+
+class Progress:
+    """Per-epoch progress lines with an ETA, on stderr (stdout stays for results)."""
+
+    def __init__(self, total: int, label: str = "", stream=None):
+        self.total, self.label, self.start = total, label, time.perf_counter()
+        self.stream = stream or sys.stderr
+
+    def update(self, done: int, text: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(done, 1) * (self.total - done)
+        prefix = f"{self.label} " if self.label else ""
+        print(f"{prefix}[{done:>{len(str(self.total))}}/{self.total}] {text}  {elapsed:5.0f}s elapsed, eta {eta:4.0f}s",
+              file=self.stream, flush=True)
+
+
+def fmt_metrics(metrics: dict[str, float], keys: tuple[str, ...]) -> str:
+    return "  ".join(f"{k} {metrics[k]:.4g}" for k in keys if k in metrics)
+
+
+def save_sample_grid_for(cfg: PipelineConfig, data, path: Path, n: int = 32) -> Path:
+    """A grid of training samples as a trial would see them, mixed with probability 1 so that the picture
+    shows what the configured method does (the title gives the configured p)."""
+    import torch
+
+    from study.augment import build_mixer, one_hot
+    from study.data import BatchAugment, iterate_batches
+    from study.plots import save_sample_grid
+
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    x, y = next(iterate_batches(data.train, n, shuffle=True, seed=cfg.train.seed))
+    x = BatchAugment(data.mean, data.std, cfg.data.pad, cfg.data.hflip)(x, gen)
+    c = cfg.cutmix
+    if c.mixes:
+        x, targets = build_mixer(dataclasses.replace(c, prob=1.0), data.num_classes)(x, y, generator=gen)
+    else:
+        targets = one_hot(y, data.num_classes, c.label_smoothing)
+    alpha = f" alpha={c.alpha:g}" if c.method in ("cutmix", "mixup") and c.prob > 0 else ""
+    return save_sample_grid(x, path, targets=targets, mean=data.mean, std=data.std, class_names=data.class_names,
+                            title=f"{cfg.model.arch}: {c.method}{alpha} p={c.prob:g} ({c.mode})")
+
+
+def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = False, label: str = "train",
+              on_epoch: Callable[[Any], None] | None = None, select_last: bool = False) -> dict[str, Any]:
+    """Train `cfg` into `out_dir`; returns the metrics.json content. Resumes from checkpoints/last.pt if asked.
+
+    `select_last`: the final epoch is the model (`checkpoints/best.pt` is a copy of `last.pt`), for training on
+    train+val where no held-out split is left to select an epoch by.
+    """
+    import shutil
+
+    from study.checkpoint import load_checkpoint, save_checkpoint
+    from study.engine import Trainer
+    from study.plots import save_learning_curves
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = data if data is not None else dataset(cfg.data)
+    dump_config(cfg, out_dir / "config.yaml")
+    trainer = Trainer(cfg, data)
+    last = out_dir / "checkpoints" / "last.pt"
+    if resume and last.is_file():
+        trainer.load_checkpoint(load_checkpoint(last))
+    else:
+        save_sample_grid_for(cfg, data, out_dir / "samples.png")
+    progress = Progress(cfg.train.epochs, label)
+    start = time.perf_counter()
+    for result in trainer.fit():
+        ckpt = trainer.checkpoint()
+        save_checkpoint(ckpt, last)
+        if result.is_best and not select_last:
+            save_checkpoint(ckpt, out_dir / "checkpoints" / "best.pt")
+        progress.update(result.epoch, fmt_metrics(result.metrics, SHOWN) + ("  *" if result.is_best else ""))
+        if on_epoch is not None:
+            on_epoch(result)
+    if select_last:
+        shutil.copyfile(last, out_dir / "checkpoints" / "best.pt")
+    save_learning_curves(trainer.history, out_dir / "curves.png", title=f"{cfg.name}: {cfg.model.arch}")
+    best_epoch = int(trainer.best_metrics.get("epoch", trainer.epoch))
+    summary = {"final": trainer.history[-1], "best": trainer.best_metrics, "best_epoch": best_epoch,
+               "metric": cfg.search.metric, "epochs": trainer.epoch, "wall_s": time.perf_counter() - start,
+               "num_classes": data.num_classes, "dataset": data.name}
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary
