@@ -201,8 +201,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                             **{f"trials_{k}": v for k, v in counts.items()}})
         parent.set_tags({"cutmix.best_trial": frame.loc[best_idx, "trial_id"] if best_idx is not None else ""})
         result = StudyResult(str(out_dir), best_params, best_value, cfg.search.metric, cfg.search.mode,
-                             list(cfg.search.space), str(out_dir / "best_config.yaml"), parent.run_id, tracker.uri, parent.experiment_id,
-                             len(frame), time.perf_counter() - start, base, num_val, sep)
+                             list(cfg.search.space), str(out_dir / "best_config.yaml"), parent.run_id, tracker.uri,
+                             parent.experiment_id, len(frame), time.perf_counter() - start, base, num_val, sep)
         result.to_json()
         parent.log_artifact(result.path(out_dir), "study")
     return result

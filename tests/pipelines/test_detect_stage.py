@@ -16,10 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.detect_stage import run as run_detect
-from study.runner import train_run
-from study.tracking import Tracker
 from study.config import load_config
 from study.export import export_backbone
+from study.runner import train_run
+from study.tracking import Tracker
 from tests.conftest import TINY, assert_one_line_error, run_main
 
 # Pretraining: 10k shapes at 16 px (at 32 px the loss sits at ln 3 for a seed-dependent 5-10+ epochs before it
@@ -43,6 +43,7 @@ def test_shapes_pretrained_backbone_beats_random_init(tmp_path):
     result = run_detect(cfg, tmp_path / "out", Tracker(uri, tmp_path / "out"), source=tmp_path / "export",
                         log=lambda _: None)
     report = json.loads((tmp_path / "out" / "detect" / "metrics.json").read_text())
+    assert (result.map_50, result.random_map_50) == (report["map_50"], report["random_map_50"])
 
     assert summary["best"]["val/top1_err"] < 50, summary["best"]  # the backbone learned shapes (chance: 66.7)
     pre, rnd = report["map_50"], report["random_map_50"]

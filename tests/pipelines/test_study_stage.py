@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from pipelines.study_stage import run as run_study
-from study.tracking import Tracker
 from study.config import load_config
+from study.tracking import Tracker
 from tests.conftest import TINY
 
 
