@@ -84,6 +84,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                               summary.get("random_map_50"), summary.get("random_map"), summary.get("gain_map_50"),
                               report["wall_s"])
         result.to_json()
+    tracker.add_view_columns(cfg.tracking.experiment or cfg.name, metrics=["map_50", "random_map_50"])
     return result
 
 

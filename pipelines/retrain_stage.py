@@ -137,6 +137,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         parent.log_artifact(result.best_checkpoint, "checkpoints")
         parent.log_artifact(Path(best["run_dir"]) / "config.yaml")
         parent.log_artifact(Path(best["run_dir"]) / "metrics.json")
+    tracker.add_view_columns(cfg.tracking.experiment or cfg.name,
+                             metrics=[f"{v}/test/top1_err_mean" for v in stats] + ["test/top1_err"])
     return result
 
 

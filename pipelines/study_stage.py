@@ -205,6 +205,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                              parent.experiment_id, len(frame), time.perf_counter() - start, base, num_val, sep)
         result.to_json()
         parent.log_artifact(result.path(out_dir), "study")
+    tracker.add_view_columns(experiment, metrics=[f"best/{cfg.search.metric}", cfg.search.metric],
+                             params=[f"best.{n}" for n in cfg.search.space] + list(cfg.search.space),
+                             order_by=f"best/{cfg.search.metric}")
     return result
 
 

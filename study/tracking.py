@@ -39,6 +39,10 @@ MAX_PARAM_LEN = 6000
 ARTIFACTS_DIR = "mlartifacts"  # under the output directory, for local stores
 # MLflow 3's UI opens an experiment on its GenAI overview (traces) unless it is tagged as model development.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# The runs table opens on Source/Models/Dataset columns; a shared view (an experiment tag the UI reads when the URL
+# names it) opens it on what a study is about: the best metric and the searched parameters.
+VIEW_KEY = "cutmix-study"
+VIEW_TAG = "mlflow.sharedViewState."
 
 
 class TrackingError(ValueError):
@@ -340,10 +344,40 @@ class Tracker:
     def register_model(self, name: str, run_id: str, artifact_path: str, tags: Mapping[str, Any]) -> str:
         return register_model(self.client, name, run_id, artifact_path, tags)
 
+    def add_view_columns(self, experiment: str, metrics: list[str] = (), params: list[str] = (),
+                         order_by: str | None = None) -> None:
+        """Add columns to the experiment's shared runs-table view (created on first use): metrics and params by
+        name, in the UI's canonical keys (`metrics.`name``). `order_by` (a metric) sorts the table ascending."""
+        import json
+
+        experiment_id = self.experiment(experiment)
+        tag = VIEW_TAG + VIEW_KEY
+        exp = self.client.get_experiment(experiment_id)
+        try:
+            state = json.loads(exp.tags.get(tag) or "{}")
+        except json.JSONDecodeError:
+            state = {}
+        columns = list(state.get("selectedColumns") or [])
+        for key in [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]:
+            if key not in columns:
+                columns.append(key)
+        state.update({"selectedColumns": columns, "runsExpanded": state.get("runsExpanded", {})})
+        if order_by is not None:
+            state.update({"orderByKey": f"metrics.`{order_by}`", "orderByAsc": True})
+        self.client.set_experiment_tag(experiment_id, tag, json.dumps(state))
+        self._view_experiment = experiment_id
+
+    def ui_url(self, base: str = "http://127.0.0.1:5000") -> str:
+        """The experiment's runs table in the model-training view, opened on the shared view if there is one."""
+        experiment_id = getattr(self, "_view_experiment", None)
+        if experiment_id is None:
+            return base
+        return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+
     def ui_command(self) -> str:
         if not is_local_store(self.uri):
-            return f"open {self.uri} in a browser"
-        return f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000"
+            return f"open {self.ui_url(self.uri.rstrip('/'))} in a browser"
+        return f"mlflow ui --backend-store-uri {self.uri} --host 127.0.0.1 --port 5000, then open {self.ui_url()}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
