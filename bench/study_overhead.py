@@ -19,11 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -73,28 +71,6 @@ def tune_run(cfg, data, out: Path, tracking_uri: str | None):
     return time.perf_counter() - start, records
 
 
-def start_server(workdir: Path) -> tuple[subprocess.Popen, str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1",
-                             "--port", str(port), "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
-                             "--artifacts-destination", str(workdir / "artifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=1)
-            return proc, uri
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("mlflow server did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=4, help=f"trials per variant (at most {len(ALPHAS)})")
@@ -122,7 +98,10 @@ def main() -> None:
     server = None
     try:
         if args.server:
-            server, uri = start_server(work)
+            from study.tracking_server import start_mlflow_server
+
+            server = start_mlflow_server(work / "server")
+            uri = server.uri
         else:
             uri = f"sqlite:///{work / 'mlflow.db'}"
         print(f"{args.trials} trials x {args.epochs} epochs of resnet20 on digits, {args.threads} threads; "
@@ -150,7 +129,7 @@ def main() -> None:
         full = len(records) * args.epochs
     finally:
         if server is not None:
-            server.kill()
+            server.stop()  # the whole process group: the launcher and its uvicorn worker
         ray.shutdown()
 
     med = {k: statistics.median(v) for k, v in walls.items()}

@@ -529,11 +529,14 @@ class NoMix(_Mixer):
 
 
 def build_mixer(cfg: Any, num_classes: int) -> _Mixer:
-    """The mixer a ``CutMixConfig`` asks for: ``method`` cutmix | mixup | cutout | none; ``prob == 0`` is NoMix."""
+    """The mixer a ``CutMixConfig`` asks for: ``method`` cutmix | mixup | cutout | none; NoMix unless the config
+    ``mixes`` (``study.config.CutMixConfig.mixes``: a method other than none, with ``prob > 0``)."""
     method = cfg.method
     if method not in METHODS:
         raise ValueError(f"cutmix.method={method!r} is not allowed (one of: {', '.join(METHODS)})")
-    if method == "none" or cfg.prob == 0:
+    if method != "none":
+        _check_prob(cfg.prob)  # a bad p is an error, never a silent NoMix
+    if not cfg.mixes:
         return NoMix(num_classes=num_classes, label_smoothing=cfg.label_smoothing)
     common = dict(prob=cfg.prob, mode=cfg.mode, num_classes=num_classes, label_smoothing=cfg.label_smoothing)
     if method == "cutmix":

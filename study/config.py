@@ -67,7 +67,9 @@ class CutMixConfig:
 
     @property
     def mixes(self) -> bool:
-        """Whether any batch is mixed (or cut out) at all: the one rule every component uses."""
+        """Whether the augmentation changes the batch at all: a method other than ``none`` applied with p > 0.
+        The one place this rule lives (engine picks soft-target CE, build_mixer picks NoMix, the search drops
+        alpha, the stages compare a baseline by it)."""
         return self.method != "none" and self.prob > 0
 
 
@@ -316,7 +318,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} (give an existing YAML file to --config)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: give a YAML file)") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

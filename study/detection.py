@@ -596,15 +596,16 @@ def evaluate_map(model: nn.Module, loader: DataLoader, device: torch.device | st
     return meter.compute()
 
 
-def _warmup_cosine(total_iters: int, warmup_iters: int, warmup_factor: float = 1e-3) -> Callable[[int], float]:
-    """LR multiplier: linear from ``warmup_factor`` to 1 over ``warmup_iters``, then cosine to 0 at ``total``."""
-    def factor(it: int) -> float:
-        if it < warmup_iters:
-            a = it / warmup_iters
-            return warmup_factor * (1 - a) + a
-        progress = (it - warmup_iters) / max(1, total_iters - warmup_iters)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return factor
+def _warmup_cosine(optimizer: torch.optim.Optimizer, total_iters: int, warmup_iters: int,
+                   warmup_factor: float = 1e-3) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-iteration schedule: linear from ``warmup_factor`` to 1 of the base lr over ``warmup_iters`` (``LinearLR``,
+    as torchvision's detection reference warms up), then cosine to 0 at ``total_iters`` (``CosineAnnealingLR``),
+    joined by ``SequentialLR``. ``warmup_iters >= 1``."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    ramp = LinearLR(optimizer, start_factor=warmup_factor, end_factor=1.0, total_iters=warmup_iters)
+    decay = CosineAnnealingLR(optimizer, T_max=max(1, total_iters - warmup_iters), eta_min=0.0)
+    return SequentialLR(optimizer, [ramp, decay], milestones=[warmup_iters])
 
 
 def finetune(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: DetectConfig,
@@ -627,7 +628,7 @@ def finetune(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: DetectCo
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=1e-4)
     total = cfg.epochs * len(train_loader)
     warmup = max(1, min(len(train_loader), total // 4))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total, warmup))
+    scheduler = _warmup_cosine(optimizer, total, warmup)
     log(f"detect: {len(train_ds)} train / {len(val_ds)} val images, {len(train_loader)} iterations/epoch "
         f"x {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}, device {device}")
     for epoch in range(1, cfg.epochs + 1):

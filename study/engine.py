@@ -3,8 +3,9 @@
 `Trainer.fit()` yields one `EpochResult` per epoch, so a Ray Tune trainable, the retrain stage, the `train`
 command and the tests all drive the same loop (the shape of KellerJordan's cifar10-airbench and torchvision's
 ``references/classification/train.py``). The CutMix recipe follows Yun et al. 2019 (arXiv 1905.04899, and the
-official clovaai/CutMix-PyTorch code): SGD with Nesterov momentum, step decay at 50%/75% of training (or cosine),
-mixing on the batch on the device, one soft-target cross-entropy chosen once from the augmentation config.
+official clovaai/CutMix-PyTorch code): SGD with Nesterov momentum, step decay at 50%/75% of training (or cosine;
+torch's own schedulers, see `build_scheduler`), mixing on the batch on the device, one soft-target cross-entropy
+chosen once from the augmentation config.
 
 Every random draw of an epoch (shuffle order, crop offsets, flips, CutMix boxes) comes from generators seeded
 by (train.seed, epoch), so resuming from a checkpoint at an epoch boundary reproduces an uninterrupted run.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -47,19 +49,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def lr_factor(cfg: TrainConfig, epoch: int) -> float:
-    """Multiplier of the base lr during 0-based `epoch`: linear warmup, then step decay or cosine."""
-    if epoch < cfg.warmup_epochs:
-        return (epoch + 1) / (cfg.warmup_epochs + 1)
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch learning-rate schedule of `cfg`, from torch's own schedulers (stepped once per epoch).
+
+    Linear warmup over `warmup_epochs` (`LinearLR`: epoch e < W runs at (e + 1) / (W + 1) of the base lr), then
+    either step decay (`MultiStepLR`: x `gamma` at each milestone, a fraction of `epochs` rounded to an epoch and
+    counted from epoch 0, so a milestone inside the warmup applies from its end) or a cosine from the base lr
+    to 0 over the remaining epochs (`CosineAnnealingLR`), joined by `SequentialLR`. Recipes: Yun et al. 2019
+    (step at 50%/75%, official clovaai/CutMix-PyTorch), Goyal et al. 2017 (warmup), Loshchilov & Hutter 2017
+    (cosine). Its `state_dict()` is plain data and goes into the checkpoint, so a resumed run continues it.
+    """
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, MultiStepLR, SequentialLR
+
+    warmup = cfg.warmup_epochs
     if cfg.schedule == "step":
-        return cfg.gamma ** sum(epoch >= round(m * cfg.epochs) for m in cfg.milestones)
-    span = max(1, cfg.epochs - cfg.warmup_epochs)
-    return 0.5 * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+        # Relative to the end of the warmup, where SequentialLR restarts the counter; <= 0 counts at the switch.
+        main: torch.optim.lr_scheduler.LRScheduler = MultiStepLR(
+            optimizer, [round(m * cfg.epochs) - warmup for m in cfg.milestones], gamma=cfg.gamma)
+    else:
+        main = CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs - warmup), eta_min=0.0)
+    if warmup == 0:
+        return main
+    ramp = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
 def mixes(cfg: PipelineConfig) -> bool:
-    """Whether the augmentation changes the batch at all (so soft targets are needed)."""
-    return cfg.cutmix.method != "none" and cfg.cutmix.prob > 0
+    """Alias of `cfg.cutmix.mixes` (the rule lives in study.config) for callers not yet switched to it."""
+    return cfg.cutmix.mixes
 
 
 def better(value: float, best: float | None, mode: str) -> bool:
@@ -83,9 +100,9 @@ class Trainer:
         self.model = self.model.to(memory_format=self.memory_format)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=t.lr, momentum=t.momentum,
                                          nesterov=t.nesterov and t.momentum > 0, weight_decay=t.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: lr_factor(t, e))
+        self.scheduler = build_scheduler(self.optimizer, t)
         # The loss is chosen once: soft-target CE when the batch is mixed, plain (smoothed) CE otherwise.
-        self.mixer = build_mixer(cfg.cutmix, data.num_classes) if mixes(cfg) else None
+        self.mixer = build_mixer(cfg.cutmix, data.num_classes) if cfg.cutmix.mixes else None
         self.augment = BatchAugment(data.mean, data.std, cfg.data.pad, cfg.data.hflip, train=True)
         self.amp = t.amp and self.device.type == "cuda"
         self.epoch = 0
@@ -203,8 +220,16 @@ class Trainer:
     def load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         """Restore a `checkpoint()` so that `fit()` continues exactly where it stopped."""
         self.model.load_state_dict(ckpt["model"])
+        if "lr_lambdas" in ckpt["scheduler"]:
+            # Written before torch's schedulers replaced a LambdaLR: that state holds no schedule, which is a
+            # function of the epoch alone, so replay it (before the optimizer state, which then sets the lr).
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(int(ckpt["epoch"])):
+                    self.scheduler.step()
+        else:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch = int(ckpt["epoch"])
         self.history = [dict(h) for h in ckpt.get("history", [])]
         self.best_metrics = dict(ckpt.get("best_metrics", {}))

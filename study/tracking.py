@@ -241,9 +241,12 @@ class AsyncLogger:
             raise err
 
     def close(self) -> None:
-        self.flush()
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        """Flush (re-raising a job's error) and stop the thread, which stops even when flush raises."""
+        try:
+            self.flush()
+        finally:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
 
 
 class StageRun:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+
+# One launcher for local MLflow servers, shared with bench/: started in its own process group, stopped whole.
+from study.tracking_server import free_port, start_mlflow_server, wait_http  # noqa: F401 - re-exported to tests
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -34,6 +34,11 @@ TINY = [
     "detect.epochs=1", "detect.batch_size=4", "retrain.seeds=2",
 ]
 
+
+
+def set_args(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """`--set` flags for a list of overrides: ["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]."""
+    return [arg for item in overrides for arg in ("--set", item)]
 
 
 def run_main(capsys, *argv: str) -> tuple[int, str, str]:
@@ -72,12 +77,6 @@ def tiny_cfg():
     return load_config(None, TINY)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def kill_tree(pid: int, extra: list[int] | tuple[int, ...] = ()) -> None:
     """SIGKILL a process and every descendant it has now, plus `extra` PIDs seen earlier."""
     pids = set(extra)
@@ -107,48 +106,11 @@ def descendants(pid: int) -> list[int]:
         return []
 
 
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
-def start_mlflow_server(workdir: Path, backend_uri: str | None = None) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on 127.0.0.1 with one worker and job execution off (ENVIRONMENT.md: ~0.5 GB, 5-10 s)."""
-    port = free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    backend = backend_uri or f"sqlite:///{workdir / 'mlflow.db'}"
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", backend, "--artifacts-destination", str(workdir / "artifacts")]
-    log = open(workdir / "server.log", "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(uri + "/health", timeout=90, proc=proc)
-    except Exception:
-        kill_tree(proc.pid)
-        raise RuntimeError(f"mlflow server did not start: {(workdir / 'server.log').read_text()[-2000:]}") from None
-    return proc, uri
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> Iterator[str]:
-    """A real MLflow tracking server for the whole session; stopped by PID at the end."""
-    proc, uri = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
-    try:
-        yield uri
-    finally:
-        kill_tree(proc.pid)
+    """A real MLflow tracking server for the whole session; its process group is stopped at the end."""
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server.uri
 
 
 @pytest.fixture

@@ -8,14 +8,13 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, set_args
 
 
 @pytest.mark.slow
 def test_notebook_executes_against_a_tiny_study(tmp_path, run_cli):
     out = tmp_path / "study"
-    sets = [a for o in TINY + ["search.num_samples=3", "search.scheduler=none"] for a in ("--set", o)]
-    proc = run_cli("study", "--output", str(out), *sets)
+    proc = run_cli("study", "--output", str(out), *set_args(TINY + ["search.num_samples=3", "search.scheduler=none"]))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     nb = nbformat.read(REPO / "notebooks" / "study_analysis.ipynb", as_version=4)
@@ -27,6 +26,10 @@ def test_notebook_executes_against_a_tiny_study(tmp_path, run_cli):
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 3  # alpha x p map, isolation plots, learning curves
+    # An alpha x p map per architecture searched, the isolation and best-so-far plots (study.plots), the curves.
+    assert len(images) >= 4
     text = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert "3 trials in" in text and "3 MLflow child runs" in text
+    # The defaults go first (p=0.5 mixes, p=0 does not): both groups of the mixing-vs-baseline summary appear.
+    summary = [o["data"]["text/plain"] for o in outputs if "count" in o.get("data", {}).get("text/plain", "")]
+    assert summary and "mixing" in summary[-1] and "baseline" in summary[-1], summary

@@ -17,14 +17,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, TINY, free_port, kill_tree, start_mlflow_server, wait_http
+from tests.conftest import REPO, TINY, free_port, kill_tree, set_args, start_mlflow_server, wait_http
 
 PIPELINE = TINY + ["search.num_samples=2", "search.max_concurrent=1", "search.scheduler=none"]
 VENV_BIN = Path(sys.executable).parent
-
-
-def _set_args(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
 
 
 def _ray_env() -> dict[str, str]:
@@ -76,7 +72,7 @@ def _submit(address: str, env: dict[str, str], out: Path, submission_id: str) ->
                    "env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}}
     cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--submission-id", submission_id,
            "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
-           "python", "-m", "pipelines.run", "--output", str(out), "--resume", *_set_args(PIPELINE)]
+           "python", "-m", "pipelines.run", "--output", str(out), "--resume", *set_args(PIPELINE)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return submission_id
@@ -181,9 +177,10 @@ def test_pipeline_tracks_to_mlflow_server_on_postgresql(postgres, tmp_path, run_
     import psycopg2
 
     backend, port = postgres
-    server, uri = start_mlflow_server(tmp_path / "mlflow", backend_uri=backend)
+    server = start_mlflow_server(tmp_path / "mlflow", backend_uri=backend)
+    uri = server.uri
     try:
-        proc = run_cli("study", "--output", str(tmp_path / "out"), "--tracking-uri", uri, *_set_args(PIPELINE))
+        proc = run_cli("study", "--output", str(tmp_path / "out"), "--tracking-uri", uri, *set_args(PIPELINE))
         assert proc.returncode == 0, proc.stderr[-3000:]
         client, runs = _mlflow_runs(uri, "digits")
         parents = [r for r in runs if r.data.tags.get("cutmix.stage") == "study"]
@@ -197,4 +194,4 @@ def test_pipeline_tracks_to_mlflow_server_on_postgresql(postgres, tmp_path, run_
                 cur.execute("SELECT count(*) FROM runs")
                 assert cur.fetchone()[0] == 3
     finally:
-        kill_tree(server.pid)
+        server.stop()

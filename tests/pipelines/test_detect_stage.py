@@ -20,7 +20,7 @@ from study.config import load_config
 from study.export import export_backbone
 from study.runner import train_run
 from study.tracking import Tracker
-from tests.conftest import TINY, assert_one_line_error, run_main
+from tests.conftest import TINY, assert_one_line_error, run_main, set_args
 
 # Pretraining: 10k shapes at 16 px (at 32 px the loss sits at ln 3 for a seed-dependent 5-10+ epochs before it
 # falls; at 16 px it falls steadily: val error ~20 % after 20 epochs for seeds 0 and 1), no mixing (a pasted patch
@@ -96,7 +96,7 @@ def _copy(export: Path, tmp_path: Path) -> Path:
 
 def _detect(capsys, export: Path, tmp_path: Path) -> tuple[int, str, str]:
     return run_main(capsys, "detect", "--backbone", str(export), "--output", str(tmp_path / "out"),
-                    *[arg for item in TINY for arg in ("--set", item)])
+                    *set_args(TINY))
 
 
 def test_detect_refuses_a_corrupted_safetensors_byte(capsys, tmp_path, tiny_export):

@@ -11,15 +11,15 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, TINY, descendants, kill_tree
+from tests.conftest import REPO, TINY, descendants, kill_tree, set_args
 
 STUDY = TINY + ["name=resume", "train.epochs=4", "search.num_samples=4", "search.max_concurrent=1",
                 "search.scheduler=none", "search.algorithm=tpe", "search.checkpoint_every=1"]
 
 
 def _cmd(out, uri, *extra):
-    sets = [a for o in STUDY for a in ("--set", o)]
-    return [sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), "--tracking-uri", uri, *sets, *extra]
+    return [sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), "--tracking-uri", uri,
+            *set_args(STUDY), *extra]
 
 
 def _trial_runs(uri):

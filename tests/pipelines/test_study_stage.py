@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from pipelines.study_stage import run as run_study
-from study.config import load_config
+from study.config import load_config, replace
+from study.models import build_model
 from study.tracking import Tracker
 from tests.conftest import TINY
 
@@ -62,6 +63,10 @@ def test_study_records_every_trial_in_mlflow_server_and_parquet(ray_local, digit
 
     # The first two trials are the paper's defaults and the baseline (points_to_evaluate).
     rows = frame.to_dict("records")
+    n_params = {arch: sum(p.numel() for p in build_model(replace(cfg, {"model.arch": arch}).model,
+                                                         digits8.num_classes, digits8.in_channels).parameters())
+                for arch in ("cnn", "resnet20")}
+    assert n_params["cnn"] != n_params["resnet20"]
     assert any(r["cutmix.prob"] == 0.5 and r["cutmix.alpha"] == 1.0 for r in rows)
     baseline = [r for r in rows if r["cutmix.prob"] == 0.0]
     assert baseline and all(math.isnan(r["cutmix.alpha"]) for r in baseline)  # alpha did not apply: not sampled
@@ -83,9 +88,11 @@ def test_study_records_every_trial_in_mlflow_server_and_parquet(ray_local, digit
         assert run.info.status == "FINISHED" and run.data.tags["ray.trial_id"] == row["trial_id"]
         assert run.data.params["model.arch"] == row["model.arch"]
         assert float(run.data.params["cutmix.prob"]) == pytest.approx(row["cutmix.prob"])
-        history = c.get_metric_history(run.info.run_id, "val/top1_err")
-        assert sorted(m.step for m in history) == [1, 2]
-        assert history[-1].value == pytest.approx(row["val/top1_err"]) or min(m.value for m in history) >= 0
+        history = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "val/top1_err")}
+        assert sorted(history) == [1, 2]
+        # MLflow's per-epoch curve is the one the parquet summarises: its last epoch and its best epoch.
+        assert history[2] == pytest.approx(row["val/top1_err"])
+        assert min(history.values()) == pytest.approx(row["best/val/top1_err"])
         # Every searched value reached its component inside the trial (read back from the mixer/optimizer).
         m = run.data.metrics
         assert m["used/cutmix.prob"] == pytest.approx(row["cutmix.prob"])
@@ -94,9 +101,9 @@ def test_study_records_every_trial_in_mlflow_server_and_parquet(ray_local, digit
             assert m["used/cutmix.alpha"] == pytest.approx(row["cutmix.alpha"])
         files = {a.path for a in c.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "samples.png"} <= files
-    params_by_arch = {r["model.arch"]: by_id[r["mlflow_run_id"]].data.metrics["used/model.params"] for r in rows}
-    if len(params_by_arch) == 2:
-        assert params_by_arch["cnn"] != params_by_arch["resnet20"]
+        # The searched architecture reached the model: the trial's parameter count is that of the arch it drew
+        # (checked per trial, so it holds whichever architectures the sampler happened to pick).
+        assert m["used/model.params"] == n_params[row["model.arch"]], row["model.arch"]
 
     best = yaml.safe_load((tmp_path / "out" / "best_config.yaml").read_text())
     best_row = frame.loc[frame["best/val/top1_err"].idxmin()]

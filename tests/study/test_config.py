@@ -87,6 +87,34 @@ def test_missing_and_invalid_files(tmp_path):
         load_config(p)
 
 
+@pytest.mark.parametrize(("content", "needle"), [
+    (b"\x00\xff", "is not UTF-8 text (byte 1"),  # the reproduction: \xff never occurs in UTF-8
+    (b"cutmix:\n  alpha: 1.0 # caf\xe9\n", "is not UTF-8 text (byte 26"),  # Latin-1 text
+    (b"\x00\x01", "is not valid YAML"),  # valid UTF-8, but control characters YAML does not accept
+])
+def test_a_file_that_is_not_yaml_text_is_a_one_line_error(tmp_path, capsys, content, needle):
+    from tests.conftest import assert_one_line_error, run_main
+
+    p = tmp_path / "c.yaml"
+    p.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    assert needle in str(info.value) and str(p) in str(info.value) and "\n" not in str(info.value)
+    code, _, err = run_main(capsys, "train", "--config", str(p), "--output", str(tmp_path / "out"))
+    assert_one_line_error(code, err, needle, str(p))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("method", "prob", "mixes"), [
+    ("cutmix", 0.5, True), ("mixup", 1.0, True), ("cutout", 0.001, True), ("cutmix", 0.0, False),
+    ("none", 0.5, False), ("none", 0.0, False),
+])
+def test_mixes_is_method_not_none_and_p_above_zero(method, prob, mixes):
+    cfg = load_config(None, [f"cutmix.method={method}", f"cutmix.prob={prob}"])
+    assert cfg.cutmix.mixes is mixes
+    assert "mixes" not in flatten(cfg) and "mixes" not in dump_config(cfg)  # a rule, not a config key
+
+
 @pytest.mark.parametrize(("space", "needle"), [
     ({"cutmix.alpha": {"type": "uniform", "low": -1.0, "high": 2.0}}, "cutmix.alpha=-1.0 is not allowed"),
     ({"model.arch": {"type": "choice", "values": []}}, "search.space.model.arch.values is empty"),
