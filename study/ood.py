@@ -1,0 +1,129 @@
+"""Out-of-distribution detection with the maximum softmax probability (the CutMix paper's Table 12).
+
+Detector: Hendrycks & Gimpel 2017, "A Baseline for Detecting Misclassified and Out-of-Distribution Examples"
+(arXiv 1610.02136): score = max softmax probability, no temperature and no input perturbation; the
+in-distribution test set is the **positive** class. Metrics, as in ODIN (Liang et al. 2018, arXiv 1706.02690) and
+the CutMix paper, all in percent:
+
+* ``tnr95``: true-negative rate (OOD rejected) at the highest threshold whose true-positive rate is >= 95 %
+  (the best TNR among operating points with TPR >= 0.95);
+* ``auroc``: area under the ROC curve;
+* ``detacc``: detection accuracy, ``max over thresholds of (TPR + TNR) / 2``.
+
+They come from torchmetrics' exact ``BinaryROC``/``BinaryAUROC`` (``thresholds=None``). torchmetrics passes scores
+outside [0, 1] through a sigmoid per call; softmax probabilities are inside, so they are used as they are (tested
+against scikit-learn). OOD sets that need no download: ODIN's noise sets, Uniform U[0, 1] and Gaussian N(0.5, 1)
+clamped to [0, 1], drawn per pixel in pixel space (then normalised like any input), and any image tensor (other
+datasets, a local folder read by ``study.box_data.read_image_folder``), resized to the in-distribution size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+from study.eval_common import EvaluationError, check_images, predict_logits, to_unit
+
+__all__ = ["NOISE_SETS", "max_softmax", "noise_images", "ood_metrics", "ood_scores", "prepare_ood_images"]
+
+NOISE_SETS = ("uniform", "gaussian")
+
+
+def noise_images(kind: str, n: int, shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """ODIN's synthetic OOD sets: float32 ``[n, C, H, W]`` pixel-space images in [0, 1].
+
+    ``uniform``: i.i.d. U[0, 1] per pixel; ``gaussian``: i.i.d. N(0.5, 1) per pixel, clamped to [0, 1].
+    """
+    g = torch.Generator().manual_seed(seed)
+    if kind == "uniform":
+        return torch.rand(n, *shape, generator=g)
+    if kind == "gaussian":
+        return (0.5 + torch.randn(n, *shape, generator=g)).clamp_(0.0, 1.0)
+    raise EvaluationError(f"noise set {kind!r} is not allowed (one of: {', '.join(NOISE_SETS)})")
+
+
+def prepare_ood_images(images: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """Any pixel-space image tensor ``[N, c, h, w]`` (uint8 or float in [0, 1]) as float32 ``[N, C, H, W]``:
+    grey replicated to 3 channels, RGB averaged to 1, resized (bilinear, antialiased when shrinking)."""
+    check_images(images, "OOD images")
+    x = to_unit(images)
+    c, h, w = shape
+    if x.shape[1] != c:
+        if x.shape[1] == 1:
+            x = x.expand(-1, c, -1, -1)
+        elif c == 1:
+            x = x.mean(dim=1, keepdim=True)
+        else:
+            raise EvaluationError(f"OOD images with {x.shape[1]} channels are not allowed (1 or {c})")
+    if tuple(x.shape[-2:]) != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > w or x.shape[-2] > h).clamp_(0.0, 1.0)
+    return x.contiguous()
+
+
+def max_softmax(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
+                batch_size: int = 256, device: str | torch.device | None = None) -> torch.Tensor:
+    """Maximum softmax probability float32 ``[N]`` of pixel-space images."""
+    return torch.softmax(predict_logits(model, images, mean, std, batch_size=batch_size, device=device), 1).amax(1)
+
+
+def ood_metrics(in_scores: torch.Tensor, out_scores: torch.Tensor) -> dict[str, float]:
+    """``{"auroc", "tnr95", "detacc"}`` (percent) of detector scores, higher = more in-distribution.
+
+    Args:
+        in_scores: float ``[N_in]`` scores of in-distribution images (positives), in [0, 1].
+        out_scores: float ``[N_out]`` scores of OOD images (negatives), in [0, 1].
+    """
+    if in_scores.ndim != 1 or out_scores.ndim != 1 or not len(in_scores) or not len(out_scores):
+        raise EvaluationError(f"OOD scores of shapes {tuple(in_scores.shape)}, {tuple(out_scores.shape)} are not "
+                              "allowed (two non-empty 1-D tensors)")
+    scores = torch.cat([in_scores, out_scores]).double()
+    if bool(torch.isnan(scores).any()) or float(scores.min()) < 0 or float(scores.max()) > 1:
+        raise EvaluationError("OOD scores outside [0, 1] are not allowed (probabilities: torchmetrics would apply a "
+                              "sigmoid)")
+    target = torch.cat([torch.ones(len(in_scores)), torch.zeros(len(out_scores))]).long()
+    fpr, tpr, _ = binary_roc(scores, target, thresholds=None)
+    tnr = 1.0 - fpr
+    ok = tpr >= 0.95
+    return {
+        "auroc": 100.0 * float(binary_auroc(scores, target, thresholds=None)),
+        "tnr95": 100.0 * float(tnr[ok].max()) if bool(ok.any()) else 0.0,
+        "detacc": 100.0 * float((0.5 * (tpr + tnr)).max()),
+    }
+
+
+def ood_scores(model: nn.Module, in_images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
+               ood_sets: Mapping[str, torch.Tensor] | None = None, noise: Sequence[str] = NOISE_SETS,
+               noise_count: int | None = None, seed: int = 0, batch_size: int = 256,
+               device: str | torch.device | None = None, in_scores: torch.Tensor | None = None
+               ) -> dict[str, dict[str, float]]:
+    """Max-softmax OOD metrics of ``model`` for every OOD set: ``{set name: {"auroc", "tnr95", "detacc"}}``.
+
+    Args:
+        in_images: the in-distribution test images (pixel space), the positives.
+        ood_sets: extra named OOD image tensors (any size and 1 or 3 channels; resized to the in-distribution
+            shape). Names must not clash with ``noise``.
+        noise: which of ODIN's noise sets to add ("uniform", "gaussian"); ``noise_count`` images each (default:
+            as many as ``in_images``), drawn from ``seed``.
+        in_scores: the in-distribution max-softmax scores if already computed (saves a forward pass).
+    """
+    check_images(in_images)
+    shape = tuple(in_images.shape[1:])
+    sets = dict(ood_sets or {})
+    clash = sorted(set(sets) & set(noise))
+    if clash:
+        raise EvaluationError(f"OOD set names {clash} are not allowed (reserved for the noise sets)")
+    count = len(in_images) if noise_count is None else int(noise_count)
+    for i, kind in enumerate(noise):
+        sets[kind] = noise_images(kind, count, shape, seed + i)
+    if in_scores is None:
+        in_scores = max_softmax(model, in_images, mean, std, batch_size=batch_size, device=device)
+    out = {}
+    for name, imgs in sets.items():
+        x = prepare_ood_images(imgs, shape)
+        out[name] = ood_metrics(in_scores, max_softmax(model, x, mean, std, batch_size=batch_size, device=device))
+    return out

@@ -1,0 +1,468 @@
+"""Weakly-supervised object localization (WSOL) with class activation maps: MaxBoxAccV2 and the paper's top-1 Loc.
+
+* CAM: Zhou et al. 2016, "Learning Deep Features for Discriminative Localization" (arXiv 1512.04150). For a
+  network ``logits = W . GAP(f(x)) + b`` the map of class c is ``M_c = sum_k W[c, k] f_k(x)`` on the last feature
+  map, so ``mean(M_c) + b_c`` is the class-c logit (tested). No ReLU is applied.
+* MaxBoxAccV2: Choe et al. 2020, "Evaluating Weakly Supervised Object Localization Methods Right" (CVPR, arXiv
+  2001.07437) and its code, clovaai/wsolevaluation (``evaluation.py``, ``inference.py``): the CAM of the
+  ground-truth class, resized to the input size with bicubic interpolation (torch's bicubic = OpenCV's INTER_CUBIC),
+  min-max normalised per image (a constant or NaN map becomes all zeros), binarised at every threshold ``tau`` of
+  ``np.arange(0, 1, interval)`` as ``uint8(s * 255) > int(tau * max(uint8(s * 255)))``; the boxes are
+  ``cv2.findContours(RETR_TREE)`` + ``cv2.boundingRect`` of every contour as ``[x, y, min(x+w, W-1), min(y+h,
+  H-1)]`` (no contour: ``[0, 0, 0, 0]``); an image is correct at ``tau`` when its best inclusive-pixel IoU over
+  all predicted x ground-truth boxes is ``>= delta``; ``MaxBoxAcc(delta)`` is the best accuracy over ``tau`` (one
+  threshold for the whole split), and MaxBoxAccV2 the mean over ``delta in {0.3, 0.5, 0.7}``.
+* The paper's top-1 Loc (CutMix, Yun et al. 2019, Section 4.2, after Zhou et al. 2016): the same normalised map
+  binarised at ``sigma = 0.15`` of its maximum (the uint8 rule above at ``tau = sigma``), the tight box of the
+  largest 8-connected region (by pixel count, as Zhou et al.'s connected components), correct when the inclusive
+  IoU is ``> 0.5`` **and** the top-1 class is right (``gt_known_loc`` drops the class condition).
+
+Two implementations of the box protocol are kept:
+
+* ``reference_*``: the wsolevaluation algorithm as written there, one ``cv2.findContours`` per image and
+  threshold; it passes wsolevaluation's golden unit tests and is the definition.
+* ``component_boxes`` / ``max_box_acc``: the fast path. RETR_TREE returns one contour per 8-connected foreground
+  component and one per hole (a 4-connected background region not touching the border). Their bounding rects are
+  the component's box and the hole's box grown by one pixel, both available from
+  ``cv2.connectedComponentsWithStats``. All (image, threshold) binary maps of a chunk are laid out as one tall
+  image with zero separators, so each connectivity costs one C call per chunk: no Python loop over thresholds or
+  images. The tests check that both paths give identical box sets and accuracies on real CAMs and on random masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from study.eval_common import (
+    CAMError,
+    EvaluationError,
+    Normalise,
+    batch_ranges,
+    check_images,
+    eval_mode,
+    resolve,
+    to_unit,
+)
+
+__all__ = [
+    "DEFAULT_IOU_THRESHOLDS", "MaxBoxAcc", "cam_head", "class_activation_maps", "component_boxes", "iou_inclusive",
+    "largest_component_boxes", "max_box_acc", "normalise_boxes", "random_cam_baseline", "reference_boxes",
+    "reference_max_box_acc", "scoremaps", "threshold_list", "to_uint8_maps", "top1_loc",
+]
+
+DEFAULT_IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+_CANVAS_PIXELS = 1 << 25  # pixels of one tall binary image handed to OpenCV (32 MiB as uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CAM
+
+
+def cam_head(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Linear]:
+    """``(backbone, head, fc)`` of a model whose head is global average pooling + one linear layer.
+
+    Raises CAMError (one line) for anything else: CAM is defined only for that head (Zhou et al. 2016).
+    """
+    from study.models import Head
+
+    backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
+    if not isinstance(backbone, nn.Module) or type(head) is not Head or not isinstance(head.fc, nn.Linear):
+        raise CAMError(f"class activation maps need a backbone + global-average-pooling + linear head; "
+                       f"{type(model).__name__} has none (models from study.models.build_model have one)")
+    return backbone, head, head.fc
+
+
+@torch.no_grad()
+def class_activation_maps(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, mean: Sequence[float],
+                          std: Sequence[float], *, batch_size: int = 256, device: str | torch.device | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Un-normalised CAMs of ``classes`` and the logits, from one forward pass.
+
+    Args:
+        images: pixel-space ``[N, C, H, W]`` uint8 or float in [0, 1].
+        classes: int64 ``[N]``, the class whose map is wanted per image (the ground truth for WSOL).
+    Returns:
+        ``(cams, logits)``: float32 ``[N, h, w]`` at the backbone's output resolution and float32 ``[N, K]``,
+        both on the CPU, with ``cams.mean((1, 2)) + fc.bias[classes] == logits[arange(N), classes]``.
+    """
+    backbone, head, fc = cam_head(model)
+    check_images(images)
+    if classes.ndim != 1 or classes.shape[0] != images.shape[0]:
+        raise EvaluationError(f"classes of shape {tuple(classes.shape)} are not allowed (int64 [{images.shape[0]}])")
+    dev = resolve(model, device)
+    norm = Normalise(mean, std, images.shape[1], dev)
+    cams, logits = [], []
+    with eval_mode(model):
+        for sl in batch_ranges(images.shape[0], batch_size):
+            feats = backbone(norm(to_unit(images[sl].to(dev)))).float()
+            logits.append(head(feats).float().cpu())
+            w = fc.weight.float()[classes[sl].to(dev)]  # [B, C]
+            cams.append(torch.einsum("bchw,bc->bhw", feats, w).cpu())
+    if not cams:
+        return torch.zeros(0, 0, 0), torch.zeros(0, fc.out_features)
+    return torch.cat(cams), torch.cat(logits)
+
+
+def scoremaps(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """wsolevaluation's score maps: float32 ``[N, h, w]`` CAMs -> float32 ``[N, H, W]`` in [0, 1].
+
+    Bicubic resize to ``size = (H, W)`` (``align_corners=False``, a = -0.75: OpenCV's INTER_CUBIC), then per-image
+    ``(x - min) / (max - min)``; a map that is constant or holds a NaN becomes all zeros (``normalize_scoremap``).
+    """
+    if cams.ndim != 3:
+        raise EvaluationError(f"cams of shape {tuple(cams.shape)} are not allowed ([N, h, w])")
+    up = F.interpolate(cams[:, None].float(), size=tuple(size), mode="bicubic", align_corners=False)[:, 0]
+    lo = up.amin(dim=(1, 2), keepdim=True)
+    span = up.amax(dim=(1, 2), keepdim=True) - lo
+    bad = torch.isnan(up).any(dim=(1, 2), keepdim=True) | (span == 0)
+    return torch.where(bad, 0.0, (up - lo) / torch.where(bad, 1.0, span))
+
+
+def to_uint8_maps(maps: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``uint8(s * 255)`` (truncation, in float32) of float score maps in [0, 1]; uint8 maps pass through."""
+    a = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
+    if a.ndim != 3:
+        raise EvaluationError(f"score maps of shape {a.shape} are not allowed ([N, H, W])")
+    if a.dtype == np.uint8:
+        return a
+    a = a.astype(np.float32, copy=False)
+    if a.size and (np.isnan(a).any() or a.min() < 0 or a.max() > 1):
+        raise EvaluationError("score maps outside [0, 1] are not allowed (min-max normalise them: wsol.scoremaps)")
+    return (a * np.float32(255)).astype(np.uint8)
+
+
+def threshold_list(interval: float) -> np.ndarray:
+    """wsolevaluation's CAM thresholds ``np.arange(0, 1, interval)`` (float64)."""
+    if not 0 < interval < 1:
+        raise EvaluationError(f"cam_curve_interval={interval} is not allowed (0 < interval < 1)")
+    return np.arange(0, 1, interval)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Boxes and IoU
+
+
+def normalise_boxes(boxes: torch.Tensor | np.ndarray, n: int, size: tuple[int, int]) -> np.ndarray:
+    """Ground-truth boxes as int64 ``[n, M, 4]`` inclusive ``[x0, y0, x1, y1]``; rows of -1 are padding.
+
+    Accepts ``[n, 4]`` (one box per image) or ``[n, M, 4]``. Raises EvaluationError for a reversed box, a box
+    outside the ``size = (H, W)`` image, or an image with no box.
+    """
+    b = boxes.detach().cpu().numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes)
+    if b.ndim == 2:
+        b = b[:, None]
+    if b.ndim != 3 or b.shape[0] != n or b.shape[2] != 4:
+        raise EvaluationError(f"boxes of shape {b.shape} are not allowed ([{n}, 4] or [{n}, M, 4] inclusive pixel "
+                              "x0, y0, x1, y1)")
+    if not np.issubdtype(b.dtype, np.integer):
+        raise EvaluationError(f"boxes of dtype {b.dtype} are not allowed (integer pixel coordinates)")
+    b = b.astype(np.int64)
+    pad = (b == -1).all(axis=2)
+    h, w = size
+    bad = ~pad & ((b[..., 0] > b[..., 2]) | (b[..., 1] > b[..., 3]) | (b[..., :2] < 0).any(axis=2)
+                  | (b[..., 2] >= w) | (b[..., 3] >= h))
+    if bad.any():
+        i, j = map(int, np.argwhere(bad)[0])
+        raise EvaluationError(f"box {b[i, j].tolist()} of image {i} is not allowed (inclusive x0 <= x1 < {w}, "
+                              f"y0 <= y1 < {h})")
+    if n and pad.all(axis=1).any():
+        raise EvaluationError(f"image {int(np.argmax(pad.all(axis=1)))} has no box (every image needs one)")
+    return b
+
+
+def iou_inclusive(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """wsolevaluation's ``calculate_multiple_iou`` broadcast: int ``[..., 4]`` boxes -> float64 IoU.
+
+    Pixels are inclusive (a box ``[x0, y0, x1, y1]`` covers ``(x1 - x0 + 1) * (y1 - y0 + 1)`` pixels); a
+    non-positive union gives 0. ``torchvision.ops.box_iou`` uses continuous coordinates: not the same.
+    """
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    iw = np.maximum(0, np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1)
+    ih = np.maximum(0, np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _best_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Best IoU of each predicted box ``[P, 4]`` against its image's ground truth ``[P, M, 4]`` (-1 rows skipped)."""
+    iou = iou_inclusive(pred[:, None, :], gt)
+    return np.where((gt == -1).all(axis=2), -1.0, iou).max(axis=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference path (clovaai/wsolevaluation, evaluation.py)
+
+
+def reference_boxes(scoremap: np.ndarray, thresholds: Sequence[float], multi_contour: bool = True
+                    ) -> list[np.ndarray]:
+    """wsolevaluation's ``compute_bboxes_from_scoremaps`` for one float ``[H, W]`` map in [0, 1] (or uint8).
+
+    Returns one int64 ``[k, 4]`` array per threshold: every contour's box (V2, ``multi_contour=True``) or the box
+    of the contour with the largest ``cv2.contourArea`` (V1). One cv2 call per threshold: the definition, slow.
+    """
+    u8 = to_uint8_maps(np.asarray(scoremap)[None])[0]
+    h, w = u8.shape
+    image = u8[:, :, None]
+    out = []
+    for tau in thresholds:
+        _, binary = cv2.threshold(image, int(tau * np.max(image)), 255, cv2.THRESH_BINARY)
+        contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]  # 3.x returns 3 values
+        if len(contours) == 0:
+            out.append(np.zeros((1, 4), dtype=np.int64))
+            continue
+        if not multi_contour:
+            contours = [max(contours, key=cv2.contourArea)]
+        rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64)
+        x, y, rw, rh = rects.T
+        out.append(np.stack([x, y, np.minimum(x + rw, w - 1), np.minimum(y + rh, h - 1)], axis=1))
+    return out
+
+
+def reference_max_box_acc(maps: torch.Tensor | np.ndarray, boxes: torch.Tensor | np.ndarray, *,
+                          cam_curve_interval: float = 0.001, iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+                          multi_contour: bool = True) -> MaxBoxAcc:
+    """MaxBoxAcc(V2) with wsolevaluation's ``BoxEvaluator`` loop (one image and threshold at a time)."""
+    u8 = to_uint8_maps(maps)
+    n, h, w = u8.shape
+    gt = normalise_boxes(boxes, n, (h, w))
+    taus = threshold_list(cam_curve_interval)
+    correct = np.zeros((len(iou_thresholds), len(taus)))
+    for i in range(n):
+        per_tau = reference_boxes(u8[i], taus, multi_contour)
+        best = np.array([_best_iou(p, np.broadcast_to(gt[i], (len(p), *gt[i].shape))).max() for p in per_tau])
+        correct += best[None, :] >= np.asarray(iou_thresholds, dtype=np.float64)[:, None]
+    return MaxBoxAcc.from_counts(correct, n, taus, iou_thresholds)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fast path
+
+
+def _tall_canvas(b: int, t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """A zero uint8 image of ``b * t`` blocks of ``(h + 1) x (w + 2)`` pixels stacked vertically (+ one last zero
+    row) and the writable view ``[b, t, h, w]`` of the blocks' interiors: every block keeps a zero row above and
+    zero columns on both sides, so no component crosses blocks and every block's border touches the frame."""
+    canvas = np.zeros((b * t * (h + 1) + 1, w + 2), dtype=np.uint8)
+    return canvas, canvas[:-1].reshape(b, t, h + 1, w + 2)[:, :, 1:, 1:w + 1]
+
+
+def _stats_boxes(canvas: np.ndarray, h: int, connectivity: int, grow: int) -> tuple[np.ndarray, np.ndarray]:
+    """Block index and ``[x, y, x+w, y+h]`` boxes (block coordinates, ``grow`` pixels out on every side, before
+    clipping) of the non-zero components of a tall canvas from :func:`_tall_canvas`."""
+    _, _, stats, _ = cv2.connectedComponentsWithStats(canvas, connectivity=connectivity, ltype=cv2.CV_32S)
+    x, y, rw, rh = (stats[1:, i].astype(np.int64) for i in range(4))  # label 0 is the zero pixels
+    block = y // (h + 1)
+    x0, y0 = x - 1, y - block * (h + 1) - 1
+    return block, np.stack([x0 - grow, y0 - grow, x0 + rw + grow, y0 + rh + grow], axis=1)
+
+
+def hole_levels(u8: np.ndarray) -> np.ndarray:
+    """Per pixel, the lowest level ``F`` at which it joins the image border through 4-connected pixels ``<= F``
+    (grayscale hole filling: reconstruction by erosion from the border, Soille 2003, Section 6.3.7).
+
+    Pixel p lies in a hole of the binarisation ``u8 > k`` (a 4-connected background region not touching the
+    border) exactly when ``u8[p] <= k < F[p]``. uint8 ``[B, H, W]`` -> uint8 ``[B, H, W]``.
+    """
+    f = np.full_like(u8, 255)
+    for edge in (np.s_[:, 0], np.s_[:, -1], np.s_[:, :, 0], np.s_[:, :, -1]):
+        f[edge] = u8[edge]
+    g = np.empty_like(f)
+    while True:  # Jacobi sweeps of f <- max(u, min(f, min of the 4 neighbours of f)) until nothing changes
+        np.minimum(f[:, 1:], f[:, :-1], out=g[:, 1:])
+        g[:, 0] = f[:, 0]
+        np.minimum(g[:, :-1], f[:, 1:], out=g[:, :-1])
+        np.minimum(g[:, :, 1:], f[:, :, :-1], out=g[:, :, 1:])
+        np.minimum(g[:, :, :-1], f[:, :, 1:], out=g[:, :, :-1])
+        np.maximum(u8, g, out=g)
+        if np.array_equal(g, f):
+            return f
+        f, g = g, f
+
+
+def component_boxes(u8: np.ndarray, levels: np.ndarray, holes: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """wsolevaluation's V2 boxes of every (image, level) binarisation ``u8 > level``, all at once.
+
+    Args:
+        u8: uint8 ``[B, H, W]`` score maps; levels: int ``[T]`` thresholds on them.
+    Returns:
+        ``(slice, boxes)``: int64 ``[P]`` with ``slice = b * T + t`` and int64 ``[P, 4]`` boxes, one per contour
+        that ``findContours(RETR_TREE)`` would return (outer borders of 8-connected components and, with
+        ``holes``, borders of holes), each as ``[x, y, min(x+w, W-1), min(y+h, H-1)]``. Slices without
+        foreground have no row. Order within a slice is unspecified.
+    """
+    b, h, w = u8.shape
+    lv = np.asarray(levels, dtype=np.int16)
+    t = len(lv)
+    canvas, inner = _tall_canvas(b, t, h, w)
+    np.greater(u8[:, None], lv[None, :, None, None], out=inner)
+    parts = [_stats_boxes(canvas, h, 8, 0)]
+    if holes:
+        # Only the (image, level) pairs that have a hole get a second, 4-connected pass over their hole pixels
+        # {u8 <= k < F}: smooth CAMs rarely have holes, so this pass is small.
+        fill = hole_levels(u8)
+        inside = fill > u8
+        img = np.repeat(np.arange(b), inside.reshape(b, -1).sum(axis=1))
+        lo, hi = u8[inside].astype(np.int64), fill[inside].astype(np.int64)
+        diff = np.bincount(img * 257 + lo, minlength=b * 257) - np.bincount(img * 257 + hi, minlength=b * 257)
+        has_hole = diff.reshape(b, 257).cumsum(axis=1)[:, lv] > 0  # [B, T]
+        ib, it = np.nonzero(has_hole)
+        if len(ib):
+            hcanvas, hinner = _tall_canvas(len(ib), 1, h, w)
+            k = lv[it][:, None, None]
+            np.logical_and(u8[ib] <= k, fill[ib] > k, out=hinner[:, 0])
+            block, boxes = _stats_boxes(hcanvas, h, 4, 1)  # a hole's border: one pixel out on every side
+            parts.append((ib[block] * t + it[block], boxes))
+    sl = np.concatenate([p[0] for p in parts])
+    boxes = np.concatenate([p[1] for p in parts])
+    np.minimum(boxes[:, 2], w - 1, out=boxes[:, 2])
+    np.minimum(boxes[:, 3], h - 1, out=boxes[:, 3])
+    return sl, boxes
+
+
+@dataclass(frozen=True)
+class MaxBoxAcc:
+    """MaxBoxAcc at each IoU threshold and their mean (MaxBoxAccV2 when boxes come from all contours).
+
+    ``value``: mean over ``iou_thresholds`` of the per-threshold maxima, percent. ``per_iou[d]``: MaxBoxAcc(d), %.
+    ``best_threshold[d]``: the CAM threshold attaining it (the first of ties). ``curves[d]``: accuracy (%) at every
+    threshold of ``thresholds``.
+    """
+
+    value: float
+    per_iou: dict[float, float]
+    best_threshold: dict[float, float]
+    thresholds: list[float] = field(repr=False)
+    curves: dict[float, list[float]] = field(repr=False)
+
+    @classmethod
+    def from_counts(cls, correct: np.ndarray, n: int, taus: np.ndarray, iou_thresholds: Sequence[float]
+                    ) -> MaxBoxAcc:
+        acc = correct * 100.0 / max(n, 1)  # [D, T]
+        best = acc.argmax(axis=1)
+        deltas = [float(d) for d in iou_thresholds]
+        return cls(float(acc.max(axis=1).mean()), {d: float(acc[i, best[i]]) for i, d in enumerate(deltas)},
+                   {d: float(taus[best[i]]) for i, d in enumerate(deltas)}, [float(v) for v in taus],
+                   {d: acc[i].tolist() for i, d in enumerate(deltas)})
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """Flat metric names: ``{prefix}maxboxacc_v2`` and ``{prefix}maxboxacc_iou{d}`` for each threshold d."""
+        out = {f"{prefix}maxboxacc_v2": self.value}
+        out.update({f"{prefix}maxboxacc_iou{d:g}": v for d, v in self.per_iou.items()})
+        return out
+
+
+def max_box_acc(maps: torch.Tensor | np.ndarray, boxes: torch.Tensor | np.ndarray, *,
+                cam_curve_interval: float = 0.001, iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
+                holes: bool = True) -> MaxBoxAcc:
+    """MaxBoxAccV2 (Choe et al. 2020) of score maps against ground-truth boxes, vectorised.
+
+    Args:
+        maps: float ``[N, H, W]`` in [0, 1] (from :func:`scoremaps`) or their uint8 form.
+        boxes: int ``[N, 4]`` or ``[N, M, 4]`` inclusive ``[x0, y0, x1, y1]`` in map pixels (-1 rows: padding).
+        cam_curve_interval: threshold step (wsolevaluation: 0.001; at most 255 distinct binarisations exist).
+        iou_thresholds: the deltas, default (0.3, 0.5, 0.7).
+        holes: include hole contours as wsolevaluation's RETR_TREE does (exact); False is slightly cheaper.
+    """
+    u8 = to_uint8_maps(maps)
+    n, h, w = u8.shape
+    gt = normalise_boxes(boxes, n, (h, w))
+    taus = threshold_list(cam_curve_interval)
+    deltas = np.asarray(iou_thresholds, dtype=np.float64)
+    if not len(deltas) or (deltas <= 0).any() or (deltas > 1).any():
+        raise EvaluationError(f"iou_thresholds={list(iou_thresholds)} are not allowed (values in (0, 1])")
+    peak = u8.reshape(n, -1).max(axis=1).astype(np.float64) if n else np.zeros(0)
+    level = np.floor(taus[None, :] * peak[:, None]).astype(np.int64)  # int(tau * max(u8)), per image, [N, T]
+    levels = np.unique(level)  # distinct binarisations to compute
+    pos = np.searchsorted(levels, level)  # [N, T] -> index into levels
+    correct = np.zeros((len(deltas), len(taus)))
+    chunk = max(1, _CANVAS_PIXELS // max(1, len(levels) * (h + 1) * (w + 2)))
+    empty_box = np.zeros((1, 4), dtype=np.int64)
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        b = sl.stop - sl.start
+        slice_id, pred = component_boxes(u8[sl], levels, holes)
+        img = slice_id // len(levels)
+        best = torch.full((b * len(levels),), -1.0, dtype=torch.float64)
+        if len(slice_id):
+            best.scatter_reduce_(0, torch.from_numpy(slice_id), torch.from_numpy(_best_iou(pred, gt[sl][img])),
+                                 "amax", include_self=True)
+        best = best.numpy()
+        # No contour: the [0, 0, 0, 0] box, as wsolevaluation does.
+        none = np.repeat(_best_iou(np.repeat(empty_box, b, 0), gt[sl]), len(levels))
+        best = np.where(best < 0, none, best).reshape(b, len(levels))
+        at_tau = np.take_along_axis(best, pos[sl], axis=1)  # [b, T]
+        correct += (at_tau[None] >= deltas[:, None, None]).sum(axis=1)
+    return MaxBoxAcc.from_counts(correct, n, taus, iou_thresholds)
+
+
+def largest_component_boxes(maps: torch.Tensor | np.ndarray, sigma: float = 0.15) -> np.ndarray:
+    """Tight inclusive box of the largest 8-connected region of ``u8 > int(sigma * max(u8))`` per map.
+
+    Args:
+        maps: float ``[N, H, W]`` score maps in [0, 1] or uint8. sigma: fraction of the maximum, in [0, 1).
+    Returns:
+        int64 ``[N, 4]`` ``[x0, y0, x1, y1]``; the largest region by pixel count (ties: first in raster order);
+        ``[0, 0, 0, 0]`` for an empty binarisation.
+    """
+    if not 0 <= sigma < 1:
+        raise EvaluationError(f"sigma={sigma} is not allowed (0 <= sigma < 1)")
+    u8 = to_uint8_maps(maps)
+    n, h, w = u8.shape
+    out = np.zeros((n, 4), dtype=np.int64)
+    chunk = max(1, _CANVAS_PIXELS // ((h + 1) * (w + 2)))
+    for start in range(0, n, chunk):
+        part = u8[start:start + chunk]
+        thr = np.floor(sigma * part.reshape(len(part), -1).max(axis=1).astype(np.float64)).astype(np.int16)
+        canvas, inner = _tall_canvas(len(part), 1, h, w)
+        np.greater(part[:, None], thr[:, None, None, None], out=inner)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(canvas, connectivity=8, ltype=cv2.CV_32S)
+        st = stats[1:].astype(np.int64)
+        sl = st[:, 1] // (h + 1)
+        order = np.lexsort((np.arange(len(st)), -st[:, 4], sl))  # by slice, then area descending, then label
+        first = order[np.unique(sl[order], return_index=True)[1]]
+        x0, y0 = st[first, 0] - 1, st[first, 1] - sl[first] * (h + 1) - 1
+        out[start + sl[first]] = np.stack([x0, y0, x0 + st[first, 2] - 1, y0 + st[first, 3] - 1], axis=1)
+    return out
+
+
+def top1_loc(maps: torch.Tensor | np.ndarray, boxes: torch.Tensor | np.ndarray, class_correct: torch.Tensor,
+             sigma: float = 0.15, iou_threshold: float = 0.5) -> tuple[dict[str, float], np.ndarray]:
+    """The paper's top-1 localization accuracy (CutMix Table 9; Zhou et al. 2016's box rule).
+
+    Args:
+        maps: score maps of the ground-truth class (for a correctly classified image it is the top-1 class).
+        boxes: ground truth as in :func:`max_box_acc`. class_correct: bool ``[N]``, top-1 prediction == label.
+    Returns:
+        ``({"top1_loc", "gt_known_loc"}, boxes)``: percentages (IoU ``> iou_threshold`` with and without the
+        class condition) and the predicted int64 ``[N, 4]`` boxes.
+    """
+    u8 = to_uint8_maps(maps)
+    n, h, w = u8.shape
+    gt = normalise_boxes(boxes, n, (h, w))
+    pred = largest_component_boxes(u8, sigma)
+    hit = _best_iou(pred, gt) > iou_threshold
+    ok = np.asarray(class_correct.cpu() if isinstance(class_correct, torch.Tensor) else class_correct, dtype=bool)
+    denom = max(n, 1)
+    return {"top1_loc": 100.0 * float((hit & ok).sum()) / denom, "gt_known_loc": 100.0 * float(hit.sum()) / denom}, pred
+
+
+def random_cam_baseline(boxes: torch.Tensor | np.ndarray, image_size: tuple[int, int], feature_size: tuple[int, int],
+                        *, seed: int = 0, cam_curve_interval: float = 0.001,
+                        iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS) -> MaxBoxAcc:
+    """MaxBoxAccV2 of random CAMs: i.i.d. N(0, 1) maps at the backbone's ``feature_size`` through the same resize,
+    normalisation and box protocol. What a localizer must beat (large boxes already score at low thresholds)."""
+    b = boxes.detach().cpu().numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes)
+    g = torch.Generator().manual_seed(seed)
+    cams = torch.randn(b.shape[0], *feature_size, generator=g)
+    return max_box_acc(scoremaps(cams, image_size), b, cam_curve_interval=cam_curve_interval,
+                       iou_thresholds=iou_thresholds)
