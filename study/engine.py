@@ -74,11 +74,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
     return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def mixes(cfg: PipelineConfig) -> bool:
-    """Alias of `cfg.cutmix.mixes` (the rule lives in study.config) for callers not yet switched to it."""
-    return cfg.cutmix.mixes
-
-
 def better(value: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
