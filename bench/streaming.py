@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'mechanism':<12} {'procs':>5}  throughput")
         rates = {}
         for w in args.workers:
-            rates[f"stream{w}"] = report("stream", max(w, 1), bench_stream(folder, args.size, w))
+            rates[f"stream{w}"] = report(f"stream/{w}w", max(w, 1), bench_stream(folder, args.size, w))
         top = max(max(args.workers), 1)
         rates["pil"] = report("pil", top, bench_pil(folder, args.size, top))
         if not args.no_ray:

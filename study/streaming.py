@@ -11,18 +11,23 @@ torchvision's ``references/classification`` and the CutMix paper's ImageNet reci
 Everything after that is the in-memory path unchanged: ``study.data.BatchAugment`` (flip, optional pad-crop,
 normalise) and CutMix run on the batch, on the device.
 
-Why DataLoader workers (measured by ``bench/streaming.py`` on this 2-core machine, 224 px, images ~400x350 px):
-- DataLoader + ``decode_image`` scales with worker processes (the GIL is released in libjpeg-turbo and each worker
-  is its own process), needs nothing beyond torch/torchvision, and keeps exact resume: the batch order is the
+Why DataLoader workers: measured with ``bench/streaming.py`` (224 px crops from 384-1,024 generated JPEGs of
+300-500 px, batch 64) on this 2-core machine, which other jobs kept at a load of ~8, so only the ordering is solid:
+``stream`` (this module) 150-335 img/s, torchvision ``ImageFolder`` + PIL + ``v2.RandomResizedCrop`` 120-160 img/s
+(stream 1.3-1.5x faster at equal workers), Ray Data ``read_images`` + ``iter_torch_batches`` 25-55 img/s (3-8x
+slower). Hence:
+- DataLoader + ``decode_image`` (libjpeg-turbo, tensor resize) beats the PIL pipeline, runs one decode process
+  per core given (worker scaling is not measurable on this loaded 2-core machine; ``bench/gpu.py`` measures it
+  with up to 16 workers), needs nothing beyond torch/torchvision, and keeps exact resume: the batch order is the
   engine's seeded permutation and each sample's crop comes from a generator seeded by (epoch seed, sample index),
-  so a resumed or sharded epoch sees the same crops.
-- Ray Data ``read_images`` + ``iter_torch_batches`` works here but was slower per CPU at this scale (its
-  task/block scheduling and Arrow conversion cost more than the decode of small files), adds an object-store copy
-  per batch and its own ordering, which breaks the (seed, epoch) order that exact resume depends on. It is the
-  better choice when decoding must run on *other* nodes than the trainer (CPU-only preprocessing nodes).
-- GPU decode (``torchvision.io.decode_jpeg(list, device="cuda")``, nvJPEG; TorchCodec is its successor) cannot be
-  measured without a GPU; ``bench/gpu.py`` times it on a lent device. It frees the CPU decode but still reads files
-  on the CPU and competes with training for the GPU; use it when a node has few CPU cores per GPU.
+  so a resumed, re-sharded or differently-parallel epoch sees the same crops.
+- Ray Data works here but its per-epoch planning, task scheduling and Arrow conversion cost more than decoding
+  small files, every batch takes an object-store copy, and its block order is its own, which breaks the
+  (seed, epoch) order that exact resume depends on. It is the better choice when decoding must run on *other* nodes
+  than the trainer (CPU-only preprocessing nodes feeding GPU nodes).
+- GPU decode (``torchvision.io.decode_jpeg(list, device="cuda")``, batched nvJPEG; TorchCodec is its successor)
+  cannot be measured without a GPU; ``bench/gpu.py`` times it on a lent device. It frees CPU cores but still reads
+  files on the CPU and competes with training for the GPU: worth it where a node has few CPU cores per GPU.
 
 Memory: at most ``loader_workers * prefetch_factor`` batches are decoded ahead (2 per worker by default) besides
 the batch in use, whatever the folder size; the bundle itself holds paths and labels only.

@@ -156,3 +156,21 @@ def test_fit_in_tune_trial_reports_rank0_metrics_to_tune(local_ray, tmp_path) ->
     ckpt = load_result_checkpoint(result.metrics["checkpoint_path"])
     assert ckpt["history"][-1]["val/top1_err"] == result.metrics["val/top1_err"]
     assert (tmp_path / "train" / f"train_{result.metrics['trial_id']}").is_dir()  # run named after the trial
+
+
+@pytest.mark.slow
+def test_two_workers_stream_an_image_folder(local_ray, tmp_path) -> None:
+    """DataLoader decode workers inside Ray Train workers, each rank decoding only its slice of every batch."""
+    from study.data import load_data
+    from study.distributed import fit_distributed, load_result_checkpoint
+    from study.engine import Trainer
+    from tests.study.test_streaming import stream_cfg, write_folder
+
+    cfg = stream_cfg(write_folder(tmp_path / "imgs", 96, 24), "train.workers=2", "data.loader_workers=1")
+    data = load_data(cfg.data)
+    result = fit_distributed(cfg, data, name="stream", storage_path=str(tmp_path / "train"))
+    single = Trainer(cfg, data, "cpu")
+    single.load_checkpoint(load_result_checkpoint(result.checkpoint))
+    expected = single.evaluate("val")
+    assert result.metrics["val/top1_err"] == pytest.approx(expected["val/top1_err"], abs=1e-9)
+    assert result.metrics["val/loss"] == pytest.approx(expected["val/loss"], rel=1e-5)
