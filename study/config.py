@@ -46,6 +46,8 @@ class DataConfig:
     pad: int = 4  # random-crop padding in pixels (0 disables the crop)
     hflip: bool = True
     split_seed: int = 0  # fixed splits: independent of train.seed
+    streaming: bool = False  # imagefolder: decode per batch in DataLoader workers, never all at once (study.streaming)
+    loader_workers: int = -1  # streaming decode processes per training process; -1: auto, 0: in-process
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class TrainConfig:
     channels_last: bool = True
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     eval_test: bool = True
+    workers: int = 1  # data-parallel training processes per run (Ray Train TorchTrainer, DDP); 1: one process
 
 
 @dataclass(frozen=True)

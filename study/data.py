@@ -317,4 +317,10 @@ def load_data(cfg: DataConfig) -> DataBundle:
     """Load the configured dataset with its fixed splits. Raises DataError with a one-line message."""
     if cfg.name not in LOADERS:
         raise DataError(f"data.name={cfg.name!r} is not allowed (one of: {', '.join(LOADERS)})")
+    if cfg.streaming:  # file lists decoded per batch in DataLoader workers (study.streaming)
+        if cfg.name != "imagefolder":
+            raise DataError(f"data.streaming=true is not allowed for data.name={cfg.name} (only imagefolder)")
+        from study.streaming import load_imagefolder_stream
+
+        return load_imagefolder_stream(cfg)
     return LOADERS[cfg.name](cfg)

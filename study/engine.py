@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from study.augment import build_mixer, soft_target_cross_entropy
 from study.checkpoint import rng_state, set_rng_state
 from study.config import PipelineConfig, TrainConfig, to_dict
-from study.data import BatchAugment, DataBundle, Split, iterate_batches
+from study.data import BatchAugment, DataBundle, Split
 from study.models import build_model
+from study.streaming import iterate_split
 
 EVAL_BATCH = 256
 
@@ -81,7 +82,17 @@ def better(value: float, best: float | None, mode: str) -> bool:
 
 
 class Trainer:
-    """Model, optimizer, schedule, augmentation and mixing for one configuration on one dataset."""
+    """Model, optimizer, schedule, augmentation and mixing for one configuration on one dataset.
+
+    One process by default. `study.distributed.DistributedTrainer` sets `rank`/`world` (each rank takes its slice
+    of every global batch), `wrapped` (the DDP module the training step calls) and `reduce_sum` (all-reduce)."""
+
+    rank, world = 0, 1
+    wrapped: torch.nn.Module | None = None
+
+    def reduce_sum(self, totals: torch.Tensor) -> torch.Tensor:
+        """Sum of `totals` over data-parallel ranks (identity in one process)."""
+        return totals
 
     def __init__(self, cfg: PipelineConfig, data: DataBundle, device: str | torch.device | None = None):
         self.cfg, self.data = cfg, data
@@ -113,9 +124,10 @@ class Trainer:
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The epoch's training batches after augmentation and mixing, on the device:
         (images float [B,C,H,W] normalised, labels int64 [B], targets float [B,K] or None when unmixed)."""
-        gen = torch.Generator().manual_seed(self._epoch_seed(epoch, 1))
-        for x, y in iterate_batches(self.data.train, self.cfg.train.batch_size, shuffle=True,
-                                    seed=self._epoch_seed(epoch, 0), drop_last=True):
+        # Ranks share the shuffle seed (same global batches) but draw their own crops, flips and CutMix boxes.
+        gen = torch.Generator().manual_seed(self._epoch_seed(epoch, 1) ^ (self.rank << 40))
+        for x, y in iterate_split(self.data.train, self.cfg.train.batch_size, shuffle=True,
+                                  seed=self._epoch_seed(epoch, 0), drop_last=True, rank=self.rank, world=self.world):
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             x = self.augment(x, gen)
@@ -129,9 +141,10 @@ class Trainer:
         smoothing = self.cfg.cutmix.label_smoothing
         loss_sum = torch.zeros((), device=self.device)
         seen = 0
+        model = self.wrapped if self.wrapped is not None else self.model
         for x, y, targets in self.train_batches(epoch):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = self.model(x)
+                logits = model(x)
             logits = logits.float()
             if targets is None:
                 loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
@@ -142,6 +155,9 @@ class Trainer:
             self.optimizer.step()
             loss_sum += loss.detach() * y.shape[0]  # summed on the device: no host sync per step
             seen += y.shape[0]
+        if self.world > 1:
+            loss_sum, seen = self.reduce_sum(torch.stack([loss_sum, torch.tensor(float(seen), device=self.device)]))
+            seen = int(seen)
         return {"train/loss": float(loss_sum) / max(seen, 1)}
 
     @torch.no_grad()
@@ -154,7 +170,7 @@ class Trainer:
         loss = torch.zeros((), device=self.device)
         wrong1 = torch.zeros((), device=self.device)
         wrong5 = torch.zeros((), device=self.device)
-        for x, y in iterate_batches(data, EVAL_BATCH, shuffle=False):
+        for x, y in iterate_split(data, EVAL_BATCH, shuffle=False, rank=self.rank, world=self.world):
             x = self.augment.normalise(x.to(self.device)).contiguous(memory_format=self.memory_format)
             y = y.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -165,6 +181,8 @@ class Trainer:
             wrong1 += (~hit[:, 0]).sum()
             wrong5 += (~hit.any(dim=1)).sum()
         n = max(len(data), 1)
+        if self.world > 1:  # sums of errors and losses over the ranks' shards, never an average of rates
+            loss, wrong1, wrong5 = self.reduce_sum(torch.stack([loss, wrong1, wrong5]))
         return {f"{name}/loss": float(loss) / n, f"{name}/top1_err": 100.0 * float(wrong1) / n,
                 f"{name}/top5_err": 100.0 * float(wrong5) / n}
 
