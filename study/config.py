@@ -21,14 +21,14 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "digits.yaml"
 
-DATASETS = ("digits", "synthetic", "shapes", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "cluttered_digits", "synthetic", "shapes", "cifar10", "cifar100", "imagefolder")
 METHODS = ("cutmix", "mixup", "cutout", "none")
 MODES = ("batch", "sample")
 SCHEDULES = ("step", "cosine")
 ALGORITHMS = ("tpe", "qmc", "random", "grid")
 SCHEDULERS = ("asha", "none")
 DIM_TYPES = ("uniform", "loguniform", "int", "choice")
-DETECT_DATA = ("synthetic", "voc")
+DETECT_DATA = ("synthetic", "cluttered_digits", "voc")
 
 
 class ConfigError(ValueError):
@@ -46,6 +46,8 @@ class DataConfig:
     pad: int = 4  # random-crop padding in pixels (0 disables the crop)
     hflip: bool = True
     split_seed: int = 0  # fixed splits: independent of train.seed
+    clutter: int = 4  # cluttered_digits: distractor fragments (cut from other digits) per image
+    digit_scale: tuple[float, float] = (0.4, 0.7)  # cluttered_digits: target digit side, fractions of image_size
 
 
 @dataclass(frozen=True)
@@ -383,6 +385,9 @@ def validate(cfg: PipelineConfig) -> None:
     _check(all(n > 0 for n in d.synthetic_sizes), f"data.synthetic_sizes={list(d.synthetic_sizes)} (three sizes > 0)")
     _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction={d.val_fraction} is not allowed (0 < value < 1)")
     _check(0 <= d.pad < d.image_size, f"data.pad={d.pad} is not allowed (0 <= pad < image_size)")
+    _check(d.clutter >= 0, f"data.clutter={d.clutter} is not allowed (>= 0 distractor fragments)")
+    _check(_finite(d.digit_scale[0]) and _finite(d.digit_scale[1]) and 0 < d.digit_scale[0] <= d.digit_scale[1] <= 1,
+           f"data.digit_scale={list(d.digit_scale)} is not allowed (0 < low <= high <= 1, fractions of image_size)")
 
     _one_of(m.arch, MODEL_NAMES, "model.arch")
     _check(m.depth >= 0, f"model.depth={m.depth} is not allowed (0 for the default, or a positive depth)")
