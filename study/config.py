@@ -21,14 +21,14 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "digits.yaml"
 
-DATASETS = ("digits", "synthetic", "shapes", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "cluttered_digits", "synthetic", "shapes", "cifar10", "cifar100", "imagefolder")
 METHODS = ("cutmix", "mixup", "cutout", "none")
 MODES = ("batch", "sample")
 SCHEDULES = ("step", "cosine")
 ALGORITHMS = ("tpe", "qmc", "random", "grid")
 SCHEDULERS = ("asha", "none")
 DIM_TYPES = ("uniform", "loguniform", "int", "choice")
-DETECT_DATA = ("synthetic", "voc")
+DETECT_DATA = ("synthetic", "cluttered_digits", "voc")
 
 
 class ConfigError(ValueError):
@@ -48,6 +48,8 @@ class DataConfig:
     split_seed: int = 0  # fixed splits: independent of train.seed
     streaming: bool = False  # imagefolder: decode per batch in DataLoader workers, never all at once (study.streaming)
     loader_workers: int = -1  # streaming decode processes per training process; -1: auto, 0: in-process
+    clutter: int = 4  # cluttered_digits: distractor fragments (cut from other digits) per image
+    digit_scale: tuple[float, float] = (0.4, 0.7)  # cluttered_digits: target digit side, fractions of image_size
 
 
 @dataclass(frozen=True)
@@ -403,6 +405,9 @@ def validate(cfg: PipelineConfig) -> None:
     _check(all(n > 0 for n in d.synthetic_sizes), f"data.synthetic_sizes={list(d.synthetic_sizes)} (three sizes > 0)")
     _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction={d.val_fraction} is not allowed (0 < value < 1)")
     _check(0 <= d.pad < d.image_size, f"data.pad={d.pad} is not allowed (0 <= pad < image_size)")
+    _check(d.clutter >= 0, f"data.clutter={d.clutter} is not allowed (>= 0 distractor fragments)")
+    _check(_finite(d.digit_scale[0]) and _finite(d.digit_scale[1]) and 0 < d.digit_scale[0] <= d.digit_scale[1] <= 1,
+           f"data.digit_scale={list(d.digit_scale)} is not allowed (0 < low <= high <= 1, fractions of image_size)")
 
     _check(d.loader_workers >= -1,
            f"data.loader_workers={d.loader_workers} is not allowed (-1 auto, 0 in-process, or > 0)")

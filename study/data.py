@@ -36,13 +36,31 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Split:
-    """One split in memory. images: uint8 [N, C, H, W]; labels: int64 [N]."""
+    """One split in memory. images: uint8 [N, C, H, W]; labels: int64 [N]. Datasets that know where their object
+    is (cluttered_digits, shapes) also give boxes: int64 [N, 4] ``[x0, y0, x1, y1]`` *inclusive* pixel indices
+    (clovaai/wsolevaluation's convention), tight around masks: bool [N, H, W] of the object's pixels; else None."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    boxes: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+
+def _cat_optional(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return torch.cat([a, b]) if a is not None and b is not None else None
+
+
+def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes int64 [N, 4] ``[x0, y0, x1, y1]`` (inclusive pixel indices) of bool masks [N, H, W];
+    an empty mask gives ``[-1, -1, -1, -1]``."""
+    cols, rows = masks.any(dim=1), masks.any(dim=2)  # [N, W], [N, H]
+    w, h = cols.shape[1], rows.shape[1]
+    box = torch.stack([cols.int().argmax(1), rows.int().argmax(1), w - 1 - cols.flip(1).int().argmax(1),
+                       h - 1 - rows.flip(1).int().argmax(1)], dim=1).to(torch.int64)
+    return torch.where(masks.flatten(1).any(1)[:, None], box, torch.full_like(box, -1))
 
 
 @dataclass(frozen=True)
@@ -71,7 +89,8 @@ class DataBundle:
 
     def merged_train_val(self) -> DataBundle:
         """Train and val as one training split (the retrain stage trains on both, keeps test held out)."""
-        merged = Split(torch.cat([self.train.images, self.val.images]), torch.cat([self.train.labels, self.val.labels]))
+        merged = Split(torch.cat([self.train.images, self.val.images]), torch.cat([self.train.labels, self.val.labels]),
+                       _cat_optional(self.train.boxes, self.val.boxes), _cat_optional(self.train.masks, self.val.masks))
         return DataBundle(self.name, merged, self.val, self.test, self.num_classes, self.mean, self.std,
                           self.class_names)
 
@@ -166,11 +185,19 @@ def _resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _from_arrays(name: str, x: np.ndarray, y: np.ndarray, cfg: DataConfig, fractions: tuple[float, float, float],
-                 num_classes: int, class_names: tuple[str, ...]) -> DataBundle:
+                 num_classes: int, class_names: tuple[str, ...], masks: torch.Tensor | None = None) -> DataBundle:
     images = torch.from_numpy(np.ascontiguousarray(x))
     labels = torch.from_numpy(y.astype(np.int64))
+    resized = images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size
     images = _resize_uint8(images, cfg.image_size)
-    splits = [Split(images[i].contiguous(), labels[i]) for i in _stratified_split(y, fractions, cfg.split_seed)]
+    boxes = None
+    if masks is not None:  # object masks (bool [N, h, w]) follow the resize: area-resampled, kept where >= half
+        if resized:
+            area = F.interpolate(masks[:, None].float(), size=(cfg.image_size, cfg.image_size), mode="area")[:, 0]
+            masks = (area >= 0.5) | ((area == area.flatten(1).amax(1)[:, None, None]) & (area > 0))
+        boxes = boxes_from_masks(masks)
+    splits = [Split(images[i].contiguous(), labels[i], None if boxes is None else boxes[i],
+                    None if masks is None else masks[i]) for i in _stratified_split(y, fractions, cfg.split_seed)]
     mean = tuple(float(v) for v in images.float().mean((0, 2, 3)) / 255.0)
     std = tuple(float(v) for v in images.float().std((0, 2, 3)) / 255.0)
     return DataBundle(name, *splits, num_classes, mean, std, class_names)
@@ -213,17 +240,27 @@ def load_synthetic(cfg: DataConfig) -> DataBundle:
 
 def load_shapes(cfg: DataConfig) -> DataBundle:
     """Classification of single coloured shapes (rectangle, ellipse, triangle) on textured backgrounds, drawn by
-    the same generator as the synthetic detection set (`study.detection.SyntheticShapes`, stream 2, disjoint from
+    the same generator as the synthetic detection set (`study.shapes.SyntheticShapes`, stream 2, disjoint from
     the detection splits). A backbone pretrained here has seen the objects a shapes detector must find: the
-    controlled transfer experiment of the detect stage. Sizes from `data.synthetic_sizes`."""
-    from study.detection import CLASSES_SYNTHETIC, SyntheticShapes
+    controlled transfer experiment of the detect stage. Sizes from `data.synthetic_sizes`; splits carry each
+    shape's visible mask and its tight box."""
+    from study.shapes import CLASSES_SYNTHETIC, SyntheticShapes
 
     n = sum(cfg.synthetic_sizes)
     ds = SyntheticShapes(n, max(16, cfg.image_size), seed=cfg.split_seed, max_objects=1, stream=2)
-    images, labels = zip(*((img, int(t["labels"][0]) - 1) for img, t in (ds[i] for i in range(n))))
-    x = (torch.stack(images) * 255).round().to(torch.uint8).numpy()
+    rendered = [ds.render(i) for i in range(n)]
+    x = (torch.stack([r[0] for r in rendered]) * 255).round().to(torch.uint8).numpy()
+    labels = np.asarray([int(r[1]["labels"][0]) - 1 for r in rendered])
+    masks = torch.cat([r[2][:1] for r in rendered])  # [n, S, S]: one shape per image
     fr = tuple(k / n for k in cfg.synthetic_sizes)
-    return _from_arrays("shapes", x, np.asarray(labels), cfg, fr, len(CLASSES_SYNTHETIC), CLASSES_SYNTHETIC)
+    return _from_arrays("shapes", x, labels, cfg, fr, len(CLASSES_SYNTHETIC), CLASSES_SYNTHETIC, masks)
+
+
+def load_cluttered_digits(cfg: DataConfig) -> DataBundle:
+    """sklearn's real digit strokes on procedural clutter, with boxes and masks: see `study.cluttered_digits`."""
+    from study.cluttered_digits import load_cluttered_digits as load
+
+    return load(cfg)
 
 
 def load_cifar(cfg: DataConfig) -> DataBundle:
@@ -308,7 +345,8 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-LOADERS = {"digits": load_digits, "synthetic": load_synthetic, "shapes": load_shapes, "cifar10": load_cifar,
+LOADERS = {"digits": load_digits, "cluttered_digits": load_cluttered_digits,
+           "synthetic": load_synthetic, "shapes": load_shapes, "cifar10": load_cifar,
            "cifar100": load_cifar,
            "imagefolder": load_imagefolder}
 

@@ -25,7 +25,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["save_learning_curves", "save_sample_grid", "save_study_plots"]
+__all__ = ["save_box_grid", "save_learning_curves", "save_sample_grid", "save_study_plots"]
 
 DPI = 110
 # Columns of results.parquet that are bookkeeping, not searched parameters.
@@ -134,6 +134,95 @@ def save_sample_grid(images: torch.Tensor, path: str | Path, targets: torch.Tens
             ax.text(pad + c * (width + pad) + width / 2, pad + r * (height + pad) + height + pad * 0.1,
                     _caption(rows_t[i], class_names), ha="center", va="top", fontsize=6,
                     bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 0.5})
+    if title:
+        fig.suptitle(title, fontsize=9, y=1.0, va="bottom")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sample grid with ground-truth boxes
+
+BOX_COLOUR = "#ff2d2d"
+
+
+def save_box_grid(images: torch.Tensor | Sequence[torch.Tensor], boxes: torch.Tensor | Sequence[torch.Tensor],
+                  path: str | Path, labels: torch.Tensor | Sequence[torch.Tensor] | None = None, *,
+                  class_names: Sequence[str] | None = None, label_offset: int = 0, nrow: int = 8,
+                  title: str | None = None) -> Path:
+    """A grid of images with their ground-truth boxes drawn (and each box's class written above it).
+
+    Args:
+        images: ``[B, C, H, W]`` (C = 1 or 3), or a sequence of B ``[C, H, W]`` of one size; uint8 (0-255) or
+            floating in [0, 1] (a detection dataset's images).
+        boxes: one box per image, int64 ``[B, 4]`` ``[x0, y0, x1, y1]`` *inclusive* pixel indices (``Split.boxes``
+            of the classification sets), or a sequence of B float ``[N_i, 4]`` xyxy tensors with pixel i covering
+            [i, i + 1) (detection targets' ``boxes``). Integer boxes are read as inclusive, floating ones as
+            half-open: the convention of each source.
+        path: the PNG to write.
+        labels: class of each box: int64 ``[B]`` for one box per image, or a sequence of B ``[N_i]``.
+        class_names: names for the labels (after ``label_offset``), else the indices are written.
+        label_offset: subtracted from labels before naming them (1 for detection targets, whose 0 is background).
+        nrow: tiles per row.
+        title: optional figure title.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    from matplotlib.patches import Rectangle
+
+    if not isinstance(images, torch.Tensor):
+        images = torch.stack(list(images)) if len(images) else torch.zeros(0, 3, 1, 1)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images of shape {tuple(images.shape)} are not allowed ([B, C, H, W] with C = 1 or 3)")
+    batch, channels, height, width = images.shape
+    if nrow < 1:
+        raise ValueError(f"nrow={nrow} is not allowed (>= 1)")
+    if isinstance(boxes, torch.Tensor):
+        if boxes.shape != (batch, 4):
+            raise ValueError(f"boxes of shape {tuple(boxes.shape)} are not allowed ([{batch}, 4], or a list of "
+                             f"{batch} [N, 4])")
+        per_image = [b[None] for b in boxes]
+        per_label = None if labels is None else [torch.as_tensor(label).reshape(1) for label in labels]
+    else:
+        per_image = [torch.as_tensor(b).reshape(-1, 4) for b in boxes]
+        per_label = None if labels is None else [torch.as_tensor(label).reshape(-1) for label in labels]
+    if len(per_image) != batch or (per_label is not None and [len(x) for x in per_label] != [len(b) for b in
+                                                                                               per_image]):
+        raise ValueError(f"{len(per_image)} box sets and labels for {batch} images are not allowed (one per image, "
+                         "one label per box)")
+    x = images.detach().cpu()
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
+    tiles = x.permute(0, 2, 3, 1).numpy()
+    if channels == 1:
+        tiles = np.repeat(tiles, 3, axis=3)
+    cols = max(1, min(nrow, batch))
+    rows = max(1, math.ceil(batch / cols))
+    pad = max(2, round(0.12 * max(height, width)))  # room above each tile for the labels of boxes at its top
+    canvas = np.ones((rows * (height + pad) + pad, cols * (width + pad) + pad, 3), dtype=np.float32)
+    for i in range(batch):
+        r, c = divmod(i, cols)
+        canvas[pad + r * (height + pad):pad + r * (height + pad) + height,
+               pad + c * (width + pad):pad + c * (width + pad) + width] = tiles[i]
+    tile_in = 1.3 if max(height, width) > 48 else 1.0
+    fig = plt.figure(figsize=(cols * tile_in, rows * tile_in * (height + pad) / (width + pad) + (0.3 if title else 0)))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    for i, image_boxes in enumerate(per_image):
+        r, c = divmod(i, cols)
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        inclusive = not torch.is_floating_point(image_boxes)
+        for j, (x0, y0, x1, y1) in enumerate(image_boxes.double().tolist()):
+            if inclusive:  # indices of the first and last pixel: the box covers [x0, x1 + 1) x [y0, y1 + 1)
+                x1, y1 = x1 + 1, y1 + 1
+            # imshow puts pixel i's centre at i, so pixel edges sit at half-integers.
+            ax.add_patch(Rectangle((left + x0 - 0.5, top + y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                                   edgecolor=BOX_COLOUR, linewidth=1.0))
+            if per_label is not None:
+                k = int(per_label[i][j]) - label_offset
+                name = class_names[k] if class_names is not None and 0 <= k < len(class_names) else str(k)
+                ax.text(left + x0 - 0.5, top + y0 - 0.5, name, ha="left", va="bottom", fontsize=6, color="white",
+                        bbox={"facecolor": BOX_COLOUR, "alpha": 0.85, "linewidth": 0, "pad": 0.4})
     if title:
         fig.suptitle(title, fontsize=9, y=1.0, va="bottom")
     return _save(fig, path)
