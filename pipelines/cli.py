@@ -66,7 +66,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from study.data import DataError
 
     errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, CheckpointError]
-    for module, name in (("study.export", "ExportError"), ("study.detection", "DetectionDataError"),
+    for module, name in (("study.export", "ExportError"), ("study.voc", "DetectionDataError"),
                          ("pipelines.results", "ResultError"), ("study.tracking", "TrackingError"),
                          ("study.evaluation", "EvaluationError")):
         try:

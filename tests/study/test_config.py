@@ -43,7 +43,7 @@ def test_keys_later_stages_rely_on_exist():
     ("no.such.key=1", "unknown config key no.such.key"),
     ("train.epochs=abc", "train.epochs: expected an integer, got 'abc'"),
     ("train.epochs=0", "train.epochs=0 is not allowed"),
-    ("data.name=mnist", "one of: digits, synthetic, shapes, cifar10, cifar100, imagefolder"),
+    ("data.name=mnist", "one of: digits, cluttered_digits, synthetic, shapes, cifar10, cifar100, imagefolder"),
     ("train.lr", "expected key=value"),
     ("search.algorithm=bayes", "one of: tpe, qmc, random, grid"),
     ("cutmix.alpha.x=1", "has no sub-keys"),
