@@ -124,6 +124,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     from study import search
     from study.runner import dataset, save_sample_grid_for
     from study.stats import separation_in_se
+    from study.trial_callback import MlflowTrialCallback
 
     start = time.perf_counter()
     check_study_config(cfg)
@@ -159,7 +160,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
         search.init_ray()
         total = len(search.grid_points(cfg)) if cfg.search.algorithm == "grid" else cfg.search.num_samples
-        callbacks = [search.MlflowTrialCallback(tracker.uri, parent.experiment_id, parent.run_id, to_dict(cfg),
+        callbacks = [MlflowTrialCallback(tracker.uri, parent.experiment_id, parent.run_id, to_dict(cfg),
                                                 trial_artifacts),
                      search.ProgressCallback(total, cfg.train.epochs, cfg.search.metric)]
         records = search.run_search(cfg, data, out_dir, callbacks=callbacks, resume=resuming)

@@ -9,7 +9,6 @@ YAML, Ray Tune's param space, MLflow params and the ``results.parquet`` columns.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from collections.abc import Mapping
@@ -259,6 +258,8 @@ def to_dict(cfg: Any) -> Any:
 
 def from_dict(data: Mapping[str, Any]) -> PipelineConfig:
     """Build and validate a PipelineConfig from plain data. Raises ConfigError."""
+    from study.validation import validate  # the rules live beside the types, in their own module
+
     cfg = _build(PipelineConfig, data or {})
     validate(cfg)
     return cfg
@@ -374,135 +375,3 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = v
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Validation: once, at the door, with one-line messages
-
-
-def _check(ok: bool, msg: str) -> None:
-    if not ok:
-        raise ConfigError(msg)
-
-
-def _one_of(value: Any, allowed: tuple[str, ...], name: str) -> None:
-    _check(value in allowed, f"{name}={value!r} is not allowed (one of: {', '.join(allowed)})")
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, int | float) and math.isfinite(x)
-
-
-def validate(cfg: PipelineConfig) -> None:
-    """Raise ConfigError on the first bad value. Architecture names are checked against the model registry."""
-    from study.models import MODEL_NAMES  # late: models imports torch
-
-    d, m, c, t, s = cfg.data, cfg.model, cfg.cutmix, cfg.train, cfg.search
-    _check(bool(cfg.name) and "/" not in cfg.name, f"name={cfg.name!r} is not allowed (a non-empty name without '/')")
-    _one_of(d.name, DATASETS, "data.name")
-    _check(d.image_size >= 8, f"data.image_size={d.image_size} is not allowed (>= 8)")
-    _check(d.num_classes >= 2, f"data.num_classes={d.num_classes} is not allowed (>= 2)")
-    _check(all(n > 0 for n in d.synthetic_sizes), f"data.synthetic_sizes={list(d.synthetic_sizes)} (three sizes > 0)")
-    _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction={d.val_fraction} is not allowed (0 < value < 1)")
-    _check(0 <= d.pad < d.image_size, f"data.pad={d.pad} is not allowed (0 <= pad < image_size)")
-    _check(d.clutter >= 0, f"data.clutter={d.clutter} is not allowed (>= 0 distractor fragments)")
-    _check(_finite(d.digit_scale[0]) and _finite(d.digit_scale[1]) and 0 < d.digit_scale[0] <= d.digit_scale[1] <= 1,
-           f"data.digit_scale={list(d.digit_scale)} is not allowed (0 < low <= high <= 1, fractions of image_size)")
-
-    _check(d.loader_workers >= -1,
-           f"data.loader_workers={d.loader_workers} is not allowed (-1 auto, 0 in-process, or > 0)")
-    _check(not d.streaming or d.name == "imagefolder",
-           f"data.streaming=true is not allowed for data.name={d.name} (only imagefolder)")
-
-    _one_of(m.arch, MODEL_NAMES, "model.arch")
-    _check(m.depth >= 0, f"model.depth={m.depth} is not allowed (0 for the default, or a positive depth)")
-    _check(m.widen >= 0, f"model.widen={m.widen} is not allowed (0 for the default, or > 0)")
-    _check(m.width >= 1, f"model.width={m.width} is not allowed (>= 1)")
-
-    _one_of(c.method, METHODS, "cutmix.method")
-    _check(_finite(c.alpha) and c.alpha > 0, f"cutmix.alpha={c.alpha} is not allowed (alpha > 0)")
-    _check(_finite(c.prob) and 0 <= c.prob <= 1, f"cutmix.prob={c.prob} is not allowed (0 <= prob <= 1)")
-    _one_of(c.mode, MODES, "cutmix.mode")
-    _check(0 <= c.label_smoothing < 1, f"cutmix.label_smoothing={c.label_smoothing} is not allowed (0 <= value < 1)")
-    _check(0 < c.cutout_size <= 1, f"cutmix.cutout_size={c.cutout_size} is not allowed (0 < value <= 1)")
-
-    _check(t.epochs >= 1, f"train.epochs={t.epochs} is not allowed (>= 1)")
-    _check(t.batch_size >= 2, f"train.batch_size={t.batch_size} is not allowed (>= 2; mixing needs partners)")
-    _check(_finite(t.lr) and t.lr > 0, f"train.lr={t.lr} is not allowed (lr > 0)")
-    _check(0 <= t.momentum < 1, f"train.momentum={t.momentum} is not allowed (0 <= momentum < 1)")
-    _check(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} is not allowed (>= 0)")
-    _one_of(t.schedule, SCHEDULES, "train.schedule")
-    _check(all(0 < x < 1 for x in t.milestones),
-           f"train.milestones={list(t.milestones)} is not allowed (fractions of epochs in (0, 1))")
-    _check(0 < t.gamma <= 1, f"train.gamma={t.gamma} is not allowed (0 < gamma <= 1)")
-    _check(0 <= t.warmup_epochs < t.epochs, f"train.warmup_epochs={t.warmup_epochs} (0 <= value < train.epochs)")
-    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
-           f"train.device={t.device!r} is not allowed (auto, cpu, cuda or cuda:N)")
-    _check(t.workers >= 1 and t.batch_size % t.workers == 0,
-           f"train.workers={t.workers} is not allowed (>= 1, dividing train.batch_size={t.batch_size})")
-    _check(t.num_threads >= 0, f"train.num_threads={t.num_threads} is not allowed (>= 0)")
-
-    _one_of(s.algorithm, ALGORITHMS, "search.algorithm")
-    _one_of(s.scheduler, SCHEDULERS, "search.scheduler")
-    _one_of(s.mode, ("min", "max"), "search.mode")
-    _check(s.num_samples >= 1, f"search.num_samples={s.num_samples} is not allowed (>= 1)")
-    _check(s.max_concurrent >= 1, f"search.max_concurrent={s.max_concurrent} is not allowed (>= 1)")
-    _check(s.grace_period >= 1, f"search.grace_period={s.grace_period} is not allowed (>= 1)")
-    _check(s.checkpoint_every >= 0,
-           f"search.checkpoint_every={s.checkpoint_every} is not allowed (0 for auto, or >= 1)")
-    _check(s.reduction_factor >= 2, f"search.reduction_factor={s.reduction_factor} is not allowed (>= 2)")
-    _check(s.resources_per_trial.cpu > 0, f"search.resources_per_trial.cpu={s.resources_per_trial.cpu} (> 0)")
-    _check(s.resources_per_trial.gpu >= 0, f"search.resources_per_trial.gpu={s.resources_per_trial.gpu} (>= 0)")
-    _check(s.metric.split("/")[0] in ("val", "test", "train"),
-           f"search.metric={s.metric!r} is not allowed (a reported metric such as val/top1_err)")
-    for name, dim in s.space.items():
-        validate_dimension(cfg, name, dim)
-
-    _check(cfg.retrain.seeds >= 1, f"retrain.seeds={cfg.retrain.seeds} is not allowed (>= 1)")
-    for method in cfg.retrain.methods:
-        _one_of(method, METHODS, "retrain.methods")
-    _check(len(set(cfg.retrain.methods)) == len(cfg.retrain.methods),
-           f"retrain.methods={list(cfg.retrain.methods)} is not allowed (each method once)")
-    _check(cfg.retrain.epochs >= 0, f"retrain.epochs={cfg.retrain.epochs} is not allowed (0 for train.epochs, or > 0)")
-    _one_of(cfg.detect.data, DETECT_DATA, "detect.data")
-    _check(cfg.detect.image_size >= 32, f"detect.image_size={cfg.detect.image_size} is not allowed (>= 32)")
-    _check(cfg.detect.epochs >= 1, f"detect.epochs={cfg.detect.epochs} is not allowed (>= 1)")
-    _check(cfg.detect.batch_size >= 1, f"detect.batch_size={cfg.detect.batch_size} is not allowed (>= 1)")
-    _check(cfg.detect.lr > 0, f"detect.lr={cfg.detect.lr} is not allowed (> 0)")
-    _check(cfg.detect.representation_size >= 1 and cfg.detect.rois_per_image >= 1,
-           f"detect.representation_size={cfg.detect.representation_size}, detect.rois_per_image="
-           f"{cfg.detect.rois_per_image} (both >= 1)")
-    _check(cfg.detect.trainable_layers >= -1,
-           f"detect.trainable_layers={cfg.detect.trainable_layers} is not allowed (-1 for the default, or >= 0)")
-    _check(cfg.detect.num_train >= 1 and cfg.detect.num_val >= 1,
-           f"detect.num_train={cfg.detect.num_train}, detect.num_val={cfg.detect.num_val} (both >= 1)")
-
-
-def validate_dimension(cfg: PipelineConfig, name: str, dim: Dimension) -> None:
-    """A searched parameter must name a real scalar config field, and its bounds or values must be legal for it."""
-    # Check values against the config without its space, or validating them would recurse into this check.
-    cfg = dataclasses.replace(cfg, search=dataclasses.replace(cfg.search, space={}))
-    flat = flatten(cfg)
-    _check(name in flat and not name.startswith("search."),
-           f"search.space.{name}: unknown parameter (a dotted config key such as cutmix.alpha, model.arch)")
-    _one_of(dim.type, DIM_TYPES, f"search.space.{name}.type")
-    where = f"search.space.{name}"
-    if dim.type == "choice":
-        _check(len(dim.values) > 0, f"{where}.values is empty (list at least one value)")
-        for v in dim.values:
-            # Each value must make a valid config on its own: a negative alpha or an unknown arch fails here.
-            try:
-                replace(cfg, {name: v})
-            except ConfigError as exc:
-                raise ConfigError(f"{where}.values: {exc}") from None
-    else:
-        _check(dim.low is not None and dim.high is not None, f"{where} needs low and high for type {dim.type}")
-        _check(_finite(dim.low) and _finite(dim.high) and dim.low < dim.high,
-               f"{where}: low={dim.low}, high={dim.high} is not allowed (finite, low < high)")
-        if dim.type == "loguniform":
-            _check(dim.low > 0, f"{where}: low={dim.low} is not allowed for loguniform (low > 0)")
-        for v in (dim.low, dim.high):
-            try:
-                replace(cfg, {name: int(v) if dim.type == "int" else float(v)})
-            except ConfigError as exc:
-                raise ConfigError(f"{where}: bound {v} gives {exc}") from None

@@ -37,9 +37,9 @@ from study.space import (  # noqa: F401 - re-exported: the study's space is part
     suggest,
     trial_params,
 )
-from study.trial_callback import HISTORY_KEY, MlflowTrialCallback  # noqa: F401 - re-exported for the stage
 
 TRIAL_CHECKPOINT = "checkpoint.pt"
+HISTORY_KEY = "_history"  # per-epoch metrics before a restored checkpoint (see _trainable)
 AUTO_CHECKPOINT_S = 10.0  # search.checkpoint_every=0: checkpoint a trial about this often
 EXPERIMENT_NAME = "study"
 def make_searcher(cfg: PipelineConfig) -> tuple[Any, dict[str, Any], int]:

@@ -16,9 +16,8 @@ from typing import Any
 from ray import tune
 
 from study.config import PipelineConfig, from_dict, replace
+from study.search import HISTORY_KEY
 from study.space import trial_params
-
-HISTORY_KEY = "_history"  # per-epoch metrics before a restored checkpoint (see study.search._trainable)
 
 
 class MlflowTrialCallback(tune.Callback):
