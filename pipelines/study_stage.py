@@ -97,9 +97,41 @@ def check_study_config(cfg: PipelineConfig) -> None:
         grid_points(cfg)
 
 
+def add_pareto(frame, cfg: PipelineConfig) -> bool:
+    """With two objectives, a `pareto` column: whether the trial is non-dominated on its last reported metrics.
+    Returns whether the study is multi-objective."""
+    if len(cfg.search.metrics) < 2:
+        return False
+    from study.pareto import pareto_mask
+
+    names = list(cfg.search.metrics)
+    values = frame.reindex(columns=names).to_numpy(float)
+    frame["pareto"] = pareto_mask(values, cfg.search.modes) if len(frame) else []
+    return True
+
+
+def check_search_metrics(cfg: PipelineConfig, data) -> None:
+    """Evaluation metrics in `search.metric` need what they measure: boxes on val for localization, and a
+    GAP + linear head (CAM) for every searched architecture. Raises EvaluationError (exit 2) before any trial."""
+    from study.evaluation import EvaluationError
+
+    loc = [m for m in cfg.search.metrics if m[len("val/"):] in ("maxboxacc_v2", "top1_loc", "gt_known_loc")]
+    if not loc:
+        return
+    if getattr(data.val, "boxes", None) is None:
+        raise EvaluationError(f"search.metric {loc[0]} needs ground-truth boxes and data.name={cfg.data.name} has "
+                              "none (cluttered_digits, shapes, or a box dataset)")
+    from study.models import build_model
+    from study.wsol import cam_head
+
+    archs = cfg.search.space["model.arch"].values if "model.arch" in cfg.search.space else (cfg.model.arch,)
+    for arch in archs:
+        cam_head(build_model(replace(cfg, {"model.arch": arch}).model, data.num_classes, data.in_channels))
+
+
 def baseline_value(frame, cfg: PipelineConfig) -> float | None:
     """The best value of the study's no-mixing trial (p=0 or method=none), if it ran one."""
-    col = f"best/{cfg.search.metric}"
+    col = f"best/{cfg.search.primary_metric}"
     if col not in frame or not len(frame):
         return None
     prob = frame["cutmix.prob"] if "cutmix.prob" in frame else None
@@ -114,7 +146,7 @@ def baseline_value(frame, cfg: PipelineConfig) -> float | None:
     values = frame.loc[mask, col].dropna()
     if values.empty:
         return None
-    return float(values.min() if cfg.search.mode == "min" else values.max())
+    return float(values.min() if cfg.search.primary_mode == "min" else values.max())
 
 
 def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: bool = False,
@@ -131,6 +163,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     check_writable(out_dir)
     tracker.check()
     data = dataset(cfg.data)
+    check_search_metrics(cfg, data)
     remote = bool(cfg.search.storage) and "://" in cfg.search.storage
     out_dir, done = open_stage(out_dir, OWNED, resume=resume, overwrite=overwrite, result=StudyResult)
     if done is not None:
@@ -162,7 +195,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         total = len(search.grid_points(cfg)) if cfg.search.algorithm == "grid" else cfg.search.num_samples
         callbacks = [MlflowTrialCallback(tracker.uri, parent.experiment_id, parent.run_id, to_dict(cfg),
                                                 trial_artifacts),
-                     search.ProgressCallback(total, cfg.train.epochs, cfg.search.metric)]
+                     search.ProgressCallback(total, cfg.train.epochs, cfg.search.primary_metric)]
         records = search.run_search(cfg, data, out_dir, callbacks=callbacks, resume=resuming)
 
         from study import tracking
@@ -172,8 +205,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         tracking.reconcile_runs(parent.client, [(r.trial_id, r.status, r.epochs,
                                                  lambda r=r: search.trial_history(r)) for r in records], run_ids)
         frame = records_to_frame(records, cfg, run_ids)
+        multi = add_pareto(frame, cfg)
         write_parquet(frame, out_dir / "results.parquet")
-        best_idx, best_value = pick_best(frame, cfg.search.metric, cfg.search.mode)
+        best_idx, best_value = pick_best(frame, cfg.search.primary_metric, cfg.search.primary_mode)
         best_params: dict[str, Any] = {}
         if best_idx is not None:
             row = frame.loc[best_idx]
@@ -183,7 +217,13 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
         from study.plots import save_study_plots
 
-        plots = save_study_plots(frame, cfg.search.metric, cfg.search.mode, out_dir / "plots")
+        plots = save_study_plots(frame, cfg.search.primary_metric, cfg.search.primary_mode, out_dir / "plots")
+        if multi:
+            from study.pareto import save_pareto_plot
+
+            names = list(cfg.search.metrics)
+            plots.append(save_pareto_plot(frame[names].to_numpy(float), frame["pareto"].to_numpy(bool), names,
+                                          out_dir / "plots" / "pareto.png", labels=frame["trial_id"]))
         parent.log_artifact(out_dir / "results.parquet")
         parent.log_artifact(out_dir / "best_config.yaml")
         for p in plots:
@@ -194,21 +234,21 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         base = baseline_value(frame, cfg)
         num_val = len(data.val)
         sep = None
-        if base is not None and not math.isnan(best_value) and cfg.search.metric.endswith("err"):
+        if base is not None and not math.isnan(best_value) and cfg.search.primary_metric.endswith("err"):
             sep = separation_in_se(best_value, base, num_val)
-        parent.log_metrics({f"best/{cfg.search.metric}": best_value, "trials": len(frame),
-                            **({"baseline/" + cfg.search.metric: base} if base is not None else {}),
+        parent.log_metrics({f"best/{cfg.search.primary_metric}": best_value, "trials": len(frame),
+                            **({"baseline/" + cfg.search.primary_metric: base} if base is not None else {}),
                             **({"best_vs_baseline_se": sep} if sep is not None and math.isfinite(sep) else {}),
                             **{f"trials_{k}": v for k, v in counts.items()}})
         parent.set_tags({"cutmix.best_trial": frame.loc[best_idx, "trial_id"] if best_idx is not None else ""})
-        result = StudyResult(str(out_dir), best_params, best_value, cfg.search.metric, cfg.search.mode,
+        result = StudyResult(str(out_dir), best_params, best_value, cfg.search.primary_metric, cfg.search.primary_mode,
                              list(cfg.search.space), str(out_dir / "best_config.yaml"), parent.run_id, tracker.uri,
                              parent.experiment_id, len(frame), time.perf_counter() - start, base, num_val, sep)
         result.to_json()
         parent.log_artifact(result.path(out_dir), "study")
-    tracker.add_view_columns(experiment, metrics=[f"best/{cfg.search.metric}", cfg.search.metric],
+    tracker.add_view_columns(experiment, metrics=[f"best/{cfg.search.primary_metric}", cfg.search.primary_metric],
                              params=[f"best.{n}" for n in cfg.search.space] + list(cfg.search.space),
-                             order_by=f"best/{cfg.search.metric}")
+                             order_by=f"best/{cfg.search.primary_metric}")
     return result
 
 

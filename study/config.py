@@ -119,8 +119,11 @@ class SearchConfig:
     scheduler: str = "asha"
     num_samples: int = 8  # ignored by `grid`, which runs every combination once
     max_concurrent: int = 1
-    metric: str = "val/top1_err"
-    mode: str = "min"
+    # One metric reported on val every epoch (val/top1_err, val/loss, or an evaluation metric of
+    # study.evaluation.EPOCH_METRICS such as val/maxboxacc_v2), or a list of two for a multi-objective study.
+    metric: str | tuple[str, ...] = "val/top1_err"
+    mode: str | tuple[str, ...] = "min"  # min | max | auto (from the metric's name), or one per metric
+    eval_every: int = 1  # evaluation metrics in `metric`: computed every N epochs (and the last), else carried
     grace_period: int = 2  # ASHA: epochs before a trial can be stopped
     reduction_factor: int = 2
     resources_per_trial: ResourcesConfig = field(default_factory=ResourcesConfig)
@@ -129,6 +132,29 @@ class SearchConfig:
     evaluate_defaults: bool = True  # paper defaults (alpha=1, p=0.5) and the no-CutMix baseline first
     checkpoint_every: int = 0  # trial checkpoints: every N epochs and the last; 0 = auto (about every 10 s)
     space: Mapping[str, Dimension] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return (self.metric,) if isinstance(self.metric, str) else tuple(self.metric)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """One optimisation mode per metric; `auto` reads it from the metric's name (study.evaluation)."""
+        modes = (self.mode,) * len(self.metrics) if isinstance(self.mode, str) else tuple(self.mode)
+        if "auto" not in modes:
+            return modes
+        from study.evaluation import metric_mode
+
+        return tuple(metric_mode(m) if mode == "auto" else mode for m, mode in zip(self.metrics, modes))
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric that selects a trial's best epoch, the study's best trial and ASHA's cut (the first)."""
+        return self.metrics[0]
+
+    @property
+    def primary_mode(self) -> str:
+        return self.modes[0]
 
 
 @dataclass(frozen=True)
@@ -201,7 +227,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        for option in inner[:-1]:  # `str | tuple[str, ...]`: the first type the value fits
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], where)
     if origin is Mapping or origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")

@@ -186,18 +186,37 @@ class Trainer:
         return {f"{name}/loss": float(loss) / n, f"{name}/top1_err": 100.0 * float(wrong1) / n,
                 f"{name}/top5_err": 100.0 * float(wrong5) / n}
 
+    def evaluation_metrics(self, due: bool) -> dict[str, float]:
+        """The evaluation metrics `search.metric` names (study.evaluation.epoch_metrics on val, e.g.
+        val/maxboxacc_v2), computed when `due` (every `search.eval_every` epochs and the last). In between the
+        last values are carried, because Tune and ASHA need the metric in every report."""
+        from study.validation import REPORTED
+
+        names = [m[len("val/"):] for m in self.cfg.search.metrics if m not in REPORTED]
+        if not names:
+            return {}
+        if due or not getattr(self, "_evaluated", None):
+            from study.evaluation import epoch_metrics
+
+            val = self.data.val
+            values = epoch_metrics(self.model, val.images, val.labels, self.data.mean, self.data.std, names=names,
+                                   boxes=getattr(val, "boxes", None), device=self.device)
+            self._evaluated = {f"val/{k}": float(v) for k, v in values.items()}
+        return dict(self._evaluated)
+
     # -- the loop -------------------------------------------------------------------------------------------
 
     def fit(self, epochs: int | None = None) -> Iterator[EpochResult]:
         """Train from the current epoch to `epochs` (default train.epochs), yielding after every epoch."""
         total = epochs or self.cfg.train.epochs
-        metric, mode = self.cfg.search.metric, self.cfg.search.mode
+        metric, mode = self.cfg.search.primary_metric, self.cfg.search.primary_mode
         for epoch in range(self.epoch, total):
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             metrics = self.train_one_epoch(epoch)
             self.scheduler.step()
             metrics.update(self.evaluate("val"))
+            metrics.update(self.evaluation_metrics(epoch + 1 == total or (epoch + 1) % self.cfg.search.eval_every == 0))
             if self.cfg.train.eval_test:
                 metrics.update(self.evaluate("test"))
             self.epoch = epoch + 1

@@ -109,7 +109,7 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
     save_learning_curves(trainer.history, out_dir / "curves.png", title=f"{cfg.name}: {cfg.model.arch}")
     best_epoch = int(trainer.best_metrics.get("epoch", trainer.epoch))
     summary = {"final": trainer.history[-1], "best": trainer.best_metrics, "best_epoch": best_epoch,
-               "metric": cfg.search.metric, "epochs": trainer.epoch, "wall_s": time.perf_counter() - start,
+               "metric": cfg.search.primary_metric, "epochs": trainer.epoch, "wall_s": time.perf_counter() - start,
                "num_classes": data.num_classes, "dataset": data.name}
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     return summary

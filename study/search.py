@@ -61,7 +61,9 @@ def make_searcher(cfg: PipelineConfig) -> tuple[Any, dict[str, Any], int]:
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     points = default_points(cfg) if s.evaluate_defaults else None
-    searcher = OptunaSearch(space=DefineByRun(cfg), metric=s.metric, mode=s.mode, sampler=sampler,
+    multi = len(s.metrics) > 1  # Optuna's samplers (TPE, QMC, random) optimise the two objectives jointly
+    searcher = OptunaSearch(space=DefineByRun(cfg), metric=list(s.metrics) if multi else s.primary_metric,
+                            mode=list(s.modes) if multi else s.primary_mode, sampler=sampler,
                             points_to_evaluate=points, seed=s.seed)
     searcher = tune.search.ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
     return searcher, {}, s.num_samples
@@ -252,13 +254,18 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
         searcher, param_space, num_samples = make_searcher(cfg)
         scheduler = None
         if s.scheduler == "asha":
+            # With two objectives ASHA cuts on the first (Tune's schedulers take one metric).
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                                      metric=s.primary_metric if len(s.metrics) > 1 else None,
+                                      mode=s.primary_mode if len(s.metrics) > 1 else None,
                                       grace_period=min(s.grace_period, cfg.train.epochs),
                                       reduction_factor=s.reduction_factor)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
-            tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=scheduler,
+            tune_config=tune.TuneConfig(metric=None if len(s.metrics) > 1 else s.primary_metric,
+                                        mode=None if len(s.metrics) > 1 else s.primary_mode,
+                                        search_alg=searcher, scheduler=scheduler,
                                         num_samples=num_samples, reuse_actors=True,
                                         # the searcher is already a ConcurrencyLimiter; grid has none
                                         max_concurrent_trials=s.max_concurrent if searcher is None else None,

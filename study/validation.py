@@ -91,7 +91,7 @@ def validate(cfg: PipelineConfig) -> None:
 
     _one_of(s.algorithm, ALGORITHMS, "search.algorithm")
     _one_of(s.scheduler, SCHEDULERS, "search.scheduler")
-    _one_of(s.mode, ("min", "max"), "search.mode")
+    check_metrics(s)
     _check(s.num_samples >= 1, f"search.num_samples={s.num_samples} is not allowed (>= 1)")
     _check(s.max_concurrent >= 1, f"search.max_concurrent={s.max_concurrent} is not allowed (>= 1)")
     _check(s.grace_period >= 1, f"search.grace_period={s.grace_period} is not allowed (>= 1)")
@@ -100,8 +100,7 @@ def validate(cfg: PipelineConfig) -> None:
     _check(s.reduction_factor >= 2, f"search.reduction_factor={s.reduction_factor} is not allowed (>= 2)")
     _check(s.resources_per_trial.cpu > 0, f"search.resources_per_trial.cpu={s.resources_per_trial.cpu} (> 0)")
     _check(s.resources_per_trial.gpu >= 0, f"search.resources_per_trial.gpu={s.resources_per_trial.gpu} (>= 0)")
-    _check(s.metric.split("/")[0] in ("val", "test", "train"),
-           f"search.metric={s.metric!r} is not allowed (a reported metric such as val/top1_err)")
+    _check(s.eval_every >= 1, f"search.eval_every={s.eval_every} is not allowed (>= 1)")
     for name, dim in s.space.items():
         validate_dimension(cfg, name, dim)
 
@@ -153,3 +152,24 @@ def validate_dimension(cfg: PipelineConfig, name: str, dim: Dimension) -> None:
                 replace(cfg, {name: int(v) if dim.type == "int" else float(v)})
             except ConfigError as exc:
                 raise ConfigError(f"{where}: bound {v} gives {exc}") from None
+
+
+REPORTED = ("val/top1_err", "val/top5_err", "val/loss", "test/top1_err", "test/top5_err", "test/loss", "train/loss")
+
+
+def check_metrics(s) -> None:
+    """`search.metric`: one reported metric or evaluation metric on val, or two for a multi-objective study;
+    `search.mode` one of min/max/auto, or one per metric."""
+    from study.evaluation import EPOCH_METRICS
+
+    allowed = ", ".join(REPORTED[:3] + tuple(f"val/{m}" for m in EPOCH_METRICS))
+    metrics = s.metrics
+    _check(1 <= len(metrics) <= 2 and len(set(metrics)) == len(metrics),
+           f"search.metric={list(metrics)} is not allowed (one metric, or a list of two different ones)")
+    for m in metrics:
+        _check(m in REPORTED or (m.startswith("val/") and m[4:] in EPOCH_METRICS),
+               f"search.metric={m!r} is not allowed (one of: {allowed})")
+    modes = (s.mode,) if isinstance(s.mode, str) else tuple(s.mode)
+    _check(len(modes) in (1, len(metrics)), f"search.mode={list(modes)} is not allowed (one mode, or one per metric)")
+    for mode in modes:
+        _one_of(mode, ("min", "max", "auto"), "search.mode")

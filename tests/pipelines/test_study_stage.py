@@ -152,3 +152,47 @@ def test_asha_stops_weak_trials_early(ray_local, digits8, tmp_path):
     assert len(frame) == 6 and (frame["epochs"] <= 4).all()
     assert (frame["status"] == "stopped").any() and (frame["epochs"] < 4).any()
     assert set(frame.loc[frame["epochs"] < 4, "status"]) == {"stopped"}
+
+
+SHAPES = ["data.name=shapes", "data.image_size=16", "data.synthetic_sizes=[256,128,128]", "data.hflip=false",
+          "model.arch=cnn", "model.width=8", "train.epochs=2", "train.num_threads=1"]
+
+
+def test_two_objectives_run_a_multi_objective_study_with_its_pareto_front(ray_local, tmp_path):
+    """search.metric as a list: Optuna optimises both, every trial reports the localization metric per epoch
+    (computed by study.evaluation on val), and results.parquet marks exactly the non-dominated trials."""
+    import numpy as np
+
+    cfg = load_config(None, SHAPES + [
+        "search.metric=[val/top1_err, val/maxboxacc_v2]", "search.mode=auto", "search.algorithm=random",
+        "search.num_samples=4", "search.scheduler=none", "search.evaluate_defaults=false",
+        "search.space={cutmix.alpha: {type: loguniform, low: 0.1, high: 4.0}, "
+        "cutmix.prob: {type: uniform, low: 0.0, high: 1.0}}"])
+    assert cfg.search.modes == ("min", "max")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_study(cfg, tmp_path / "out", Tracker(uri, tmp_path / "out"))
+    frame = pq.read_table(tmp_path / "out" / "results.parquet").to_pandas()
+    assert len(frame) == 4 and frame["val/maxboxacc_v2"].between(0, 100).all()
+    v = frame[["val/top1_err", "val/maxboxacc_v2"]].to_numpy(float)
+    for i in range(len(v)):  # the definition, one trial at a time: nobody at least as good on both, better on one
+        dominated = any((v[j, 0] <= v[i, 0] and v[j, 1] >= v[i, 1]) and (v[j, 0] < v[i, 0] or v[j, 1] > v[i, 1])
+                        for j in range(len(v)) if j != i)
+        assert bool(frame["pareto"].iloc[i]) == (not dominated), (i, v)
+    assert frame["pareto"].any() and (tmp_path / "out" / "plots" / "pareto.png").is_file()
+    c = client(uri)
+    for run_id in frame["mlflow_run_id"]:
+        history = c.get_metric_history(run_id, "val/maxboxacc_v2")
+        assert sorted(m.step for m in history) == [1, 2]
+    assert result.metric == "val/top1_err" and np.isfinite(result.best_value)
+
+
+def test_a_localization_metric_on_data_without_boxes_is_refused_before_any_trial(tmp_path, capsys):
+    from tests.conftest import assert_one_line_error, run_main, set_args
+
+    code, _, err = run_main(capsys, "study", "--output", str(tmp_path / "out"),
+                            *set_args(TINY + ["search.metric=val/maxboxacc_v2"]))
+    assert_one_line_error(code, err, "val/maxboxacc_v2", "boxes")
+    assert not (tmp_path / "out" / "results.parquet").exists()
+    code, _, err = run_main(capsys, "study", "--output", str(tmp_path / "out"),
+                            *set_args(TINY + ["search.metric=val/no_such_metric"]))
+    assert_one_line_error(code, err, "val/no_such_metric", "val/maxboxacc_v2")
