@@ -15,6 +15,7 @@ figure).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from pipelines.common import (
     tracker_for,
 )
 from pipelines.results import RetrainResult, StudyResult
-from study.config import PipelineConfig, flatten, load_config, replace
+from study.config import PipelineConfig, flatten, load_config, replace, to_dict
+from study.runner import Progress
 
 REPORTED = ("test/top1_err", "test/top5_err", "test/loss")
 # The paper's settings for the methods it compares CutMix with (Yun et al. 2019, section 4.1.1).
@@ -99,19 +101,53 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         return done
     merged = data.merged_train_val()
     epochs = cfg.retrain.epochs or cfg.train.epochs
-    rows: dict[str, list[dict[str, Any]]] = {}
+    plan = [(variant, k, replace(vcfg, {"train.seed": vcfg.train.seed + k, "train.epochs": epochs}))
+            for variant, vcfg in variants(cfg) for k in range(cfg.retrain.seeds)]
+    summaries: dict[tuple[str, int], dict[str, Any]] = {}
     with tracker.stage_run("retrain", cfg.tracking.experiment or cfg.name, reuse=resume,
                            tags={"cutmix.study_run_id": study_run_id or ""}) as parent:
         parent.log_params({**{k: v for k, v in flatten(cfg).items() if k != "search.space"},
                            "retrain.epochs_used": epochs})
-        for variant, vcfg in variants(cfg):
-            for k in range(cfg.retrain.seeds):
-                scfg = replace(vcfg, {"train.seed": vcfg.train.seed + k, "train.epochs": epochs})
-                summary = _train_seed(parent, variant, k, scfg, merged, out_dir / "retrain" / variant / f"seed{k}",
-                                      resume)
-                rows.setdefault(variant, []).append({"seed": scfg.train.seed, "method": scfg.cutmix.method,
-                                                     "run_dir": str(out_dir / "retrain" / variant / f"seed{k}"),
-                                                     **{m: summary["final"][m] for m in REPORTED}})
+        jobs = []
+        for variant, k, scfg in plan:
+            run_dir = out_dir / "retrain" / variant / f"seed{k}"
+            if resume and (run_dir / "metrics.json").is_file():  # a finished seed: read back, not retrained
+                from study.checkpoint import load_checkpoint
+
+                summary = json.loads((run_dir / "metrics.json").read_text())
+                summary["history"] = load_checkpoint(run_dir / "checkpoints" / "last.pt").get("history", [])
+                _log_seed(parent, variant, k, scfg, run_dir, summary, resume)  # what a killed driver did not log
+                summaries[variant, k] = summary
+                continue
+            jobs.append(((variant, k), {"cfg": to_dict(scfg), "run_dir": str(run_dir),
+                                        "label": f"retrain {variant} seed {k}"}))
+        if jobs:
+            from study.placement import init_ray, put, run_tasks
+            from study.runner import train_seed
+
+            init_ray()
+            shared = put(merged)  # one copy in the object store for every task
+            jobs = [(key, {**kw, "data": shared}) for key, kw in jobs]
+            progress = Progress(len(jobs), "retrain")
+            configs = {(v, k): c for v, k, c in plan}
+            done_before = len(summaries)
+
+            def finished(key: tuple[str, int], summary: dict[str, Any]) -> None:
+                variant, k = key
+                _log_seed(parent, variant, k, configs[key], out_dir / "retrain" / variant / f"seed{k}", summary,
+                          resume)
+                summaries[key] = summary
+                progress.update(len(summaries) - done_before,
+                                f"{variant} seed {k}: test top-1 err {summary['final']['test/top1_err']:.2f} "
+                                f"({summary['task']['ended'] - summary['task']['started']:.0f} s)")
+
+            run_tasks(train_seed, jobs, cfg.retrain.resources, on_done=finished)
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for variant, k, scfg in plan:
+            summary = summaries[variant, k]
+            rows.setdefault(variant, []).append({"seed": scfg.train.seed, "method": scfg.cutmix.method,
+                                                 "run_dir": str(out_dir / "retrain" / variant / f"seed{k}"),
+                                                 **{m: summary["final"][m] for m in REPORTED}})
         stats = {v: {"seeds": r, **{m: summarize([x[m] for x in r]) for m in REPORTED}} for v, r in rows.items()}
         comparisons = {v: {m: compare([x[m] for x in r], [x[m] for x in rows["baseline"]]) for m in REPORTED}
                        for v, r in rows.items() if v != "baseline" and "baseline" in rows}
@@ -142,29 +178,20 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     return result
 
 
-def _train_seed(parent, variant: str, k: int, cfg: PipelineConfig, data, run_dir: Path, resume: bool) -> dict:
-    """One retrained seed as a child run of the retrain run; finished seeds are read back when resuming."""
-    import json
-
-    from study.runner import train_run
-
+def _log_seed(parent, variant: str, k: int, cfg: PipelineConfig, run_dir: Path, summary: dict, resume: bool) -> None:
+    """A finished seed as a child run of the retrain run: params, every epoch's metrics (those a resumed run has
+    not logged yet), its files."""
     tags = {"cutmix.stage": "retrain-seed", "cutmix.variant": variant, "cutmix.seed_index": str(k)}
     with parent.child(f"retrain-{variant}-seed{k}", tags, reuse=resume) as child:
-        if resume and (run_dir / "metrics.json").is_file():
-            return json.loads((run_dir / "metrics.json").read_text())
         child.log_params({"train.seed": cfg.train.seed, "cutmix.method": cfg.cutmix.method,
                           "cutmix.prob": cfg.cutmix.prob, "train.epochs": cfg.train.epochs})
-        start = child.last_step("epoch") if resume else -1
-
-        def log_epoch(result) -> None:
-            if result.epoch > start:
-                child.log_metrics(result.metrics, result.epoch)
-
-        summary = train_run(cfg, run_dir, data=data, resume=resume, label=f"retrain {variant} seed {k}",
-                            on_epoch=log_epoch, select_last=True)
+        logged = child.last_step("epoch") if child.reused else -1
+        for row in summary.get("history", []):
+            if int(row["epoch"]) > logged:
+                child.log_metrics(row, int(row["epoch"]))
+        child.set_tags({"cutmix.task_attempts": summary.get("attempt", 1)})
         for name in ("metrics.json", "curves.png", "samples.png", "config.yaml"):
             child.log_artifact(run_dir / name)
-    return summary
 
 
 def format_report(result: RetrainResult) -> str:

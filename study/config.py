@@ -166,6 +166,9 @@ class RetrainConfig:
     # study's best config, `none` its p=0 baseline, mixup and cutout the paper's settings (alpha 1, p 1; a hole of
     # half the side). Empty: the best config, plus the baseline when compare_baseline.
     methods: tuple[str, ...] = ()
+    # Each seed (and each evaluated model) is a Ray task with these resources; tasks run side by side up to what
+    # the cluster holds (study.placement).
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,7 @@ class DetectConfig:
     seed: int = 0
     trainable_layers: int = -1  # backbone stages fine-tuned, from the deepest; -1: all but the first
     compare_random: bool = True  # also fine-tune the same detector from a random backbone: the transfer control
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # per detector (a Ray task each)
 
 
 @dataclass(frozen=True)

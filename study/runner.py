@@ -112,4 +112,21 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
                "metric": cfg.search.primary_metric, "epochs": trainer.epoch, "wall_s": time.perf_counter() - start,
                "num_classes": data.num_classes, "dataset": data.name}
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return {**summary, "history": trainer.history}
+
+
+def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str) -> dict[str, Any]:
+    """One retrain seed as a Ray task (study.placement.run_tasks): train `cfg` (plain data) into `run_dir` on
+    `data` (train+val merged), the final epoch being the model. Continues from `checkpoints/last.pt` when an
+    earlier attempt left one, so Ray's retry of a task whose worker died resumes it. Writes `task.json` (PID and
+    start time) first, for whoever watches the run. Returns train_run's summary with the per-epoch history."""
+    import os
+
+    from study.config import from_dict
+
+    out = Path(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    attempts = json.loads((out / "task.json").read_text()).get("attempt", 0) + 1 if (out / "task.json").is_file() else 1
+    (out / "task.json").write_text(json.dumps({"pid": os.getpid(), "started": time.time(), "attempt": attempts}))
+    summary = train_run(from_dict(cfg), out, data=data, resume=True, label=label, select_last=True)
+    return {**summary, "attempt": attempts}

@@ -104,6 +104,9 @@ def validate(cfg: PipelineConfig) -> None:
     for name, dim in s.space.items():
         validate_dimension(cfg, name, dim)
 
+    for name, r in (("retrain", cfg.retrain.resources), ("detect", cfg.detect.resources)):
+        _check(r.cpu > 0 and r.gpu >= 0, f"{name}.resources={{cpu: {r.cpu}, gpu: {r.gpu}}} is not allowed (cpu > 0, "
+                                         "gpu >= 0)")
     _check(cfg.retrain.seeds >= 1, f"retrain.seeds={cfg.retrain.seeds} is not allowed (>= 1)")
     for method in cfg.retrain.methods:
         _one_of(method, METHODS, "retrain.methods")

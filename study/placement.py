@@ -1,0 +1,69 @@
+"""Training work placed on the cluster: each retrain seed, evaluated model and detector is a Ray task with its own
+resources, so a job's driver (on a KubeRay head without a GPU) only orchestrates.
+
+Ray's documented pattern for K independent training runs from a GPU-less driver (REFERENCES.md section 6):
+`@ray.remote(num_gpus=...)` tasks. A task whose worker process dies (OOM, a node lost, SIGKILL) is retried by Ray
+(`max_retries`); our task functions resume from the run directory's last checkpoint, so a retry continues where
+the dead attempt stopped. An exception raised by our own code is not retried: it is re-raised in the driver as
+its own type, so bad input still exits 2. Tasks run concurrently up to what the cluster holds; on a laptop the
+same code runs on the local Ray the study started. Outputs go to the run directories given to the tasks (a shared
+path on a multi-node cluster).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from study.config import ResourcesConfig
+from study.search import init_ray  # noqa: F401 - the one way this package starts or joins Ray
+
+MAX_RETRIES = 3  # retries of a task whose worker process died (Ray's default for tasks)
+
+
+def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Any, dict[str, Any]]], resources: ResourcesConfig, *,
+              on_done: Callable[[Any, Any], None] | None = None, max_retries: int = MAX_RETRIES) -> dict[Any, Any]:
+    """Run `fn(**kwargs)` for every (key, kwargs) job as a Ray task with `resources` (CPU, GPU per task), all
+    submitted at once; `on_done(key, result)` is called in the driver as each one finishes (in finishing order).
+    Returns {key: result}. The first task that raises stops the rest and its exception is re-raised here."""
+    import ray
+
+    remote = ray.remote(_call).options(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=max_retries,
+                                       retry_exceptions=False)
+    threads = max(1, int(resources.cpu))
+    pending = {remote.remote(fn, threads, **kwargs): key for key, kwargs in jobs}
+    results: dict[Any, Any] = {}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            key = pending.pop(done[0])
+            try:
+                results[key] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:
+                raise exc.as_instanceof_cause() from None
+            if on_done is not None:
+                on_done(key, results[key])
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    return results
+
+
+def _call(fn: Callable[..., Any], threads: int, **kwargs: Any) -> Any:
+    """In the task's worker: torch threads = the task's CPUs, then the work, with when and where it ran."""
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.time()
+    out = fn(**kwargs)
+    timing = {"started": start, "ended": time.time(), "pid": os.getpid()}
+    return {**out, "task": timing} if isinstance(out, dict) else (out, timing)
+
+
+def put(value: Any) -> Any:
+    """Store a large object (a dataset) once in Ray's object store; tasks given the reference read it zero-copy."""
+    import ray
+
+    return ray.put(value)
