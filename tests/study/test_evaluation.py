@@ -70,8 +70,9 @@ def test_localization_is_skipped_or_refused_without_boxes_or_cam_head():
         evaluate_model(plain, images, labels, MEAN, STD, boxes=boxes, evaluations=["localization"])
     with pytest.raises(EvaluationError, match="not allowed"):
         evaluate_model(_model(), images, labels, MEAN, STD, evaluations=["wsol"])
-    with pytest.raises(EvaluationError, match="labels"):
-        evaluate_model(_model(3), images, labels + 3, MEAN, STD, evaluations=["classification"])
+    for todo in (["classification"], None):
+        with pytest.raises(EvaluationError, match="labels"):
+            evaluate_model(_model(3), images, labels + 3, MEAN, STD, boxes=boxes, evaluations=todo)
 
 
 def test_epoch_metrics_agree_with_the_full_evaluation():
