@@ -28,9 +28,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         overwrite: bool = False, log=print) -> DetectResult:
     """Fine-tune the detector from `source` (an ExportResult or an export directory; default `<out_dir>/export`)
     and its random-init control; mAP on the detection val set."""
-    import torch
-
-    from study.detection import detection_datasets, finetune_transfer
+    from study.detection import detection_datasets
     from study.export import ExportError, verify_export
 
     export_dir = Path(source.stage_dir if isinstance(source, ExportResult) else source or Path(out_dir) / "export")
@@ -41,7 +39,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     manifest = verify_export(export_dir)  # a corrupted export is refused before any work
     check_writable(out_dir)
     tracker.check()
-    datasets = detection_datasets(cfg.detect)
+    datasets = detection_datasets(cfg.detect, cfg.data.split_seed)
     out_dir, done = open_stage(out_dir, ["detect"], resume=resume, overwrite=overwrite, result=DetectResult)
     if done is not None:
         return done
@@ -57,16 +55,29 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         stage.log_params({f"detect.{k}": v for k, v in vars(cfg.detect).items()}
                          | {"backbone.arch": manifest["arch"], "backbone.dataset": manifest.get("dataset")})
         _log_scene_grid(datasets[0], datasets[2], ddir / "scenes.png", stage)
+        from study.config import to_dict
+        from study.detection import finetune_task
+        from study.placement import init_ray, run_tasks
+
         variants = [("pretrained", False)] + ([("random", True)] if cfg.detect.compare_random else [])
-        for name, random_init in variants:
-            log(f"detect: fine-tuning from the {name} backbone ({manifest['arch']})")
-            rows, model = finetune_transfer(export_dir, cfg.detect, datasets, random_init=random_init, log=log,
-                                            manifest=manifest)
+        log(f"detect: fine-tuning {' and '.join(n for n, _ in variants)} detectors ({manifest['arch']}) as Ray tasks")
+        init_ray()
+        jobs = [(name, {"export_dir": str(export_dir), "detect": to_dict(cfg.detect), "random_init": random_init,
+                        "save_to": str(ddir / "detector.pt") if name == "pretrained" else None,
+                        "split_seed": cfg.data.split_seed})
+                for name, random_init in variants]
+
+        def finished(name: str, out: dict[str, Any]) -> None:
+            final = out["rows"][-1]
+            log(f"detect: {name} backbone mAP@0.5 {final['val/map_50']:.3f} "
+                f"({out['task']['ended'] - out['task']['started']:.0f} s)")
+
+        outs = run_tasks(finetune_task, jobs, cfg.detect.resources, on_done=finished)
+        for name, _ in variants:
+            rows = outs[name]["rows"]
             for row in rows:
                 stage.log_metrics({f"{name}/{k}": v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
             report["runs"][name] = {"final": rows[-1], "history": rows}
-            if name == "pretrained":
-                torch.save(model.state_dict(), ddir / "detector.pt")
         pre = report["runs"]["pretrained"]["final"]
         report.update({"map": pre["val/map"], "map_50": pre["val/map_50"], "wall_s": time.perf_counter() - start})
         summary = {"map": pre["val/map"], "map_50": pre["val/map_50"]}

@@ -58,41 +58,31 @@ def retrain_of(source, out_dir: Path, tracker) -> RetrainResult:
     return RetrainResult.from_dir(root)
 
 
-def load_model(run_dir: Path, data):
-    """The retrained model of a run directory (its checkpoints/best.pt), in eval mode."""
-    from study.checkpoint import load_checkpoint
-    from study.config import from_dict
-    from study.models import build_model
-
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")
-    model = build_model(from_dict(ckpt["config"]).model, data.num_classes, data.in_channels)
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
-
-
 def ood_sets(cfg: PipelineConfig, data) -> dict[str, Any]:
-    """Out-of-distribution images that need no download, besides ODIN's noise: the other embedded datasets at
-    this dataset's size (digits for shapes-like data, shapes for digits-like data)."""
+    """Out-of-distribution images besides ODIN's noise: another embedded dataset at this dataset's size (shapes for
+    digit data, digits otherwise; nothing to download), and `evaluate.ood_root`, a local image folder, if given
+    (a missing folder is bad input, exit 2)."""
     import dataclasses
 
     from study.data import load_data
 
     other = "shapes" if "digits" in cfg.data.name else "digits"
     ocfg = dataclasses.replace(cfg.data, name=other, image_size=data.image_size, synthetic_sizes=(64, 64, 1000))
-    try:
-        return {other: load_data(ocfg).test.images}
-    except Exception:  # noqa: BLE001 - an OOD set that cannot be made here is left out, not fatal
-        return {}
+    sets = {other: load_data(ocfg).test.images}
+    if cfg.evaluate.ood_root:
+        from study.box_data import read_image_folder
+
+        sets["folder"] = read_image_folder(cfg.evaluate.ood_root, data.image_size, cfg.evaluate.robustness_images)
+    return sets
 
 
 def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: bool = False,
         overwrite: bool = False) -> EvaluateResult:
     """Evaluate every model of `source` (a RetrainResult, a directory or a retrain run id; default the output
     directory's retrain) on the test split."""
-    import torch
-
     from study.eval_plots import save_evaluation_plots
-    from study.evaluation import evaluate_model, metric_mode
+    from study.evaluation import evaluate_checkpoint, metric_mode
+    from study.placement import init_ray, put, run_tasks
     from study.runner import Progress, dataset
     from study.stats import compare, summarize
 
@@ -105,34 +95,55 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         return done
     edir = out_dir / "evaluate"
     split = data.test
-    boxes = getattr(split, "boxes", None)
-    extra_ood = ood_sets(cfg, data)
+    e = cfg.evaluate
+    options = {"cam_curve_interval": e.cam_curve_interval, "loc_sigma": e.loc_sigma,
+               "robustness_images": e.robustness_images, "fgsm_eps": tuple(e.fgsm_eps)}
     start = time.perf_counter()
     models = retrain.seed_runs()
-    progress = Progress(len(models), "evaluate")
-    per_seed: dict[str, list[dict[str, Any]]] = {}
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
     with tracker.stage_run("evaluate", cfg.tracking.experiment or cfg.name, reuse=resume,
                            tags={"cutmix.retrain_run_id": retrain.retrain_run_id}) as stage:
-        for i, (variant, k, run_dir) in enumerate(models, 1):
+        jobs = []
+        for variant, k, run_dir in models:
             path = edir / variant / f"seed{k}.json"
-            if resume and path.is_file():
-                row = json.loads(path.read_text())
+            if resume and path.is_file():  # evaluated before the interruption
+                rows[variant, k] = {m: v for m, v in json.loads(path.read_text()).items() if m != "curves"}
             else:
-                result = evaluate_model(load_model(run_dir, data), split.images, split.labels, data.mean, data.std,
-                                        boxes=boxes, ood_sets=extra_ood, seed=k,
-                                        device="cuda" if torch.cuda.is_available() else "cpu")
-                row = {"seed": k, "run_dir": str(run_dir), **result.metrics, "seconds": result.seconds}
+                jobs.append(((variant, k), {"run_dir": str(run_dir), "options": {**options, "seed": k}}))
+        if jobs:
+            init_ray()
+            shared = put({"images": split.images, "labels": split.labels, "boxes": getattr(split, "boxes", None),
+                          "mean": data.mean, "std": data.std, "ood_sets": ood_sets(cfg, data),
+                          "num_classes": data.num_classes, "in_channels": data.in_channels})
+            jobs = [(key, {**kw, "split": shared}) for key, kw in jobs]
+            progress = Progress(len(jobs), "evaluate")
+            runs = {(v, k): d for v, k, d in models}
+
+            def finished(key: tuple[str, int], out: dict[str, Any]) -> None:
+                variant, k = key
+                row = {"seed": k, "run_dir": str(runs[key]), **out["metrics"], "seconds": out["seconds"]}
+                path = edir / variant / f"seed{k}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps({**row, "curves": result.curves}, default=float))
+                path.write_text(json.dumps({**row, "curves": out["curves"]}, default=float))
                 if k == 0:
+                    from study.evaluation import EvaluationResult
+
+                    result = EvaluationResult(out["metrics"], out["curves"], out["seconds"], out["examples"])
                     for png in save_evaluation_plots(result, edir, prefix=f"{variant}_",
                                                      class_names=data.class_names):
                         stage.log_artifact(png, "plots")
                 with stage.child(f"evaluate-{variant}-seed{k}", {"cutmix.stage": "evaluate-model",
                                                                   "cutmix.variant": variant}) as child:
-                    child.log_metrics(result.metrics)
-            per_seed.setdefault(variant, []).append({k2: v for k2, v in row.items() if k2 != "curves"})
-            progress.update(i, f"{variant} seed {k}: top-1 err {row.get('top1_err', float('nan')):.2f}")
+                    child.log_metrics(out["metrics"])
+                rows[key] = row
+                progress.update(len(rows) - (len(models) - len(jobs)),
+                                f"{variant} seed {k}: top-1 err {row.get('top1_err', float('nan')):.2f}, "
+                                f"{sum(out['seconds'].values()):.0f} s")
+
+            run_tasks(evaluate_checkpoint, jobs, cfg.retrain.resources, on_done=finished)
+        per_seed: dict[str, list[dict[str, Any]]] = {}
+        for variant, k, _ in models:
+            per_seed.setdefault(variant, []).append(rows[variant, k])
         names = [m for m in per_seed[next(iter(per_seed))][0] if m not in ("seed", "run_dir", "seconds")]
         metrics = {v: {m: summarize([r[m] for r in rows]) for m in names if all(m in r for r in rows)}
                    for v, rows in per_seed.items()}

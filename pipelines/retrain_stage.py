@@ -147,7 +147,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             summary = summaries[variant, k]
             rows.setdefault(variant, []).append({"seed": scfg.train.seed, "method": scfg.cutmix.method,
                                                  "run_dir": str(out_dir / "retrain" / variant / f"seed{k}"),
-                                                 **{m: summary["final"][m] for m in REPORTED}})
+                                                 **{m: summary["final"][m] for m in REPORTED},
+                                                 "task": summary.get("task")})  # when and where it ran
         stats = {v: {"seeds": r, **{m: summarize([x[m] for x in r]) for m in REPORTED}} for v, r in rows.items()}
         comparisons = {v: {m: compare([x[m] for x in r], [x[m] for x in rows["baseline"]]) for m in REPORTED}
                        for v, r in rows.items() if v != "baseline" and "baseline" in rows}

@@ -172,6 +172,17 @@ class RetrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """The evaluate stage (study.evaluation.evaluate_model), per retrained model on the test split."""
+
+    cam_curve_interval: float = 0.01  # MaxBoxAccV2 threshold step (wsolevaluation's paper setting: 0.001)
+    loc_sigma: float = 0.15  # the paper's top-1 Loc threshold, a fraction of the CAM maximum
+    robustness_images: int = 1000  # occlusion, in-between, FGSM and OOD use the first this-many test images
+    fgsm_eps: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)  # in [0, 1] pixel units
+    ood_root: str = ""  # a local image folder used as one more out-of-distribution set
+
+
+@dataclass(frozen=True)
 class DetectConfig:
     # Sized for a CPU (2 cores: ~1 min per detector, pretrained and random control alike) on 64-px synthetic
     # shapes; a VOC/GPU config raises image_size, epochs, representation_size (FPN: 1024) and rois_per_image.
@@ -207,6 +218,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 

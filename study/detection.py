@@ -439,3 +439,18 @@ def finetune_transfer(export_dir: str | Path, d: DetectConfig, datasets, *, rand
                            **extra)
     rows = list(finetune(model, train_ds, val_ds, d, device="cuda" if torch.cuda.is_available() else "cpu", log=log))
     return rows, model
+
+
+def finetune_task(export_dir: str, detect: dict, random_init: bool, save_to: str | None = None,
+                  split_seed: int = 0) -> dict[str, Any]:
+    """`finetune_transfer` as one Ray task of the detect stage: builds the datasets itself (deterministic from the
+    config; nothing large crosses the wire), fine-tunes, saves the detector's state_dict to `save_to` if given, and
+    returns the per-epoch rows."""
+    from study.config import _build
+
+    d = _build(DetectConfig, detect, "detect.")
+    rows, model = finetune_transfer(export_dir, d, detection_datasets(d, split_seed), random_init=random_init,
+                                    log=lambda line: None)
+    if save_to:
+        torch.save(model.state_dict(), save_to)
+    return {"rows": rows}

@@ -258,3 +258,23 @@ def epoch_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         out["occlusion_center_err"] = occlusion_curves(model, x, y, mean, std, hole_sizes=[half], **common
                                                        ).center_err[0]
     return {m: out[m] for m in names}
+
+
+def evaluate_checkpoint(run_dir: str, split: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """`evaluate_model` on the model of a run directory (its `checkpoints/best.pt`), as one Ray task of the
+    evaluate stage. `split`: images, labels, boxes (or None), mean, std, ood_sets, num_classes, in_channels;
+    `options`: evaluate_model keywords. Returns metrics, curves, seconds and the CAM-grid examples."""
+    from pathlib import Path
+
+    from study.checkpoint import load_checkpoint
+    from study.config import from_dict
+    from study.models import build_model
+
+    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")
+    model = build_model(from_dict(ckpt["config"]).model, split["num_classes"], split["in_channels"])
+    model.load_state_dict(ckpt["model"])
+    result = evaluate_model(model.eval(), split["images"], split["labels"], split["mean"], split["std"],
+                            boxes=split.get("boxes"), ood_sets=split.get("ood_sets"),
+                            device="cuda" if torch.cuda.is_available() else "cpu", **options)
+    return {"metrics": result.metrics, "curves": result.curves, "seconds": result.seconds,
+            "examples": result.examples}

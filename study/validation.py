@@ -107,6 +107,13 @@ def validate(cfg: PipelineConfig) -> None:
     for name, r in (("retrain", cfg.retrain.resources), ("detect", cfg.detect.resources)):
         _check(r.cpu > 0 and r.gpu >= 0, f"{name}.resources={{cpu: {r.cpu}, gpu: {r.gpu}}} is not allowed (cpu > 0, "
                                          "gpu >= 0)")
+    e = cfg.evaluate
+    _check(0 < e.cam_curve_interval < 1,
+           f"evaluate.cam_curve_interval={e.cam_curve_interval} is not allowed (0 < value < 1)")
+    _check(0 < e.loc_sigma < 1, f"evaluate.loc_sigma={e.loc_sigma} is not allowed (0 < value < 1)")
+    _check(e.robustness_images >= 1, f"evaluate.robustness_images={e.robustness_images} is not allowed (>= 1)")
+    _check(all(0 <= x <= 1 for x in e.fgsm_eps) and len(e.fgsm_eps) >= 1,
+           f"evaluate.fgsm_eps={list(e.fgsm_eps)} is not allowed (one or more values in [0, 1], pixel units)")
     _check(cfg.retrain.seeds >= 1, f"retrain.seeds={cfg.retrain.seeds} is not allowed (>= 1)")
     for method in cfg.retrain.methods:
         _one_of(method, METHODS, "retrain.methods")

@@ -1,0 +1,77 @@
+"""Training work as Ray tasks (study.placement): retrain seeds run side by side, and a seed whose worker process is
+killed is retried by Ray and resumed from its last checkpoint, the summary still counting every seed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO, TINY, kill_tree, set_args
+
+
+def retrain_cli(out: Path, overrides: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "retrain", "--output", str(out),
+                             *set_args(overrides)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_retrain_seeds_run_concurrently_as_ray_tasks(tmp_path):
+    proc = retrain_cli(tmp_path / "out", TINY + ["name=conc", "train.epochs=6", "retrain.seeds=2",
+                                                 "retrain.compare_baseline=false"])
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        kill_tree(proc.pid)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((tmp_path / "out" / "retrain" / "summary.json").read_text())
+    tasks = [row["task"] for row in summary["variants"]["cutmix"]["seeds"]]
+    assert len(tasks) == 2 and tasks[0]["pid"] != tasks[1]["pid"]
+    # Two intervals that overlap: each started before the other ended.
+    assert tasks[0]["started"] < tasks[1]["ended"] and tasks[1]["started"] < tasks[0]["ended"], tasks
+
+
+@pytest.mark.slow
+def test_a_killed_retrain_task_is_retried_and_resumed(tmp_path):
+    out = tmp_path / "out"
+    overrides = TINY + ["name=kill", "data.image_size=16", "model.width=16", "train.epochs=40", "retrain.seeds=2",
+                        "retrain.compare_baseline=false"]
+    proc = retrain_cli(out, overrides)
+    seed0 = out / "retrain" / "cutmix" / "seed0"
+    killed = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and killed is None:
+            info = seed0 / "task.json"
+            if info.is_file() and (seed0 / "checkpoints" / "last.pt").is_file():
+                time.sleep(1.0)  # a few more epochs, then kill the task's worker mid-run
+                killed = json.loads(info.read_text())["pid"]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.2)
+        assert killed is not None, "seed 0 never started"
+        _, err = proc.communicate(timeout=600)
+    finally:
+        kill_tree(proc.pid)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((out / "retrain" / "summary.json").read_text())
+    rows = summary["variants"]["cutmix"]["seeds"]
+    assert summary["variants"]["cutmix"]["test/top1_err"]["n"] == 2 and [r["seed"] for r in rows] == [0, 1]
+    retried = json.loads((seed0 / "task.json").read_text())
+    assert retried["attempt"] == 2 and retried["pid"] != killed and rows[0]["task"]["pid"] == retried["pid"]
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    seeds = client.search_runs([client.get_run(summary["retrain_run_id"]).info.experiment_id],
+                               filter_string=f"tags.`mlflow.parentRunId` = '{summary['retrain_run_id']}'")
+    assert len(seeds) == 2  # the retry is the same seed, not a third run
+    for run in seeds:  # every epoch logged exactly once, the killed seed's too
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, 41)), (run.data.tags, steps)
