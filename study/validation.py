@@ -58,8 +58,6 @@ def validate(cfg: PipelineConfig) -> None:
 
     _check(d.loader_workers >= -1,
            f"data.loader_workers={d.loader_workers} is not allowed (-1 auto, 0 in-process, or > 0)")
-    _check(not d.streaming or d.name == "imagefolder",
-           f"data.streaming=true is not allowed for data.name={d.name} (only imagefolder)")
 
     _one_of(m.arch, MODEL_NAMES, "model.arch")
     _check(m.depth >= 0, f"model.depth={m.depth} is not allowed (0 for the default, or a positive depth)")
@@ -85,8 +83,6 @@ def validate(cfg: PipelineConfig) -> None:
     _check(0 <= t.warmup_epochs < t.epochs, f"train.warmup_epochs={t.warmup_epochs} (0 <= value < train.epochs)")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
            f"train.device={t.device!r} is not allowed (auto, cpu, cuda or cuda:N)")
-    _check(t.workers >= 1 and t.batch_size % t.workers == 0,
-           f"train.workers={t.workers} is not allowed (>= 1, dividing train.batch_size={t.batch_size})")
     _check(t.num_threads >= 0, f"train.num_threads={t.num_threads} is not allowed (>= 0)")
 
     _one_of(s.algorithm, ALGORITHMS, "search.algorithm")

@@ -13,7 +13,8 @@ from tests.conftest import REPO, TINY, set_args
 
 @pytest.mark.slow
 def test_notebook_executes_against_a_tiny_study(tmp_path, run_cli):
-    out = tmp_path / "study"
+    # Not "study": the kernel runs in tmp_path, where a directory of that name would shadow the package.
+    out = tmp_path / "tiny-study"
     proc = run_cli("study", "--output", str(out), *set_args(TINY + ["search.num_samples=3", "search.scheduler=none"]))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
