@@ -149,74 +149,53 @@ def save_box_grid(images: torch.Tensor | Sequence[torch.Tensor], boxes: torch.Te
                   path: str | Path, labels: torch.Tensor | Sequence[torch.Tensor] | None = None, *,
                   class_names: Sequence[str] | None = None, label_offset: int = 0, nrow: int = 8,
                   title: str | None = None) -> Path:
-    """A grid of images with their ground-truth boxes drawn (and each box's class written above it).
+    """A grid of images with their ground-truth boxes drawn, each box's class written above it.
 
-    Args:
-        images: ``[B, C, H, W]`` (C = 1 or 3), or a sequence of B ``[C, H, W]`` of one size; uint8 (0-255) or
-            floating in [0, 1] (a detection dataset's images).
-        boxes: one box per image, int64 ``[B, 4]`` ``[x0, y0, x1, y1]`` *inclusive* pixel indices (``Split.boxes``
-            of the classification sets), or a sequence of B float ``[N_i, 4]`` xyxy tensors with pixel i covering
-            [i, i + 1) (detection targets' ``boxes``). Integer boxes are read as inclusive, floating ones as
-            half-open: the convention of each source.
-        path: the PNG to write.
-        labels: class of each box: int64 ``[B]`` for one box per image, or a sequence of B ``[N_i]``.
-        class_names: names for the labels (after ``label_offset``), else the indices are written.
-        label_offset: subtracted from labels before naming them (1 for detection targets, whose 0 is background).
-        nrow: tiles per row.
-        title: optional figure title.
-
-    Returns:
-        ``path`` as a Path.
+    ``images``: ``[B, C, H, W]`` (C = 1 or 3) or B ``[C, H, W]`` of one size, uint8 or floating in [0, 1].
+    ``boxes``: int64 ``[B, 4]``, one box per image as ``[x0, y0, x1, y1]`` *inclusive* pixel indices
+    (``Split.boxes``), or B float ``[N_i, 4]`` xyxy with pixel i covering [i, i + 1) (detection targets): integer
+    boxes are read as inclusive, floating ones as half-open, each source's own convention. ``labels``: ``[B]`` or
+    B ``[N_i]``, named by ``class_names[label - label_offset]`` (``label_offset=1`` for detection targets).
+    Returns ``path``.
     """
     from matplotlib.patches import Rectangle
 
     if not isinstance(images, torch.Tensor):
         images = torch.stack(list(images)) if len(images) else torch.zeros(0, 3, 1, 1)
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images of shape {tuple(images.shape)} are not allowed ([B, C, H, W] with C = 1 or 3)")
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or nrow < 1:
+        raise ValueError(f"images of shape {tuple(images.shape)}, nrow={nrow} are not allowed ([B, C, H, W] with "
+                         "C = 1 or 3, nrow >= 1)")
     batch, channels, height, width = images.shape
-    if nrow < 1:
-        raise ValueError(f"nrow={nrow} is not allowed (>= 1)")
     if isinstance(boxes, torch.Tensor):
         if boxes.shape != (batch, 4):
             raise ValueError(f"boxes of shape {tuple(boxes.shape)} are not allowed ([{batch}, 4], or a list of "
                              f"{batch} [N, 4])")
-        per_image = [b[None] for b in boxes]
-        per_label = None if labels is None else [torch.as_tensor(label).reshape(1) for label in labels]
-    else:
-        per_image = [torch.as_tensor(b).reshape(-1, 4) for b in boxes]
-        per_label = None if labels is None else [torch.as_tensor(label).reshape(-1) for label in labels]
-    if len(per_image) != batch or (per_label is not None and [len(x) for x in per_label] != [len(b) for b in
-                                                                                               per_image]):
+        boxes, labels = list(boxes[:, None]), None if labels is None else [torch.as_tensor(v) for v in labels]
+    per_image = [torch.as_tensor(b).reshape(-1, 4) for b in boxes]
+    per_label = None if labels is None else [torch.as_tensor(v).reshape(-1) for v in labels]
+    if len(per_image) != batch or (per_label is not None and list(map(len, per_label)) != list(map(len, per_image))):
         raise ValueError(f"{len(per_image)} box sets and labels for {batch} images are not allowed (one per image, "
                          "one label per box)")
     x = images.detach().cpu()
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float().clamp(0, 1)
-    tiles = x.permute(0, 2, 3, 1).numpy()
-    if channels == 1:
-        tiles = np.repeat(tiles, 3, axis=3)
+    tiles = (x.float() / 255.0 if x.dtype == torch.uint8 else x.float().clamp(0, 1)).permute(0, 2, 3, 1).numpy()
+    tiles = np.repeat(tiles, 3, axis=3) if channels == 1 else tiles
     cols = max(1, min(nrow, batch))
     rows = max(1, math.ceil(batch / cols))
     pad = max(2, round(0.12 * max(height, width)))  # room above each tile for the labels of boxes at its top
     canvas = np.ones((rows * (height + pad) + pad, cols * (width + pad) + pad, 3), dtype=np.float32)
-    for i in range(batch):
-        r, c = divmod(i, cols)
-        canvas[pad + r * (height + pad):pad + r * (height + pad) + height,
-               pad + c * (width + pad):pad + c * (width + pad) + width] = tiles[i]
+    corners = [(pad + (i // cols) * (height + pad), pad + (i % cols) * (width + pad)) for i in range(batch)]
+    for (top, left), tile in zip(corners, tiles):
+        canvas[top:top + height, left:left + width] = tile
     tile_in = 1.3 if max(height, width) > 48 else 1.0
     fig = plt.figure(figsize=(cols * tile_in, rows * tile_in * (height + pad) / (width + pad) + (0.3 if title else 0)))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(canvas, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
-    for i, image_boxes in enumerate(per_image):
-        r, c = divmod(i, cols)
-        top, left = pad + r * (height + pad), pad + c * (width + pad)
-        inclusive = not torch.is_floating_point(image_boxes)
+    for i, ((top, left), image_boxes) in enumerate(zip(corners, per_image)):
+        last = 1 if not torch.is_floating_point(image_boxes) else 0  # inclusive: the box ends at x1 + 1
         for j, (x0, y0, x1, y1) in enumerate(image_boxes.double().tolist()):
-            if inclusive:  # indices of the first and last pixel: the box covers [x0, x1 + 1) x [y0, y1 + 1)
-                x1, y1 = x1 + 1, y1 + 1
-            # imshow puts pixel i's centre at i, so pixel edges sit at half-integers.
-            ax.add_patch(Rectangle((left + x0 - 0.5, top + y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+            # imshow centres pixel i at i, so pixel edges sit at half-integers.
+            ax.add_patch(Rectangle((left + x0 - 0.5, top + y0 - 0.5), x1 + last - x0, y1 + last - y0, fill=False,
                                    edgecolor=BOX_COLOUR, linewidth=1.0))
             if per_label is not None:
                 k = int(per_label[i][j]) - label_offset

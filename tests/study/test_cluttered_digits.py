@@ -173,7 +173,7 @@ def test_box_grid_draws_the_boxes(tmp_path, bundle):
 
 def test_scenes_item_contract():
     ds = DigitScenes(24, 64, seed=0, split="train")
-    assert len(ds) == 24 and ds.object_scale == (0.2, 0.45) and ds.classes == CLASSES_DIGITS
+    assert len(ds) == 24 and ds.object_scale == (0.2, 0.35) and ds.classes == CLASSES_DIGITS
     counts = []
     for i in range(len(ds)):
         image, target = ds[i]
@@ -200,7 +200,7 @@ def test_scenes_use_disjoint_identities_and_are_deterministic():
     train, val, names = detection_datasets(DetectConfig(data="cluttered_digits", image_size=48, num_train=16,
                                                         num_val=8, seed=3), split_seed=2)
     ids = split_identities(2)
-    assert names == CLASSES_DIGITS and train.object_scale == (0.2, 0.45)
+    assert names == CLASSES_DIGITS and train.object_scale == (0.2, 0.35)
     assert set(train.identities[train.present].tolist()) <= set(ids["train"].tolist())
     assert set(val.identities[val.present].tolist()) <= set(ids["test"].tolist())
     assert set(val.fragment_identities.flatten().tolist()) <= set(ids["test"].tolist())
@@ -246,10 +246,12 @@ def test_a_small_cnn_learns_the_target_digit():
     from study.config import CutMixConfig, ModelConfig, TrainConfig
     from study.engine import fit
 
-    data_cfg = DataConfig(name="cluttered_digits", image_size=24, synthetic_sizes=(3000, 200, 1000), pad=2,
+    # ~35 CPU-seconds (1 thread: 0.76 s per 1,000 training images at 24 px). Measured: ~20 % test error after
+    # 10 epochs of 4,000; the first few hundred steps sit near chance while the net finds the digit in the clutter.
+    data_cfg = DataConfig(name="cluttered_digits", image_size=24, synthetic_sizes=(4000, 200, 1000), pad=2,
                           hflip=False)
     cfg = PipelineConfig(data=data_cfg, model=ModelConfig(arch="cnn", width=16), cutmix=CutMixConfig(method="none"),
-                         train=TrainConfig(epochs=6, lr=0.05, schedule="cosine", device="cpu", eval_test=False))
+                         train=TrainConfig(epochs=10, lr=0.05, schedule="cosine", device="cpu", eval_test=False))
     data = load_data(data_cfg)
     start = time.perf_counter()
     results = list(fit(cfg, data))
