@@ -28,7 +28,7 @@ def retrain_cli(out: Path, overrides: list[str]) -> subprocess.Popen:
 @pytest.mark.slow
 def test_retrain_seeds_run_concurrently_as_ray_tasks(tmp_path):
     proc = retrain_cli(tmp_path / "out", TINY + ["name=conc", "train.epochs=6", "retrain.seeds=2",
-                                                 "retrain.compare_baseline=false"])
+                                                 "retrain.methods=[cutmix]"])
     try:
         out, err = proc.communicate(timeout=600)
     finally:
@@ -45,7 +45,7 @@ def test_retrain_seeds_run_concurrently_as_ray_tasks(tmp_path):
 def test_a_killed_retrain_task_is_retried_and_resumed(tmp_path):
     out = tmp_path / "out"
     overrides = TINY + ["name=kill", "data.image_size=16", "model.width=16", "train.epochs=40", "retrain.seeds=2",
-                        "retrain.compare_baseline=false"]
+                        "retrain.methods=[cutmix]"]
     proc = retrain_cli(out, overrides)
     seed0 = out / "retrain" / "cutmix" / "seed0"
     killed = None

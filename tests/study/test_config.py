@@ -21,7 +21,8 @@ from study.config import (
 
 def test_default_config_loads_and_round_trips(tmp_path):
     cfg = load_config()
-    assert cfg.data.name == "digits" and DEFAULT_CONFIG.is_file()
+    assert cfg.data.name == "cluttered_digits" and cfg.detect.data == "cluttered_digits" and DEFAULT_CONFIG.is_file()
+    assert cfg.data.synthetic_sizes[2] >= 5000 and cfg.retrain.methods == ("none", "cutmix")
     path = tmp_path / "c.yaml"
     dump_config(cfg, path)
     assert load_config(path) == cfg

@@ -144,14 +144,6 @@ def test_resume_from_checkpoint_reproduces_uninterrupted_run(digits8, tmp_path):
     assert [h["val/loss"] for h in resumed.history] == [r.metrics["val/loss"] for r in straight]
 
 
-@pytest.mark.slow
-def test_default_digits_config_reaches_5_percent_test_error():
-    cfg = load_config(None, ["train.num_threads=1"])
-    data = load_data(cfg.data)
-    results = list(fit(cfg, data))
-    assert results[-1].metrics["test/top1_err"] <= 5.0
-
-
 def test_resume_from_a_checkpoint_written_with_the_old_lambdalr(digits8):
     """Checkpoints from before torch's schedulers hold a LambdaLR state (no schedule in it): resuming replays the
     schedule from the epoch and continues exactly as an uninterrupted run."""

@@ -32,7 +32,7 @@ def assert_same_features(got: torch.Tensor, want: torch.Tensor) -> None:
 def make_run(root: Path, overrides: list[str], steps: int = 0,
              extra_ckpt: dict | None = None) -> tuple[Path, torch.nn.Module]:
     """A run directory as `train` writes it, for a model trained `steps` SGD steps on a tiny generated set."""
-    cfg = load_config(None, overrides)
+    cfg = load_config(None, ["data.name=digits", "data.image_size=16", *overrides])  # a 16-px digits run
     torch.manual_seed(0)
     model = build_model(cfg.model, NUM_CLASSES, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -88,7 +88,7 @@ def test_manifest_contents(resnet18_export) -> None:
     assert manifest["num_classes"] == NUM_CLASSES and manifest["in_channels"] == 3
     assert manifest["stage_names"] == ["layer1", "layer2", "layer3", "layer4"]
     assert manifest["channels"] == [64, 128, 256, 512] and manifest["feature_strides"] == [4, 8, 16, 32]
-    assert manifest["dataset"] == "digits" and manifest["input_size"] == 16  # digits.yaml's image_size
+    assert manifest["dataset"] == "digits" and manifest["input_size"] == 16  # the run's data.image_size
     assert manifest["normalisation"] is None  # digits statistics are measured at load time, not known here
     assert manifest["metrics"]["best"]["val/top1_err"] == 0.5  # from metrics.json
     assert manifest["config"]["model"]["arch"] == "resnet18" and manifest["model"]["arch"] == "resnet18"
