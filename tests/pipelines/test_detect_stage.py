@@ -22,20 +22,18 @@ from study.runner import train_run
 from study.tracking import Tracker
 from tests.conftest import TINY, assert_one_line_error, run_main, set_args
 
-# Pretraining: 10k shapes at 16 px (at 32 px the loss sits at ln 3 for a seed-dependent 5-10+ epochs before it
-# falls; at 16 px it falls steadily: val error ~20 % after 20 epochs for seeds 0 and 1), no mixing (a pasted patch
-# often removes or adds the one object, so CutMix labels would be wrong). ~1.5 min on one thread. Detection: the
-# default detect settings but 4 epochs, ~45 s per detector on one thread.
-PRETRAIN = [
-    "name=transfer", "data.name=shapes", "data.image_size=16", "data.synthetic_sizes=[10000,500,500]",
-    "model.arch=resnet20", "cutmix.method=none", "train.epochs=20", "train.batch_size=64", "train.lr=0.05",
-    "train.schedule=cosine", "train.eval_test=false", "detect.epochs=4",
-]
-MARGIN = 0.3  # mAP@0.5, pretrained minus random: measured 0.78, 0.56, 0.58 for seeds 0, 1, 2 (pretrain + detect)
+# The default pair (issue 10): the embedded default's classifier (cluttered digits, 24 px, the small CNN, 12 epochs,
+# ~50 CPU-s) pretrains the backbone; Faster R-CNN is fine-tuned on scenes of the same generator with several digits
+# (48 px, 192 train / 64 val scenes, 5 epochs, ~80 CPU-s per detector) from it and from a random-init control.
+# Measured over three detection seeds on one pretrained backbone: pretrained mAP@0.5 0.563 / 0.571 / 0.544 against
+# 0.095 / 0.093 / 0.083 for the control (gaps 0.47, 0.48, 0.46). The 0.3 margin leaves 0.16 of the smallest gap for
+# the spread between pretraining runs and thread scheduling.
+PRETRAIN = ["name=transfer", "train.eval_test=false"]
+MARGIN = 0.3
 
 
 @pytest.mark.slow
-def test_shapes_pretrained_backbone_beats_random_init(tmp_path):
+def test_default_pair_pretrained_backbone_beats_random_init(tmp_path):
     cfg = load_config(None, PRETRAIN)
     summary = train_run(cfg, tmp_path / "train")
     export_backbone(tmp_path / "train", tmp_path / "export")
@@ -45,13 +43,13 @@ def test_shapes_pretrained_backbone_beats_random_init(tmp_path):
     report = json.loads((tmp_path / "out" / "detect" / "metrics.json").read_text())
     assert (result.map_50, result.random_map_50) == (report["map_50"], report["random_map_50"])
 
-    assert summary["best"]["val/top1_err"] < 50, summary["best"]  # the backbone learned shapes (chance: 66.7)
+    assert summary["best"]["val/top1_err"] < 35, summary["best"]  # the backbone learned the digits (chance: 90)
     pre, rnd = report["map_50"], report["random_map_50"]
     assert pre - rnd > MARGIN, (pre, rnd)
     assert report["gain_map_50"] == pytest.approx(pre - rnd)
 
     metrics = json.loads((tmp_path / "out" / "detect" / "metrics.json").read_text())
-    assert metrics["arch"] == "resnet20" and metrics["classes"] == ["rectangle", "ellipse", "triangle"]
+    assert metrics["arch"] == "cnn" and metrics["classes"] == [str(d) for d in range(10)]
     assert metrics["map_50"] == pre and metrics["random_map_50"] == rnd
     for name in ("pretrained", "random"):
         history = metrics["runs"][name]["history"]
@@ -66,7 +64,7 @@ def test_shapes_pretrained_backbone_beats_random_init(tmp_path):
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["detect.image_size"] == str(cfg.detect.image_size)
-    assert run.data.params["backbone.dataset"] == "shapes"
+    assert run.data.params["backbone.dataset"] == "cluttered_digits"
     per_epoch = client.get_metric_history(run.info.run_id, "pretrained/val/map_50")
     assert [m.step for m in per_epoch] == list(range(1, cfg.detect.epochs + 1))
     assert per_epoch[-1].value == pytest.approx(pre)
