@@ -99,13 +99,17 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     return result
 
 
-def _log_scene_grid(dataset, classes, path: Path, stage) -> None:
-    """A picture of the detection training scenes with their boxes, where the dataset can draw one."""
-    try:
-        from study.plots import save_detection_grid
-    except ImportError:  # plots without the detection grid: nothing to draw
-        return
-    stage.log_artifact(save_detection_grid(dataset, path, class_names=classes))
+def _log_scene_grid(dataset, classes, path: Path, stage, n: int = 16) -> None:
+    """The first detection training scenes with their ground-truth boxes and labels, as a PNG on the detect run."""
+    import torch
+
+    from study.plots import save_box_grid
+
+    items = [dataset[i] for i in range(min(n, len(dataset)))]
+    save_box_grid(torch.stack([image for image, _ in items]), [t["boxes"] for _, t in items], path,
+                  [t["labels"] for _, t in items], class_names=classes, label_offset=1, nrow=8,
+                  title="detection training scenes, ground-truth boxes")
+    stage.log_artifact(path)
 
 
 def format_report(result: DetectResult) -> str:

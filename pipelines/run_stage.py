@@ -46,7 +46,11 @@ def main(args: argparse.Namespace) -> int:
 
     print(f"\n== done in {time.perf_counter() - start:.0f} s ==")
     print(f"best config: {study.best_params} ({study.metric} {study.best_value:.2f})")
+    if study.best_vs_baseline_se is not None:
+        print(f"study: best vs the no-mixing trial {study.best_vs_baseline_se:.1f} binomial standard errors apart on "
+              f"{study.num_val} val images ({'a signal' if study.best_vs_baseline_se >= 2 else 'within noise'})")
     print(retrain_stage.format_report(retrain))
+    print(f"method table: {evaluation.table}")
     print(f"backbone: {export.backbone}")
     control = f" (random-init control {detect.random_map_50:.3f})" if detect.random_map_50 is not None else ""
     print(f"detector mAP@0.5: {detect.map_50:.3f}{control}")

@@ -187,6 +187,13 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             dump_config(cfg, out_dir / "config.yaml")
             parent.log_artifact(out_dir / "config.yaml")
             parent.log_artifact(save_sample_grid_for(cfg, data, out_dir / "plots" / "samples.png"), "plots")
+            if getattr(data.train, "boxes", None) is not None:  # what localization is measured against
+                from study.plots import save_box_grid
+
+                t = data.train
+                parent.log_artifact(save_box_grid(t.images[:32], t.boxes[:32], out_dir / "plots" / "boxes.png",
+                                                  t.labels[:32], class_names=data.class_names,
+                                                  title=f"{data.name}: ground-truth boxes"), "plots")
 
         def trial_artifacts(trial_cfg: PipelineConfig, tmp: Path) -> list[Path]:
             return [save_sample_grid_for(trial_cfg, data, tmp / "samples.png")]
