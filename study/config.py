@@ -20,7 +20,7 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "digits.yaml"
 
-DATASETS = ("digits", "cluttered_digits", "synthetic", "shapes", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "cluttered_digits", "synthetic", "shapes", "cifar10", "cifar100", "imagefolder", "cub")
 METHODS = ("cutmix", "mixup", "cutout", "none")
 MODES = ("batch", "sample")
 SCHEDULES = ("step", "cosine")

@@ -348,7 +348,13 @@ def _cpus() -> int:
 LOADERS = {"digits": load_digits, "cluttered_digits": load_cluttered_digits,
            "synthetic": load_synthetic, "shapes": load_shapes, "cifar10": load_cifar,
            "cifar100": load_cifar,
-           "imagefolder": load_imagefolder}
+           "imagefolder": load_imagefolder, "cub": lambda cfg: _cub(cfg)}
+
+
+def _cub(cfg: DataConfig) -> DataBundle:
+    from study.box_data import load_cub_bundle  # late: box_data imports this module
+
+    return load_cub_bundle(cfg)
 
 
 def load_data(cfg: DataConfig) -> DataBundle:

@@ -112,3 +112,14 @@ def test_read_image_folder(tmp_path):
         read_image_folder(tmp_path / "missing", 16)
     with pytest.raises(DataError, match="no images"):
         read_image_folder(tmp_path / "a" / "b" / "..", 16, limit=0)
+
+
+def test_cub_as_a_dataset_with_a_missing_root_is_one_line_and_exit_2(tmp_path, capsys):
+    from tests.conftest import assert_one_line_error, run_main
+
+    code, _, err = run_main(capsys, "train", "--set", "data.name=cub", "--set", f"data.root={tmp_path / 'nowhere'}",
+                            "--output", str(tmp_path / "out"))
+    assert_one_line_error(code, err, str(tmp_path / "nowhere"), "CUB_200_2011.tgz")
+    assert not (tmp_path / "out").exists()
+    code, _, err = run_main(capsys, "train", "--set", "data.name=cub", "--output", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "data.root")
