@@ -94,6 +94,7 @@ class TrainConfig:
     channels_last: bool = True
     num_threads: int = 0  # torch CPU threads; 0 keeps torch's default
     eval_test: bool = True
+    test_every: int = 1  # with eval_test: the test split every N epochs and at the last (5,000 images cost time)
     workers: int = 1  # data-parallel training processes per run (Ray Train TorchTrainer, DDP); 1: one process
 
 

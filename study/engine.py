@@ -217,7 +217,8 @@ class Trainer:
             self.scheduler.step()
             metrics.update(self.evaluate("val"))
             metrics.update(self.evaluation_metrics(epoch + 1 == total or (epoch + 1) % self.cfg.search.eval_every == 0))
-            if self.cfg.train.eval_test:
+            t = self.cfg.train
+            if t.eval_test and (epoch + 1 == total or (epoch + 1) % t.test_every == 0):
                 metrics.update(self.evaluate("test"))
             self.epoch = epoch + 1
             metrics.update({"epoch": float(self.epoch), "lr": lr, "epoch_s": time.perf_counter() - start})

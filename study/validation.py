@@ -83,6 +83,7 @@ def validate(cfg: PipelineConfig) -> None:
     _check(0 <= t.warmup_epochs < t.epochs, f"train.warmup_epochs={t.warmup_epochs} (0 <= value < train.epochs)")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
            f"train.device={t.device!r} is not allowed (auto, cpu, cuda or cuda:N)")
+    _check(t.test_every >= 1, f"train.test_every={t.test_every} is not allowed (>= 1)")
     _check(t.num_threads >= 0, f"train.num_threads={t.num_threads} is not allowed (>= 0)")
 
     _one_of(s.algorithm, ALGORITHMS, "search.algorithm")
