@@ -29,7 +29,7 @@ SHARED = REPO.parent / "shared"
 
 # Overrides that make any stage a seconds-long CPU job: digits at 8x8, the small CNN.
 TINY = [
-    "data.name=digits", "detect.data=synthetic",  # the plain 8x8 digits and shapes scenes: seconds, not minutes
+    "data.name=digits", "detect.data=synthetic", "train.test_every=1",  # plain 8x8 digits, shapes: seconds
     "data.image_size=8", "data.pad=1", "model.arch=cnn", "model.width=8", "train.epochs=2", "train.batch_size=64",
     "train.lr=0.05", "train.num_threads=1", "detect.image_size=64", "detect.num_train=8", "detect.num_val=4",
     "detect.epochs=1", "detect.batch_size=4", "retrain.seeds=2",
