@@ -132,6 +132,7 @@ class SearchConfig:
     seed: int = 0  # sampler seed
     evaluate_defaults: bool = True  # paper defaults (alpha=1, p=0.5) and the no-CutMix baseline first
     checkpoint_every: int = 0  # trial checkpoints: every N epochs and the last; 0 = auto (about every 10 s)
+    max_failures: int = 2  # retries of a trial whose process died (killed, node lost), each from its last checkpoint
     space: Mapping[str, Dimension] = field(default_factory=dict)
 
     @property

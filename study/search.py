@@ -7,6 +7,16 @@ paper's defaults (alpha=1, p=0.5, Yun et al. 2019) and the no-CutMix baseline ar
 (Li et al. 2020) stops weak trials early. The trainable is a few lines around `engine.fit()`, reporting every
 epoch with a checkpoint, as Ray's `tune/examples/mnist_pytorch.py` does.
 
+With `train.workers: N > 1` each trial is a Ray Train `TorchTrainer` of N DDP processes started from inside the
+trial (`study.distributed.fit_in_tune_trial`, Ray 2.60's pattern for tuning distributed training): the trial actor
+holds half a CPU and waits, its workers take their own placement group, and the number of concurrent trials is what
+the cluster can place at once. Its Train run lives under `<experiment>/train/train_<trial id>` and holds the
+trial's checkpoints. Because a retried trial resumes that run, Tune's `training_iteration` restarts at 1 while the
+reported `epoch` continues: ASHA, the MLflow steps and the records count epochs by `epoch`.
+
+Faults: a trial whose process dies (SIGKILL, a lost node) is retried up to `search.max_failures` times, each time
+from its last checkpoint (Tune's for one process, the Train run's for N; N workers also retry inside Train).
+
 alpha only matters when the method mixes (cutmix/mixup) and p > 0: the space is define-by-run, so alpha is not
 even sampled for a baseline trial and its `results.parquet` cell is empty, and the grid holds each *effective*
 combination once (p=0 runs once per architecture, not once per alpha).
@@ -14,6 +24,7 @@ combination once (p=0 runs once per architecture, not once per alpha).
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -26,7 +37,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from study.config import PipelineConfig, from_dict, replace, to_dict
+from study.config import ConfigError, PipelineConfig, from_dict, replace, to_dict
 from study.space import (  # noqa: F401 - re-exported: the study's space is part of this module's API
     CONDITIONAL,
     DefineByRun,
@@ -42,8 +53,12 @@ TRIAL_CHECKPOINT = "checkpoint.pt"
 HISTORY_KEY = "_history"  # per-epoch metrics before a restored checkpoint (see _trainable)
 AUTO_CHECKPOINT_S = 10.0  # search.checkpoint_every=0: checkpoint a trial about this often
 EXPERIMENT_NAME = "study"
-def make_searcher(cfg: PipelineConfig) -> tuple[Any, dict[str, Any], int]:
-    """(search_alg or None, param_space, num_samples) for the configured algorithm."""
+TRAIN_DIR = "train"  # under the experiment: the Train runs of data-parallel trials
+
+
+def make_searcher(cfg: PipelineConfig, max_concurrent: int | None = None) -> tuple[Any, dict[str, Any], int]:
+    """(search_alg or None, param_space, num_samples) for the configured algorithm; `max_concurrent` (default
+    `search.max_concurrent`) caps the trials the searcher lets run at once."""
     s = cfg.search
     if s.algorithm == "grid":
         points = grid_points(cfg)
@@ -65,8 +80,20 @@ def make_searcher(cfg: PipelineConfig) -> tuple[Any, dict[str, Any], int]:
     searcher = OptunaSearch(space=DefineByRun(cfg), metric=list(s.metrics) if multi else s.primary_metric,
                             mode=list(s.modes) if multi else s.primary_mode, sampler=sampler,
                             points_to_evaluate=points, seed=s.seed)
-    searcher = tune.search.ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+    searcher = tune.search.ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or s.max_concurrent)
     return searcher, {}, s.num_samples
+
+
+class LetFinishASHA(ASHAScheduler):
+    """ASHA that lets a trial's final epoch end the trial by itself instead of stopping it there (at max_t, or on a
+    rung at the last epoch): stopping a data-parallel trial kills its actor while its Train run is still shutting
+    down, which leaves the workers' placement group to Ray Train's cleaner (see `init_ray`) and can cut off the
+    run's last checkpoint bookkeeping. The result is still recorded in its rung when the trial completes."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result_epoch(result) >= self._max_t:
+            return self.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
 
 
 def trial_name(trial: Any) -> str:
@@ -89,7 +116,24 @@ def used_values(trainer: Any) -> dict[str, float]:
             "used/model.params": float(sum(p.numel() for p in trainer.model.parameters()))}
 
 
-def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | None = None, threads: int = 1) -> None:
+def distributed_metrics(result: Any) -> dict[str, Any]:
+    """What rank 0 of a data-parallel trial reports per epoch (`study.distributed.train_loop`'s metrics_fn): the
+    epoch's metrics, `best/...`, the `used/...` values, and on the first report after a resume the epochs before
+    the checkpoint (HISTORY_KEY), as the one-process trainable sends them."""
+    from study.distributed import epoch_metrics
+
+    metrics = epoch_metrics(result)
+    metrics.update(used_values(result.trainer))
+    trainer = result.trainer
+    if not getattr(trainer, "_reported", False):
+        trainer._reported = True  # a fresh process per (re)start: the flag marks its first report
+        if len(trainer.history) > 1:
+            metrics[HISTORY_KEY] = [dict(h) for h in trainer.history[:-1]]
+    return metrics
+
+
+def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | None = None, threads: int = 1,
+               data_ref: list[Any] | None = None, train_storage: str = "") -> None:
     import torch
 
     from study.checkpoint import load_checkpoint, save_checkpoint
@@ -97,6 +141,15 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
 
     torch.set_num_threads(max(1, threads))
     cfg = replace(from_dict(base), trial_params(config))
+    if cfg.train.workers > 1:
+        from study.distributed import fit_in_tune_trial
+
+        # The workers read the data from the object store (data_ref holds the driver's ObjectRef, unresolved);
+        # this actor only waits on the TorchTrainer, whose reports reach Tune through TuneReportCallback.
+        fit_in_tune_trial(cfg, data_ref[0] if data_ref else data, storage_path=train_storage,
+                          metrics_fn=distributed_metrics, checkpoint_every=max(1, cfg.search.checkpoint_every),
+                          max_failures=cfg.search.max_failures)
+        return
     resume = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -153,7 +206,7 @@ class ProgressCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         value = result.get(self.metric)
         shown = f"{value:.3g}" if isinstance(value, float) else "-"
-        self._line(f"{trial} epoch {result.get('training_iteration')}/{self.epochs} {self.metric} {shown}")
+        self._line(f"{trial} epoch {result_epoch(result)}/{self.epochs} {self.metric} {shown}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
@@ -181,7 +234,15 @@ class TrialRecord:
     epochs: int
     wall_s: float
     error: str | None
-    checkpoint: Any = None  # the trial's latest tune.Checkpoint (its history backfills tracking after a crash)
+    # The trial's latest checkpoint: a tune.Checkpoint, or with train.workers > 1 its Train run's ray.train.Checkpoint
+    # (either holds checkpoint.pt; its history backfills tracking after a crash).
+    checkpoint: Any = None
+
+
+def result_epoch(result: dict[str, Any]) -> int:
+    """The epoch a Tune result reports. `training_iteration` counts reports, which after a data-parallel trial's
+    retry start again at 1 and after a Train-level retry repeat epochs; `epoch` is the engine's own count."""
+    return int(result.get("epoch", result.get("training_iteration", 0)) or 0)
 
 
 def trial_history(record: TrialRecord) -> list[dict[str, float]]:
@@ -202,6 +263,29 @@ def experiment_path(cfg: PipelineConfig, out_dir: Path) -> str:
     return storage_path(cfg, out_dir).rstrip("/") + "/" + EXPERIMENT_NAME
 
 
+def train_storage_path(cfg: PipelineConfig, out_dir: Path) -> str:
+    """Where data-parallel trials keep their Train runs (`train_<trial id>`): inside the experiment, so --overwrite
+    and a moved output directory take them along."""
+    return experiment_path(cfg, out_dir) + "/" + TRAIN_DIR
+
+
+def _train_checkpoint(train_storage: str, trial_id: str) -> Any:
+    """The latest checkpoint of a data-parallel trial's Train run (None if it saved none)."""
+    import ray.train
+
+    from study.distributed import RUN_PREFIX
+
+    quiet = logging.getLogger("ray.train")  # from_path logs "A run snapshot was found" at INFO, for each trial
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        return ray.train.Result.from_path(f"{train_storage}/{RUN_PREFIX}{trial_id}").checkpoint
+    except (RuntimeError, OSError):
+        return None
+    finally:
+        quiet.setLevel(level)
+
+
 def can_resume(cfg: PipelineConfig, out_dir: Path) -> bool:
     return tune.Tuner.can_restore(experiment_path(cfg, out_dir))
 
@@ -216,8 +300,17 @@ def delete_experiment(cfg: PipelineConfig, out_dir: Path) -> None:
         fs.delete_dir(inner)
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster inside a Ray job or KubeRay (RAY_ADDRESS set), else start a local one on 127.0.0.1."""
+_LOCAL_RAY = {"started": False}  # whether init_ray started the local cluster this process uses
+
+
+def init_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
+    """Join the cluster inside a Ray job or KubeRay (RAY_ADDRESS set), else start a local one on 127.0.0.1.
+
+    `dashboard` starts the local cluster with Ray's dashboard (127.0.0.1; ~11 more processes, ~1 GB here), which
+    serves the state API. Data-parallel trials need it: when Tune stops one (ASHA, or at max_t) it kills the trial
+    actor, and Ray Train's placement-group cleaner, which frees the dead run's workers' CPUs/GPUs, asks the state
+    API whether the run's controller is alive; without it the resources stay reserved and the next trial waits for
+    ever. A local cluster this function started without it is restarted with it (before any trial)."""
     import os
 
     import ray
@@ -225,22 +318,55 @@ def init_ray(num_cpus: int | None = None) -> None:
     # Tune warns on every forced experiment snapshot (each trial checkpoint); our progress lines say enough.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
-        return
+        if not (dashboard and _LOCAL_RAY["started"] and not has_dashboard()):
+            return
+        ray.shutdown()
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)  # passing num_cpus to an existing cluster raises
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-                 configure_logging=True, logging_level="WARNING")
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
+                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
+        _LOCAL_RAY["started"] = True
+
+
+def has_dashboard() -> bool:
+    """Whether the connected Ray cluster serves its dashboard (and with it the state API)."""
+    import ray._private.worker
+
+    try:
+        return bool(ray._private.worker.get_dashboard_url())
+    except Exception:  # noqa: BLE001 - unknown: assume the cluster has one (KubeRay heads do)
+        return True
 
 
 def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list[Any],
                resume: bool) -> list[TrialRecord]:
-    """Run (or resume) the Tune experiment and return one record per trial."""
+    """Run (or resume) the Tune experiment and return one record per trial. Raises ConfigError (before any trial)
+    when `train.workers` does not fit its resources."""
+    import ray
+
+    from study.distributed import check_workers, max_concurrent_trials, trial_resources
+
     s = cfg.search
     base = to_dict(cfg)
+    check_workers(cfg)
+    workers = cfg.train.workers
+    train_storage = train_storage_path(cfg, out_dir)
+    concurrent = s.max_concurrent
+    if workers > 1:
+        init_ray(dashboard=True)
+        if not has_dashboard():
+            raise ConfigError(f"train.workers={workers} needs Ray's dashboard, whose state API Ray Train uses to free "
+                              "a stopped trial's workers (start Ray with include_dashboard=True, or train.workers=1)")
+        # Each trial's workers take their own placement group at fit(): run only as many trials as can hold theirs.
+        concurrent = max_concurrent_trials(cfg, ray.cluster_resources())
+        # The ObjectRef in a list is passed on unresolved: the trial actor never deserialises the data.
+        params = {"data_ref": [ray.put(data)], "train_storage": train_storage}
+    else:
+        params = {"data": data}
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, data=data, base=base, threads=max(1, int(s.resources_per_trial.cpu))),
-        {"cpu": s.resources_per_trial.cpu, "gpu": s.resources_per_trial.gpu})
+        tune.with_parameters(_trainable, base=base, threads=max(1, int(s.resources_per_trial.cpu)), **params),
+        trial_resources(cfg))
     path = experiment_path(cfg, out_dir)
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
@@ -251,11 +377,12 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
             if fresh is not None and hasattr(old, "reattach"):
                 old.reattach(fresh)
     else:
-        searcher, param_space, num_samples = make_searcher(cfg)
+        searcher, param_space, num_samples = make_searcher(cfg, concurrent)
         scheduler = None
         if s.scheduler == "asha":
-            # With two objectives ASHA cuts on the first (Tune's schedulers take one metric).
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+            # With two objectives ASHA cuts on the first (Tune's schedulers take one metric). Rungs are epochs, not
+            # reports: a retried data-parallel trial's training_iteration starts again at 1 (see result_epoch).
+            scheduler = (ASHAScheduler if workers == 1 else LetFinishASHA)(time_attr="epoch", max_t=cfg.train.epochs,
                                       metric=s.primary_metric if len(s.metrics) > 1 else None,
                                       mode=s.primary_mode if len(s.metrics) > 1 else None,
                                       grace_period=min(s.grace_period, cfg.train.epochs),
@@ -266,31 +393,38 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
             tune_config=tune.TuneConfig(metric=None if len(s.metrics) > 1 else s.primary_metric,
                                         mode=None if len(s.metrics) > 1 else s.primary_mode,
                                         search_alg=searcher, scheduler=scheduler,
-                                        num_samples=num_samples, reuse_actors=True,
+                                        num_samples=num_samples,
+                                        # A data-parallel trial's thread is still in TorchTrainer.fit() when ASHA
+                                        # stops it (at max_t too): its actor cannot be reset, so it is not reused.
+                                        reuse_actors=workers == 1,
                                         # the searcher is already a ConcurrencyLimiter; grid has none
-                                        max_concurrent_trials=s.max_concurrent if searcher is None else None,
+                                        max_concurrent_trials=concurrent if searcher is None else None,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=storage_path(cfg, out_dir), verbose=0,
                                       callbacks=callbacks,
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      # a trial whose process dies restarts from its last checkpoint
+                                      failure_config=tune.FailureConfig(max_failures=s.max_failures)),
         )
     grid = tuner.fit()
     records = []
     for result in grid:
         m = dict(result.metrics or {})
         cfg_params = trial_params(result.config or {})
-        epochs = int(m.get("training_iteration", 0))
+        epochs = result_epoch(m)
+        trial_id = str(m.get("trial_id") or _trial_id_from_path(result.path))
+        checkpoint = result.checkpoint
+        if workers > 1 and checkpoint is None:
+            checkpoint = _train_checkpoint(train_storage, trial_id)
         if result.error is not None:
             status = "error"
         else:
             status = "completed" if epochs >= cfg.train.epochs else "stopped"
         final = {k: float(v) for k, v in m.items() if "/" in k and not k.startswith("best/") and _num(v)}
         best = {k[len("best/"):]: float(v) for k, v in m.items() if k.startswith("best/") and _num(v)}
-        records.append(TrialRecord(str(m.get("trial_id") or _trial_id_from_path(result.path)), status, cfg_params,
-                                   final, best, epochs, float(m.get("time_total_s", 0.0)),
+        records.append(TrialRecord(trial_id, status, cfg_params, final, best, epochs, float(m.get("time_total_s", 0.0)),
                                    None if result.error is None else str(result.error).splitlines()[0][:500],
-                                   result.checkpoint))
+                                   checkpoint))
     return records
 
 

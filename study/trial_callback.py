@@ -3,12 +3,20 @@
 Ray's stock `MLflowLoggerCallback` makes one HTTP call per metric (~50 ms each) from the driver's loop. Here every
 epoch of a trial is one `log_batch`, made by a single background thread (study.tracking.AsyncLogger), so trials
 never wait on the tracking server and concurrent trials never race on a run.
+
+Faults: every job is safe to run twice, because AsyncLogger retries a job the tracking server did not answer (it
+may have committed it). Metrics carry the time the driver received the result, fixed when the job is queued, so a
+repeated `log_batch` sends identical rows, which MLflow's store keeps once. Opening a run finds it again by its
+`ray.trial_id` tag and finishes a set-up that an outage interrupted (the `cutmix.searched` tag is written last). A
+trial retried after its process died keeps its run (`cutmix.trial_restarts` counts the retries) and its curve has
+each epoch once: steps at or below the last logged one are skipped.
 """
 
 from __future__ import annotations
 
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +24,7 @@ from typing import Any
 from ray import tune
 
 from study.config import PipelineConfig, from_dict, replace
-from study.search import HISTORY_KEY
+from study.search import HISTORY_KEY, result_epoch
 from study.space import trial_params
 
 
@@ -40,6 +48,7 @@ class MlflowTrialCallback(tune.Callback):
         self._logger = None
         self._runs: dict[str, str] = {}
         self._logged_step: dict[str, int] = {}
+        self._ready: set[str] = set()  # trials whose run is fully set up
         self._pending: set[str] = set()
         self._lock = threading.Lock()
 
@@ -71,35 +80,52 @@ class MlflowTrialCallback(tune.Callback):
         from study.config import dump_config, flatten
 
         client = self._client
-        tags = {"mlflow.parentRunId": self.parent_run_id, "ray.trial_id": trial_id, "cutmix.stage": "trial"}
-        run_id, reused = tracking.start_run(client, self.experiment_id, trial_name, tags)
-        self._runs[trial_id] = run_id
-        self._logged_step[trial_id] = tracking.last_step(client, run_id, "epoch") if reused else -1
-        if reused:
-            return
+        if trial_id in self._ready:
+            return  # the trial restarted after its process died: same run, same curve
+        run_id = self._runs.get(trial_id)  # set when an earlier try of this job created the run
+        if run_id is None:
+            tags = {"mlflow.parentRunId": self.parent_run_id, "ray.trial_id": trial_id, "cutmix.stage": "trial"}
+            run_id, reused = tracking.start_run(client, self.experiment_id, trial_name, tags)
+            self._runs[trial_id] = run_id
+            self._logged_step[trial_id] = tracking.last_step(client, run_id, "epoch") if reused else -1
+            if reused and "cutmix.searched" in client.get_run(run_id).data.tags:
+                self._ready.add(trial_id)
+                return
         cfg = replace(from_dict(self.base), params)
-        tracking.log_params(client, run_id, flatten(cfg), skip_existing=False)
-        tracking.set_tags(client, run_id, {"cutmix.searched": ",".join(sorted(params)),
-                                           "cutmix.trial_status": "running"})
+        tracking.log_params(client, run_id, flatten(cfg), skip_existing=False)  # the same values again: accepted
+        tracking.set_tags(client, run_id, {"cutmix.trial_status": "running"})
         with tempfile.TemporaryDirectory() as d:
             dump_config(cfg, Path(d) / "config.yaml")
             tracking.log_artifact(client, run_id, Path(d) / "config.yaml")
             for path in self.artifacts(cfg, Path(d)) if self.artifacts else []:
                 tracking.log_artifact(client, run_id, path)
+        tracking.set_tags(client, run_id, {"cutmix.searched": ",".join(sorted(params))})  # last: set-up complete
+        self._ready.add(trial_id)
 
-    def _log_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        from study import tracking
-
-        step = int(result.get("training_iteration", result.get("epoch", 0)))
+    def _log_result(self, trial_id: str, result: dict[str, Any], timestamp_ms: int) -> None:
+        step = result_epoch(result)
         logged = self._logged_step.get(trial_id, -1)
         for earlier in result.get(HISTORY_KEY) or []:
             past = int(earlier.get("epoch", 0))
             if logged < past < step:
-                tracking.log_metrics(self._client, self._runs[trial_id], _loggable(earlier), past)
+                self._log_metrics(trial_id, earlier, past, timestamp_ms)
         if step <= logged:
             return  # a resumed trial re-reports epochs already logged before the interruption
-        tracking.log_metrics(self._client, self._runs[trial_id], _loggable(result), step)
+        self._log_metrics(trial_id, result, step, timestamp_ms)
         self._logged_step[trial_id] = step
+
+    def _log_metrics(self, trial_id: str, metrics: Mapping[str, Any], step: int, timestamp_ms: int) -> None:
+        from study import tracking
+
+        entities = tracking.metric_entities(_loggable(metrics), step, timestamp_ms)
+        if entities:
+            self._client.log_batch(self._runs[trial_id], metrics=entities, synchronous=True)
+
+    def _tag_restarts(self, trial_id: str, restarts: int) -> None:
+        from study import tracking
+
+        if trial_id in self._runs:
+            tracking.set_tags(self._client, self._runs[trial_id], {"cutmix.trial_restarts": restarts})
 
     def _close_run(self, trial_id: str, status: str, run_status: str) -> None:
         from study import tracking
@@ -121,11 +147,16 @@ class MlflowTrialCallback(tune.Callback):
             # A trial restored mid-run may report before Tune calls on_trial_start again.
             self.on_trial_start(iteration, trials, trial)
             self._pending.add(tid)
-        self.logger.submit(lambda: self._log_result(tid, res))
+        received = int(time.time() * 1000)  # fixed now: a retried log_batch then repeats identical rows
+        self.logger.submit(lambda: self._log_result(tid, res, received))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tid, restarts = trial.trial_id, int(getattr(trial, "num_failures", 0))
+        self.logger.submit(lambda: self._tag_restarts(tid, restarts))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = trial.trial_id
-        done = int((trial.last_result or {}).get("training_iteration", 0))
+        done = result_epoch(trial.last_result or {})
         status = "completed" if done >= self.base["train"]["epochs"] else "stopped"
         self.logger.submit(lambda: self._close_run(tid, status, "FINISHED"))
 

@@ -95,6 +95,11 @@ def validate(cfg: PipelineConfig) -> None:
     _check(s.checkpoint_every >= 0,
            f"search.checkpoint_every={s.checkpoint_every} is not allowed (0 for auto, or >= 1)")
     _check(s.reduction_factor >= 2, f"search.reduction_factor={s.reduction_factor} is not allowed (>= 2)")
+    _check(s.max_failures >= 0, f"search.max_failures={s.max_failures} is not allowed (>= 0)")
+    # NCCL cannot share a GPU between ranks (ray-project/ray#48012); study.distributed.check_workers says the same.
+    _check(t.workers == 1 or float(s.resources_per_trial.gpu).is_integer(),
+           f"search.resources_per_trial.gpu={s.resources_per_trial.gpu:g} is not allowed with train.workers="
+           f"{t.workers} (whole GPUs per worker)")
     _check(s.resources_per_trial.cpu > 0, f"search.resources_per_trial.cpu={s.resources_per_trial.cpu} (> 0)")
     _check(s.resources_per_trial.gpu >= 0, f"search.resources_per_trial.gpu={s.resources_per_trial.gpu} (>= 0)")
     _check(s.eval_every >= 1, f"search.eval_every={s.eval_every} is not allowed (>= 1)")
@@ -138,6 +143,10 @@ def validate_dimension(cfg: PipelineConfig, name: str, dim: Dimension) -> None:
     flat = flatten(cfg)
     _check(name in flat and not name.startswith("search."),
            f"search.space.{name}: unknown parameter (a dotted config key such as cutmix.alpha, model.arch)")
+    # Every trial of a study must fit the same placement (study.distributed.max_concurrent_trials sizes it once).
+    _check(name != "train.workers",
+           "search.space.train.workers is not allowed (the number of workers sets each trial's resources: set "
+           "train.workers outside the space)")
     _one_of(dim.type, DIM_TYPES, f"search.space.{name}.type")
     where = f"search.space.{name}"
     if dim.type == "choice":
