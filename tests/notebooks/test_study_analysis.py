@@ -15,13 +15,17 @@ from tests.conftest import REPO, TINY, set_args
 def test_notebook_executes_against_a_tiny_study(tmp_path, run_cli):
     # Not "study": the kernel runs in tmp_path, where a directory of that name would shadow the package.
     out = tmp_path / "tiny-study"
-    proc = run_cli("study", "--output", str(out), *set_args(TINY + ["search.num_samples=3", "search.scheduler=none"]))
+    # Both architectures searched (as the notebook is written for): one alpha x p map each.
+    proc = run_cli("study", "--output", str(out), *set_args(TINY + [
+        "search.num_samples=3", "search.scheduler=none",
+        "search.space.model.arch={type: choice, values: [resnet20, cnn]}"]))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     nb = nbformat.read(REPO / "notebooks" / "study_analysis.ipynb", as_version=4)
     os.environ["CUTMIX_STUDY_DIR"] = str(out)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(tmp_path)}}).execute()
     finally:
         os.environ.pop("CUTMIX_STUDY_DIR", None)
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
