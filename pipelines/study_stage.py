@@ -93,6 +93,9 @@ def check_study_config(cfg: PipelineConfig) -> None:
 
     if not cfg.search.space:
         raise ConfigError("search.space is empty (give at least one parameter, e.g. cutmix.alpha)")
+    from study.distributed import check_workers
+
+    check_workers(cfg)  # train.workers: refused before the study's MLflow run opens
     if cfg.search.algorithm == "grid":
         grid_points(cfg)
 
@@ -198,7 +201,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         def trial_artifacts(trial_cfg: PipelineConfig, tmp: Path) -> list[Path]:
             return [save_sample_grid_for(trial_cfg, data, tmp / "samples.png")]
 
-        search.init_ray()
+        search.init_ray(dashboard=cfg.train.workers > 1)  # Ray Train frees killed runs' resources through it
         total = len(search.grid_points(cfg)) if cfg.search.algorithm == "grid" else cfg.search.num_samples
         callbacks = [MlflowTrialCallback(tracker.uri, parent.experiment_id, parent.run_id, to_dict(cfg),
                                                 trial_artifacts),

@@ -188,6 +188,9 @@ def test_memory_stays_bounded_as_the_folder_grows(tmp_path: Path) -> None:
     large, n_large = _peak_while_streaming(write_folder(tmp_path / "l", 800, 8, seed=1))
     batch = 32 * 3 * SIZE * SIZE
     assert n_large > 3 * n_small
-    # What the training process holds is a few batches (in use + prefetched), not a growing share of the data.
-    assert large <= small + 2 * batch, (small, large)
+    # What the training process holds is a few batches, not a growing share of the data: at most what 2 loader
+    # workers x prefetch_factor 2 keep in flight, the batch in use and the one being collated (how many of those
+    # are alive at a moment depends on the machine's load, so the bound is the depth, not the small run's peak).
+    in_flight = (2 * 2 + 2) * batch
+    assert small <= in_flight and large <= in_flight, (small, large, in_flight)
     assert large < 0.25 * n_large * 3 * SIZE * SIZE, (large, n_large)
