@@ -21,8 +21,6 @@ from pipelines.common import OutputError, check_writable, open_stage, tracker_fo
 from pipelines.results import DetectResult, ExportResult
 from study.config import PipelineConfig, from_dict, load_config
 
-SHOWN = ("val/map", "val/map_50", "val/map_75")
-
 
 def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: bool = False,
         overwrite: bool = False, log=print) -> DetectResult:
