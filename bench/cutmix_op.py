@@ -190,7 +190,7 @@ def count_ops(device: torch.device) -> None:
 
 def build_resnet18_cifar(device: torch.device) -> tuple[torch.nn.Module, str]:
     try:
-        from study.config import ModelConfig
+        from study.config.schema import ModelConfig
         from study.models import build_model
 
         return build_model(ModelConfig(arch="resnet18_cifar"), num_classes=NUM_CLASSES).to(device), "study.models"

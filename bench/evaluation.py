@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from study.config import ModelConfig  # noqa: E402
-from study.evaluation import epoch_metrics, evaluate_model  # noqa: E402
+from study.config.schema import ModelConfig  # noqa: E402
+from study.evaluation.suite import epoch_metrics, evaluate_model  # noqa: E402
+from study.evaluation.wsol import class_activation_maps, max_box_acc, reference_max_box_acc, scoremaps  # noqa: E402
 from study.models import build_model  # noqa: E402
-from study.wsol import class_activation_maps, max_box_acc, reference_max_box_acc, scoremaps  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 

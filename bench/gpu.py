@@ -11,10 +11,11 @@ Every figure is images/s after warm-up, with ``torch.cuda.synchronize()`` around
    channels_last. The same code the engine runs per batch; only the host->device copy of the uint8 batch is left out.
 2. ``model``: one SGD step (Nesterov, soft-target cross-entropy) on a fixed batch, bf16 autocast, channels_last,
    eager and ``torch.compile``-d.
-3. ``trial``: ``study.engine.Trainer.train_one_epoch`` on an in-memory synthetic CIFAR-100-size set: the data path
+3. ``trial``: ``study.training.engine.Trainer.train_one_epoch`` on an in-memory synthetic CIFAR-100-size set: the
+data path
    (with its host->device copies) and the model step together, as a study trial runs them; eager, and compiled
    through the engine's ``wrapped`` hook.
-4. ``stream``: ``study.streaming`` at 224x224 from generated ImageNet-size JPEGs (DataLoader workers, CPU decode),
+4. ``stream``: ``study.data.streaming`` at 224x224 from generated ImageNet-size JPEGs (DataLoader workers, CPU decode),
    the batched nvJPEG GPU decode for comparison, and a ResNet-50 bf16 step at 224 for scale.
 
 Then the ratio data/model per architecture; the target is >= 3 (the data path never limits a trial).
@@ -35,8 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from study.augment import CutMix, soft_target_cross_entropy  # noqa: E402
-from study.config import ModelConfig, load_config  # noqa: E402
-from study.data import CIFAR_MEAN, CIFAR_STD, BatchAugment, DataBundle, Split  # noqa: E402
+from study.config.load import load_config
+from study.config.schema import ModelConfig  # noqa: E402
+from study.data.batches import BatchAugment
+from study.data.bundle import CIFAR_MEAN, CIFAR_STD, DataBundle, Split  # noqa: E402
 from study.models import build_model  # noqa: E402
 
 CLASSES = 100
@@ -110,7 +113,7 @@ def model_step(arch: str, device: torch.device, batch: int, size: int, warmup: i
 
 def trial_step(arch: str, device: torch.device, batch: int, steps: int, compiled: bool) -> float:
     """images/s of the engine's own epoch loop (host-resident uint8 set, per-batch copy, augment, CutMix, step)."""
-    from study.engine import Trainer
+    from study.training.engine import Trainer
 
     n = batch * steps
     g = torch.Generator().manual_seed(0)

@@ -6,7 +6,8 @@ Generates ``--images`` JPEGs of ImageNet-like sizes (shorter side 300-500 px, qu
 smooth noise, which decodes like photographs) unless ``--folder`` names an existing ``train/<class>/*`` tree, then
 times one epoch of each mechanism, all producing uint8 ``[B, 3, S, S]`` batches and int64 labels (batch 64):
 
-- ``stream``: ``study.streaming.FileSplit`` (DataLoader workers, ``torchvision.io.decode_image`` + RandomResizedCrop),
+- ``stream``: ``study.data.streaming.FileSplit`` (DataLoader workers, ``torchvision.io.decode_image`` +
+RandomResizedCrop),
   for each ``--workers`` count: what the engine runs with ``data.streaming: true``;
 - ``pil``: the classic loader, ``torchvision.datasets.ImageFolder`` (PIL decode) + ``transforms.v2``
   RandomResizedCrop, with the largest worker count: the reference point;
@@ -34,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from study.streaming import FileSplit, index_folder, iterate_split  # noqa: E402
+from study.data.streaming import FileSplit, index_folder, iterate_split  # noqa: E402
 
 BATCH = 64
 
@@ -124,7 +125,7 @@ def bench_gpu_decode(folder: Path, size: int) -> tuple[float, int] | str:
     from torchvision.io import decode_jpeg, read_file
     from torchvision.transforms.v2 import functional as TF
 
-    from study.streaming import random_resized_box
+    from study.data.streaming import random_resized_box
 
     paths = [p.decode() for p in index_folder(folder / "train")[0]]
     g = torch.Generator().manual_seed(0)

@@ -2,7 +2,7 @@
 
 The same N trials (CutMix at p=1 with N values of alpha: identical work in every variant) run as:
   (a) a plain Python loop over `engine.fit()`,
-  (b) the study's Ray Tune path (`study.search.run_search`, grid, one trial at a time) with no tracking,
+  (b) the study's Ray Tune path (`study.search.tune.run_search`, grid, one trial at a time) with no tracking,
   (c) the same with our MLflow tracking (driver-side `log_batch` on a background thread; SQLite, or a local
       `mlflow server` with --server),
 and then (d) a random search with ASHA, counting epochs trained against the full budget.
@@ -34,7 +34,7 @@ ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 0.1, 0.75, 1.5)
 
 
 def make_config(trials: int, epochs: int, threads: int, extra: list[str] = ()):
-    from study.config import load_config
+    from study.config.load import load_config
 
     values = ", ".join(str(a) for a in ALPHAS[:trials])
     return load_config(None, [
@@ -45,8 +45,8 @@ def make_config(trials: int, epochs: int, threads: int, extra: list[str] = ()):
 
 
 def plain_loop(cfg, data) -> tuple[float, int]:
-    from study.config import replace
-    from study.engine import fit
+    from study.config.load import replace
+    from study.training.engine import fit
 
     start, epochs = time.perf_counter(), 0
     for alpha in cfg.search.space["cutmix.alpha"].values:
@@ -57,8 +57,9 @@ def plain_loop(cfg, data) -> tuple[float, int]:
 
 def tune_run(cfg, data, out: Path, tracking_uri: str | None):
     """(wall seconds, trial records) of run_search, with or without our MLflow callback."""
-    from study import search, tracking
-    from study.config import to_dict
+    from study.config.schema import to_dict
+    from study.search import tune as search
+    from study.tracking import store as tracking
 
     callbacks = []
     if tracking_uri is not None:
@@ -84,21 +85,21 @@ def main() -> None:
     import ray
     import torch
 
-    from study.data import load_data
+    from study.data.registry import load_data
 
     torch.set_num_threads(args.threads)
     cfg = make_config(args.trials, args.epochs, args.threads)
     data = load_data(cfg.data)
     work = Path(tempfile.mkdtemp(prefix="bench-study-"))
     t0 = time.perf_counter()
-    from study.search import init_ray
+    from study.cluster.session import init_ray
 
     init_ray(num_cpus=args.threads)  # as the study stage starts it
     ray_start = time.perf_counter() - t0
     server = None
     try:
         if args.server:
-            from study.tracking_server import start_mlflow_server
+            from tests.helpers.tracking_server import start_mlflow_server
 
             server = start_mlflow_server(work / "server")
             uri = server.uri

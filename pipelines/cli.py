@@ -62,13 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input (exit 2). Imported late so `--help` stays fast."""
     from study.checkpoint import CheckpointError
-    from study.config import ConfigError
-    from study.data import DataError
+    from study.config.schema import ConfigError
+    from study.data.bundle import DataError
 
     errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, CheckpointError]
-    for module, name in (("study.export", "ExportError"), ("study.voc", "DetectionDataError"),
-                         ("pipelines.results", "ResultError"), ("study.tracking", "TrackingError"),
-                         ("study.evaluation", "EvaluationError")):
+    for module, name in (("study.export", "ExportError"), ("study.data.voc", "DetectionDataError"),
+                         ("pipelines.results", "ResultError"), ("study.tracking.store", "TrackingError"),
+                         ("study.metric_names", "EvaluationError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):

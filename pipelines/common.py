@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipelines.results import ResultError, StageResult
-from study.config import PipelineConfig, load_config
+from study.config.load import load_config
+from study.config.schema import PipelineConfig
 
 R = TypeVar("R", bound=StageResult)
 
@@ -116,7 +117,7 @@ def tracking_uri(args: argparse.Namespace, out_dir: Path) -> str:
 
 def tracker_for(args: argparse.Namespace, out_dir: Path):
     """The Tracker of a pipeline whose output directory is `out_dir` (artifacts inside it for local stores)."""
-    from study.tracking import Tracker
+    from study.tracking.store import Tracker
 
     return Tracker(tracking_uri(args, out_dir), out_dir)
 

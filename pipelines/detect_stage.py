@@ -19,7 +19,8 @@ from typing import Any
 
 from pipelines.common import OutputError, check_writable, open_stage, tracker_for
 from pipelines.results import DetectResult, ExportResult
-from study.config import PipelineConfig, from_dict, load_config
+from study.config.load import from_dict, load_config
+from study.config.schema import PipelineConfig
 
 
 def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: bool = False,
@@ -53,9 +54,10 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         stage.log_params({f"detect.{k}": v for k, v in vars(cfg.detect).items()}
                          | {"backbone.arch": manifest["arch"], "backbone.dataset": manifest.get("dataset")})
         _log_scene_grid(datasets[0], datasets[2], ddir / "scenes.png", stage)
-        from study.config import to_dict
+        from study.cluster.session import init_ray
+        from study.cluster.tasks import run_tasks
+        from study.config.schema import to_dict
         from study.detection import finetune_task
-        from study.placement import init_ray, run_tasks
 
         variants = [("pretrained", False)] + ([("random", True)] if cfg.detect.compare_random else [])
         log(f"detect: fine-tuning {' and '.join(n for n, _ in variants)} detectors ({manifest['arch']}) as Ray tasks")
@@ -127,7 +129,7 @@ def detect_config(args: argparse.Namespace, manifest: dict[str, Any]) -> Pipelin
                                                                                  f"detect.root={args.data}"]
     if args.config is not None or not manifest.get("config"):
         return load_config(args.config, overrides)
-    from study.config import apply_overrides
+    from study.config.load import apply_overrides
 
     return from_dict(apply_overrides(manifest["config"], overrides))
 

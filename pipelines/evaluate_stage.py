@@ -2,7 +2,7 @@
 model, and the paper's method table.
 
 Every retrained variant and seed (pipelines/retrain_stage.py) is evaluated on the held-out test split with
-`study.evaluation.evaluate_model`: top-1/top-5 error, NLL and calibration (ECE); CAM localization (MaxBoxAccV2 as
+`study.evaluation.suite.evaluate_model`: top-1/top-5 error, NLL and calibration (ECE); CAM localization (MaxBoxAccV2 as
 clovaai/wsolevaluation defines it, and the paper's top-1 Loc) where the data has boxes; centre and boundary
 occlusion; in-between-class; FGSM; max-softmax OOD detection against ODIN's noise sets (Yun et al. 2019, sections
 4.1-4.3; Choe et al. 2020). Each metric is reported as mean ± std over seeds with a 95 % interval, and each method's
@@ -32,7 +32,7 @@ from pipelines.common import (
     tracker_for,
 )
 from pipelines.results import EvaluateResult, ResultError, RetrainResult
-from study.config import PipelineConfig
+from study.config.schema import PipelineConfig
 
 # Columns of the method table (the paper's Tables 9-12 in one row per method), in order, when measured.
 TABLE = (("top1_err", "top-1 err"), ("ece", "ECE"), ("maxboxacc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 Loc"),
@@ -64,13 +64,13 @@ def ood_sets(cfg: PipelineConfig, data) -> dict[str, Any]:
     (a missing folder is bad input, exit 2)."""
     import dataclasses
 
-    from study.data import load_data
+    from study.data.registry import load_data
 
     other = "shapes" if "digits" in cfg.data.name else "digits"
     ocfg = dataclasses.replace(cfg.data, name=other, image_size=data.image_size, synthetic_sizes=(64, 64, 1000))
     sets = {other: load_data(ocfg).test.images}
     if cfg.evaluate.ood_root:
-        from study.box_data import read_image_folder
+        from study.data.cub import read_image_folder
 
         sets["folder"] = read_image_folder(cfg.evaluate.ood_root, data.image_size, cfg.evaluate.robustness_images)
     return sets
@@ -80,11 +80,13 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         overwrite: bool = False) -> EvaluateResult:
     """Evaluate every model of `source` (a RetrainResult, a directory or a retrain run id; default the output
     directory's retrain) on the test split."""
-    from study.eval_plots import save_evaluation_plots
-    from study.evaluation import evaluate_checkpoint, metric_mode
-    from study.placement import init_ray, put, run_tasks
-    from study.runner import Progress, dataset
+    from study.cluster.session import init_ray
+    from study.cluster.tasks import put, run_tasks
+    from study.evaluation.plots import save_evaluation_plots
+    from study.evaluation.suite import evaluate_checkpoint
+    from study.metric_names import metric_mode
     from study.stats import compare, summarize
+    from study.training.runner import Progress, dataset
 
     retrain = retrain_of(source, Path(out_dir), tracker)
     check_writable(out_dir)
@@ -126,7 +128,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps({**row, "curves": out["curves"]}, default=float))
                 if k == 0:
-                    from study.evaluation import EvaluationResult
+                    from study.evaluation.suite import EvaluationResult
 
                     result = EvaluationResult(out["metrics"], out["curves"], out["seconds"], out["examples"])
                     for png in save_evaluation_plots(result, edir, prefix=f"{variant}_",

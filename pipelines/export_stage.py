@@ -23,7 +23,7 @@ from pipelines.common import (
     tracker_for,
 )
 from pipelines.results import ExportResult, RetrainResult
-from study.config import PipelineConfig
+from study.config.schema import PipelineConfig
 
 MANIFEST_TAGS = ("arch", "family", "dataset", "input_size", "channels", "feature_strides", "torchvision_body")
 HINT = "give a study output directory after `retrain`, a run directory, or a retrain MLflow run id"
@@ -93,7 +93,7 @@ def run(cfg: PipelineConfig | None, out_dir: Path, tracker, *, source=None, resu
 
 
 def main(args: argparse.Namespace) -> int:
-    from study.tracking import Tracker
+    from study.tracking.store import Tracker
 
     cfg = config_from_args(args)
     source = args.source

@@ -30,8 +30,9 @@ from pipelines.common import (
     tracker_for,
 )
 from pipelines.results import RetrainResult, StudyResult
-from study.config import PipelineConfig, flatten, load_config, replace, to_dict
-from study.runner import Progress
+from study.config.load import load_config, replace
+from study.config.schema import PipelineConfig, flatten, to_dict
+from study.training.runner import Progress
 
 REPORTED = ("test/top1_err", "test/top5_err", "test/loss")
 # The paper's settings for the methods it compares CutMix with (Yun et al. 2019, section 4.1.1).
@@ -87,8 +88,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         overwrite: bool = False) -> RetrainResult:
     """Train every variant with K seeds on train+val; test metrics with intervals. `source`: the StudyResult whose
     winner is retrained (its best parameters are applied to `cfg`), or None to retrain `cfg` as it is."""
-    from study.runner import dataset
     from study.stats import compare, summarize
+    from study.training.runner import dataset
 
     if source is not None and source.best_params:
         cfg = replace(cfg, source.best_params)
@@ -122,8 +123,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             jobs.append(((variant, k), {"cfg": to_dict(scfg), "run_dir": str(run_dir),
                                         "label": f"retrain {variant} seed {k}"}))
         if jobs:
-            from study.placement import init_ray, put, run_tasks
-            from study.runner import train_seed
+            from study.cluster.session import init_ray
+            from study.cluster.tasks import put, run_tasks
+            from study.training.runner import train_seed
 
             init_ray()
             shared = put(merged)  # one copy in the object store for every task

@@ -17,7 +17,8 @@ from typing import Any
 
 from pipelines.common import OutputError, check_writable, config_from_args, default_output, open_stage, tracker_for
 from pipelines.results import StudyResult
-from study.config import PipelineConfig, dump_config, flatten, replace, to_dict
+from study.config.load import dump_config, replace
+from study.config.schema import PipelineConfig, flatten, to_dict
 
 OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study"]
 RUN_FILE = "study_run.json"
@@ -88,12 +89,12 @@ def summary_table(frame, names: list[str], metric: str, mode: str, limit: int = 
 
 def check_study_config(cfg: PipelineConfig) -> None:
     """What only a study needs: a non-empty space, and a grid of listed values."""
-    from study.config import ConfigError
-    from study.space import grid_points
+    from study.config.schema import ConfigError
+    from study.search.space import grid_points
 
     if not cfg.search.space:
         raise ConfigError("search.space is empty (give at least one parameter, e.g. cutmix.alpha)")
-    from study.distributed import check_workers
+    from study.training.distributed import check_workers
 
     check_workers(cfg)  # train.workers: refused before the study's MLflow run opens
     if cfg.search.algorithm == "grid":
@@ -105,7 +106,7 @@ def add_pareto(frame, cfg: PipelineConfig) -> bool:
     Returns whether the study is multi-objective."""
     if len(cfg.search.metrics) < 2:
         return False
-    from study.pareto import pareto_mask
+    from study.search.pareto import pareto_mask
 
     names = list(cfg.search.metrics)
     values = frame.reindex(columns=names).to_numpy(float)
@@ -116,7 +117,7 @@ def add_pareto(frame, cfg: PipelineConfig) -> bool:
 def check_search_metrics(cfg: PipelineConfig, data) -> None:
     """Evaluation metrics in `search.metric` need what they measure: boxes on val for localization, and a
     GAP + linear head (CAM) for every searched architecture. Raises EvaluationError (exit 2) before any trial."""
-    from study.evaluation import EvaluationError
+    from study.metric_names import EvaluationError
 
     loc = [m for m in cfg.search.metrics if m[len("val/"):] in ("maxboxacc_v2", "top1_loc", "gt_known_loc")]
     if not loc:
@@ -124,8 +125,8 @@ def check_search_metrics(cfg: PipelineConfig, data) -> None:
     if getattr(data.val, "boxes", None) is None:
         raise EvaluationError(f"search.metric {loc[0]} needs ground-truth boxes and data.name={cfg.data.name} has "
                               "none (cluttered_digits, shapes, or a box dataset)")
+    from study.evaluation.wsol import cam_head
     from study.models import build_model
-    from study.wsol import cam_head
 
     archs = cfg.search.space["model.arch"].values if "model.arch" in cfg.search.space else (cfg.model.arch,)
     for arch in archs:
@@ -156,10 +157,10 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         overwrite: bool = False) -> StudyResult:
     """Validate everything, then run or resume the study; write and log its outputs. `source` is unused (a study
     starts from its config)."""
-    from study import search
-    from study.runner import dataset, save_sample_grid_for
+    from study.search import tune as search
+    from study.search.trial_callback import MlflowTrialCallback
     from study.stats import separation_in_se
-    from study.trial_callback import MlflowTrialCallback
+    from study.training.runner import dataset, save_sample_grid_for
 
     start = time.perf_counter()
     check_study_config(cfg)
@@ -208,7 +209,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                      search.ProgressCallback(total, cfg.train.epochs, cfg.search.primary_metric)]
         records = search.run_search(cfg, data, out_dir, callbacks=callbacks, resume=resuming)
 
-        from study import tracking
+        from study.tracking import store as tracking
 
         run_ids = tracking.child_run_ids(parent.client, parent.experiment_id, parent.run_id,
                                          {r.trial_id for r in records})
@@ -229,7 +230,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
         plots = save_study_plots(frame, cfg.search.primary_metric, cfg.search.primary_mode, out_dir / "plots")
         if multi:
-            from study.pareto import save_pareto_plot
+            from study.search.pareto import save_pareto_plot
 
             names = list(cfg.search.metrics)
             plots.append(save_pareto_plot(frame[names].to_numpy(float), frame["pareto"].to_numpy(bool), names,

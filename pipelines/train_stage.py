@@ -3,7 +3,7 @@
 Writes into the output directory (default `runs/<name>/train`): `config.yaml` (resolved), `metrics.json`
 (final and best val/test metrics), `checkpoints/best.pt` and `checkpoints/last.pt`, `samples.png` (a grid of
 augmented, mixed training samples with their soft targets), `curves.png` (learning curves) and `summary.json`.
-The run itself is `study.runner.train_run`, which `retrain` calls per seed; `train` records no MLflow run.
+The run itself is `study.training.runner.train_run`, which `retrain` calls per seed; `train` records no MLflow run.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pipelines.common import config_from_args, default_output, open_stage
 from pipelines.results import TrainResult
-from study.config import PipelineConfig
-from study.runner import dataset, fmt_metrics, train_run
+from study.config.schema import PipelineConfig
+from study.training.runner import dataset, fmt_metrics, train_run
 
 
 def run(cfg: PipelineConfig, out_dir: Path, tracker=None, *, source=None, resume: bool = False,

@@ -7,8 +7,8 @@ MS-COCO captioning. This module is the stage that repeats the detection half of 
 * datasets in one format, ``(image float32 [3, H, W] in [0, 1], {"boxes": float32 [N, 4] xyxy pixels,
   "labels": int64 [N]})``: :func:`voc_dataset` (Pascal VOC read from a local root, never downloaded) here, and
   the procedural sets, generated in their own modules and chosen by :func:`detection_datasets`:
-  ``study.cluttered_digits.DigitScenes`` (the default: scenes of the classification default's digits) and
-  ``study.shapes.SyntheticShapes`` (coloured shapes);
+  ``study.data.cluttered_digits.DigitScenes`` (the default: scenes of the classification default's digits) and
+  ``study.data.shapes.SyntheticShapes`` (coloured shapes);
 * :func:`build_detector`: torchvision's ``FasterRCNN`` over any FPN backbone (Lin et al., 2017,
   arXiv:1612.03144) with anchors, RoI levels and sampling budgets sized for small images on a CPU;
 * :func:`train_one_epoch`, :func:`evaluate_map` and :func:`finetune`, written after torchvision's
@@ -40,9 +40,9 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from study.config import DetectConfig
-from study.shapes import CLASSES_SYNTHETIC, SyntheticShapes
-from study.voc import VOC_CLASSES, DetectionDataError, _voc_archive, voc_dataset
+from study.config.schema import DetectConfig
+from study.data.shapes import CLASSES_SYNTHETIC, SyntheticShapes
+from study.data.voc import VOC_CLASSES, DetectionDataError, _voc_archive, voc_dataset
 
 __all__ = [
     "VOC_CLASSES",
@@ -375,7 +375,7 @@ def detection_datasets(cfg: DetectConfig, split_seed: int = 0) -> tuple[Dataset,
     the other years; the full sets, since ``num_train``/``num_val`` size the generated data only.
     """
     if cfg.data == "cluttered_digits":
-        from study.cluttered_digits import CLASSES_DIGITS, DigitScenes
+        from study.data.cluttered_digits import CLASSES_DIGITS, DigitScenes
 
         train = DigitScenes(cfg.num_train, cfg.image_size, seed=cfg.seed, split="train", split_seed=split_seed)
         val = DigitScenes(cfg.num_val, cfg.image_size, seed=cfg.seed, split="test", split_seed=split_seed)
@@ -446,9 +446,9 @@ def finetune_task(export_dir: str, detect: dict, random_init: bool, save_to: str
     """`finetune_transfer` as one Ray task of the detect stage: builds the datasets itself (deterministic from the
     config; nothing large crosses the wire), fine-tunes, saves the detector's state_dict to `save_to` if given, and
     returns the per-epoch rows."""
-    from study.config import _build
+    from study.config.schema import build
 
-    d = _build(DetectConfig, detect, "detect.")
+    d = build(DetectConfig, detect, "detect.")
     rows, model = finetune_transfer(export_dir, d, detection_datasets(d, split_seed), random_init=random_init,
                                     log=lambda line: None)
     if save_to:

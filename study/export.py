@@ -44,7 +44,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from study.config import ConfigError, ModelConfig, from_dict
+from study.config.load import from_dict
+from study.config.schema import ConfigError, ModelConfig
 from study.models import Backbone, Classifier, build_model
 
 FORMAT_VERSION = 1
@@ -160,7 +161,7 @@ def _normalisation(ckpt: Mapping[str, Any], dataset: str) -> dict[str, list[floa
     # Older checkpoints: fixed statistics of the datasets that have them (digits/synthetic are measured per
     # split at load time, so they are unknown here and left null rather than guessed).
     try:
-        from study.data import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+        from study.data.bundle import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
     except ImportError:
         return None
     table = {**{k: (CIFAR_MEAN[k], CIFAR_STD[k]) for k in CIFAR_MEAN}, "imagefolder": (IMAGENET_MEAN, IMAGENET_STD)}

@@ -36,23 +36,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from study.config import ModelConfig
-
-MODEL_NAMES: tuple[str, ...] = (
-    "cnn",
-    "resnet20",
-    "resnet56",
-    "resnet110",
-    "resnet18_cifar",
-    "resnet50_cifar",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "pyramidnet",
-    "pyramidnet110",
-    "pyramidnet200",
-)
+from study.config.schema import MODEL_NAMES, ModelConfig
 
 FAMILIES = ("torchvision-resnet", "cifar-resnet", "pyramidnet", "cnn")
 

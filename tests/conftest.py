@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 # One launcher for local MLflow servers, shared with bench/: started in its own process group, stopped whole.
-from study.tracking_server import free_port, start_mlflow_server, wait_http  # noqa: F401 - re-exported to tests
+from tests.helpers.tracking_server import free_port, start_mlflow_server, wait_http  # noqa: F401 - re-exported to tests
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -59,6 +59,17 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_ray_across_modules():
+    """Each test module starts without a Ray connection: a CLI call that started a local Ray (retrain, evaluate,
+    detect run Ray tasks) leaves it connected in this process, and the next module's own `ray.init` would fail."""
+    yield
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _threads() -> None:
     import torch
@@ -73,7 +84,7 @@ def tiny_overrides() -> list[str]:
 
 @pytest.fixture
 def tiny_cfg():
-    from study.config import load_config
+    from study.config.load import load_config
 
     return load_config(None, TINY)
 

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from study.config import ResourcesConfig
-from study.search import init_ray  # noqa: F401 - the one way this package starts or joins Ray
+from study.cluster.session import init_ray  # noqa: F401 - the one way this package starts or joins Ray
+from study.config.schema import ResourcesConfig
 
 MAX_RETRIES = 3  # retries of a task whose worker process died (Ray's default for tasks)
 

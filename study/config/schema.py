@@ -1,4 +1,4 @@
-"""The one typed configuration object of cutmix-study.
+"""The one typed configuration object of cutmix-study: its types and their structural (unvalidated) builders.
 
 Nested frozen dataclasses, loaded from YAML, strict about unknown keys (a misspelt key is an error, not a
 silent default: the lesson of nanoGPT's configurator and lightning-hydra-template's structured configs),
@@ -13,13 +13,24 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "digits.yaml"
-
+# Architectures of the model registry (study.models builds each; it checks it covers exactly these).
+MODEL_NAMES: tuple[str, ...] = (
+    "cnn",
+    "resnet20",
+    "resnet56",
+    "resnet110",
+    "resnet18_cifar",
+    "resnet50_cifar",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "pyramidnet",
+    "pyramidnet110",
+    "pyramidnet200",
+)
 DATASETS = ("digits", "cluttered_digits", "synthetic", "shapes", "cifar10", "cifar100", "imagefolder", "cub")
 METHODS = ("cutmix", "mixup", "cutout", "none")
 MODES = ("batch", "sample")
@@ -45,7 +56,8 @@ class DataConfig:
     pad: int = 4  # random-crop padding in pixels (0 disables the crop)
     hflip: bool = True
     split_seed: int = 0  # fixed splits: independent of train.seed
-    streaming: bool = False  # imagefolder: decode per batch in DataLoader workers, never all at once (study.streaming)
+    # imagefolder: decode per batch in DataLoader workers, never all at once (study.data.streaming)
+    streaming: bool = False
     loader_workers: int = -1  # streaming decode processes per training process; -1: auto, 0: in-process
     clutter: int = 4  # cluttered_digits: distractor fragments (cut from other digits) per image
     digit_scale: tuple[float, float] = (0.4, 0.7)  # cluttered_digits: target digit side, fractions of image_size
@@ -145,7 +157,7 @@ class SearchConfig:
         modes = (self.mode,) * len(self.metrics) if isinstance(self.mode, str) else tuple(self.mode)
         if "auto" not in modes:
             return modes
-        from study.evaluation import metric_mode
+        from study.metric_names import metric_mode
 
         return tuple(metric_mode(m) if mode == "auto" else mode for m, mode in zip(self.metrics, modes))
 
@@ -169,13 +181,13 @@ class RetrainConfig:
     # half the side). Empty: the best config, plus the baseline when compare_baseline.
     methods: tuple[str, ...] = ()
     # Each seed (and each evaluated model) is a Ray task with these resources; tasks run side by side up to what
-    # the cluster holds (study.placement).
+    # the cluster holds (study.cluster.tasks).
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """The evaluate stage (study.evaluation.evaluate_model), per retrained model on the test split."""
+    """The evaluate stage (study.evaluation.suite.evaluate_model), per retrained model on the test split."""
 
     cam_curve_interval: float = 0.01  # MaxBoxAccV2 threshold step (wsolevaluation's paper setting: 0.001)
     loc_sigma: float = 0.15  # the paper's top-1 Loc threshold, a fraction of the CAM maximum
@@ -229,7 +241,7 @@ class PipelineConfig:
 # Building from plain data
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -240,7 +252,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(tp, value, where + ".")
+        return build(tp, value, where + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -284,13 +296,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp!r}")  # pragma: no cover - a programming error
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    hints = _hints(cls)
-    unknown = sorted(set(data) - set(hints))
+def build(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """The dataclass `cls` from plain data, types checked and converted, unknown keys refused; not validated
+    (`study.config.load.from_dict` validates)."""
+    known = hints(cls)
+    unknown = sorted(set(data) - set(known))
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known under {prefix or 'top level'}: "
-                          f"{', '.join(sorted(hints))})")
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+                          f"{', '.join(sorted(known))})")
+    kwargs = {k: _coerce(v, known[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
 
 
@@ -305,114 +319,6 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def from_dict(data: Mapping[str, Any]) -> PipelineConfig:
-    """Build and validate a PipelineConfig from plain data. Raises ConfigError."""
-    from study.validation import validate  # the rules live beside the types, in their own module
-
-    cfg = _build(PipelineConfig, data or {})
-    validate(cfg)
-    return cfg
-
-
-def parse_value(text: str) -> Any:
-    """A `--set` value parsed as YAML, so `1`, `0.5`, `true`, `[a, b]` and `{type: choice}` all work."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Apply `key=value` strings with dotted keys to plain config data (a deep copy is returned).
-
-    Keys are checked against the dataclass tree, so `--set no.such.key=1` is an error here, not later.
-    Under `search.space` any dotted parameter name may follow (`search.space.cutmix.alpha={...}`).
-    """
-    import copy
-
-    out = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"bad override {item!r} (expected key=value, e.g. cutmix.alpha=0.5)")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        parts = key.split(".")
-        cls: Any = PipelineConfig
-        node = out
-        i = 0
-        while i < len(parts):
-            part = parts[i]
-            hints = _hints(cls)
-            if part not in hints:
-                raise ConfigError(f"unknown config key {key} (known under {'.'.join(parts[:i]) or 'top level'}: "
-                                  f"{', '.join(sorted(hints))})")
-            tp = hints[part]
-            last = i == len(parts) - 1
-            if cls is SearchConfig and part == "space" and not last:
-                # The rest of the key is one dotted parameter name.
-                if not isinstance(node.get("space"), dict):
-                    node["space"] = {}
-                node["space"][".".join(parts[i + 1:])] = parse_value(raw)
-                break
-            if last:
-                node[part] = parse_value(raw)
-                break
-            if not dataclasses.is_dataclass(tp):
-                raise ConfigError(f"unknown config key {key} ({'.'.join(parts[:i + 1])} has no sub-keys)")
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-            cls = tp
-            i += 1
-    return out
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Load a YAML config (default: the embedded digits config), apply overrides, validate once."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path} (give an existing YAML file to --config)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: give a YAML file)") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or type(exc).__name__})") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{at} (fix the syntax)") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections (data, model, cutmix, train, ...)")
-    return from_dict(apply_overrides(data, list(overrides)))
-
-
-def dump_config(cfg: PipelineConfig, path: str | Path | None = None) -> str:
-    """The resolved config as YAML text (written to `path` when given). It loads back to an equal config."""
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    if path is not None:
-        Path(path).write_text(text)
-    return text
-
-
-def replace(cfg: PipelineConfig, params: Mapping[str, Any]) -> PipelineConfig:
-    """A copy of `cfg` with dotted-name params set (`{"cutmix.alpha": 0.5}`), validated."""
-    data = to_dict(cfg)
-    for key, value in params.items():
-        node = data
-        *head, last = key.split(".")
-        for part in head:
-            if part not in node or not isinstance(node[part], dict):
-                raise ConfigError(f"unknown config key {key}")
-            node = node[part]
-        if last not in node:
-            raise ConfigError(f"unknown config key {key}")
-        node[last] = value
-    return from_dict(data)
-
-
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted-name view of a config, `{"cutmix.alpha": 1.0, ...}`; lists are kept as values."""
     out: dict[str, Any] = {}
@@ -424,3 +330,20 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = v
     return out
+
+
+def with_params(cfg: PipelineConfig, params: Mapping[str, Any]) -> PipelineConfig:
+    """A copy of `cfg` with dotted-name params set (`{"cutmix.alpha": 0.5}`), types checked but *not* validated
+    (`study.config.load.replace` validates; `study.config.validate` uses this one to check candidate values)."""
+    data = to_dict(cfg)
+    for key, value in params.items():
+        node = data
+        *head, last = key.split(".")
+        for part in head:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"unknown config key {key}")
+            node = node[part]
+        if last not in node:
+            raise ConfigError(f"unknown config key {key}")
+        node[last] = value
+    return build(PipelineConfig, data)

@@ -1,7 +1,7 @@
 """Validation of a PipelineConfig: once, at the door, with one-line messages (`error: <what> (<allowed>)`).
 
-Split from study/config.py (the types, YAML loading and overrides) so each module has one job; `from_dict` calls
-`validate`, so every config a stage sees has passed it.
+The types live in ``study.config.schema``; ``study.config.load.from_dict`` calls `validate`, so every config a stage
+sees has passed it. Checks that need the data (boxes present, labels in range) stay where the data is read.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import dataclasses
 import math
 from typing import Any
 
-from study.config import (
+from study.config.schema import (
     ALGORITHMS,
     DATASETS,
     DETECT_DATA,
     DIM_TYPES,
     METHODS,
+    MODEL_NAMES,
     MODES,
     SCHEDULERS,
     SCHEDULES,
@@ -23,8 +24,9 @@ from study.config import (
     Dimension,
     PipelineConfig,
     flatten,
-    replace,
+    with_params,
 )
+from study.metric_names import EPOCH_METRICS, REPORTED
 
 
 def _check(ok: bool, msg: str) -> None:
@@ -42,8 +44,6 @@ def _finite(x: float) -> bool:
 
 def validate(cfg: PipelineConfig) -> None:
     """Raise ConfigError on the first bad value. Architecture names are checked against the model registry."""
-    from study.models import MODEL_NAMES  # late: models imports torch
-
     d, m, c, t, s = cfg.data, cfg.model, cfg.cutmix, cfg.train, cfg.search
     _check(bool(cfg.name) and "/" not in cfg.name, f"name={cfg.name!r} is not allowed (a non-empty name without '/')")
     _one_of(d.name, DATASETS, "data.name")
@@ -139,7 +139,8 @@ def validate_dimension(cfg: PipelineConfig, name: str, dim: Dimension) -> None:
     flat = flatten(cfg)
     _check(name in flat and not name.startswith("search."),
            f"search.space.{name}: unknown parameter (a dotted config key such as cutmix.alpha, model.arch)")
-    # Every trial of a study must fit the same placement (study.distributed.max_concurrent_trials sizes it once).
+    # Every trial of a study must fit the same placement (study.training.distributed.max_concurrent_trials sizes it
+    # once).
     _check(name != "train.workers",
            "search.space.train.workers is not allowed (the number of workers sets each trial's resources: set "
            "train.workers outside the space)")
@@ -150,7 +151,7 @@ def validate_dimension(cfg: PipelineConfig, name: str, dim: Dimension) -> None:
         for v in dim.values:
             # Each value must make a valid config on its own: a negative alpha or an unknown arch fails here.
             try:
-                replace(cfg, {name: v})
+                validate(with_params(cfg, {name: v}))
             except ConfigError as exc:
                 raise ConfigError(f"{where}.values: {exc}") from None
     else:
@@ -161,19 +162,14 @@ def validate_dimension(cfg: PipelineConfig, name: str, dim: Dimension) -> None:
             _check(dim.low > 0, f"{where}: low={dim.low} is not allowed for loguniform (low > 0)")
         for v in (dim.low, dim.high):
             try:
-                replace(cfg, {name: int(v) if dim.type == "int" else float(v)})
+                validate(with_params(cfg, {name: int(v) if dim.type == "int" else float(v)}))
             except ConfigError as exc:
                 raise ConfigError(f"{where}: bound {v} gives {exc}") from None
-
-
-REPORTED = ("val/top1_err", "val/top5_err", "val/loss", "test/top1_err", "test/top5_err", "test/loss", "train/loss")
 
 
 def check_metrics(s) -> None:
     """`search.metric`: one reported metric or evaluation metric on val, or two for a multi-objective study;
     `search.mode` one of min/max/auto, or one per metric."""
-    from study.evaluation import EPOCH_METRICS
-
     allowed = ", ".join(REPORTED[:3] + tuple(f"val/{m}" for m in EPOCH_METRICS))
     metrics = s.metrics
     _check(1 <= len(metrics) <= 2 and len(set(metrics)) == len(metrics),

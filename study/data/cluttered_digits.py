@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from study.config import DataConfig
-from study.data import DataBundle, Split, _stratified_split, boxes_from_masks
+from study.config.schema import DataConfig
+from study.data.bundle import DataBundle, Split, boxes_from_masks, stratified_split
 
 __all__ = ["CLASSES_DIGITS", "SPLIT_FRACTIONS", "DigitScenes", "Rendered", "load_cluttered_digits", "render_split",
            "split_identities"]
@@ -81,7 +81,7 @@ def split_identities(split_seed: int, fractions: Sequence[float] = SPLIT_FRACTIO
     """Disjoint sorted int64 index sets into the 1,797 sklearn digits, ``{"train", "val", "test"}``, stratified by
     class (each split holds every digit in the same proportion) and fixed by ``split_seed``."""
     _, labels = _glyphs()
-    parts = _stratified_split(labels.numpy(), tuple(fractions), split_seed)
+    parts = stratified_split(labels.numpy(), tuple(fractions), split_seed)
     return {name: torch.from_numpy(p.astype(np.int64)) for name, p in zip(SPLITS, parts)}
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from study.data import DataError
+from study.data.bundle import DataError
 
 __all__ = ["BoxSplit", "read_cub", "read_image_folder", "read_imagenet_val", "resize_box"]
 
@@ -197,14 +197,14 @@ def load_cub_bundle(cfg):
     decoded at `image_size` and held in memory (11,788 images at 224 px: ~1.8 GB of uint8)."""
     import numpy as np
 
-    from study.data import DataBundle, Split, _stratified_split
+    from study.data.bundle import DataBundle, Split, stratified_split
 
     if not cfg.root:
         raise DataError("data.name=cub needs data.root (the extracted CUB_200_2011/ folder: images/, images.txt, "
                         "image_class_labels.txt, train_test_split.txt, bounding_boxes.txt)")
     train = read_cub(cfg.root, "train", cfg.image_size)
     test = read_cub(cfg.root, "test", cfg.image_size)
-    fit, held = _stratified_split(train.labels.numpy(), (1 - cfg.val_fraction, cfg.val_fraction), cfg.split_seed)
+    fit, held = stratified_split(train.labels.numpy(), (1 - cfg.val_fraction, cfg.val_fraction), cfg.split_seed)
     def pick(split: BoxSplit, idx: np.ndarray) -> Split:
         keep = torch.as_tensor(np.sort(idx))
         return Split(split.images[keep], split.labels[keep], split.boxes[keep])

@@ -7,7 +7,8 @@ copy-on-write growth a Python list of str causes, pytorch/pytorch#13246) and int
 decoded in ``torch.utils.data.DataLoader`` worker processes with ``torchvision.io.decode_image`` (libjpeg-turbo),
 cropped to a fixed ``image_size`` square (train: RandomResizedCrop, scale 0.08-1 and ratio 3/4-4/3 as in
 torchvision's ``references/classification`` and the CutMix paper's ImageNet recipe; val/test: shorter side to
-1.14 x size, centre crop, as ``study.data.load_imagefolder``) and handed to the engine as uint8 ``[B, 3, S, S]``.
+1.14 x size, centre crop, as ``study.data.readers.load_imagefolder``) and handed to the engine as uint8 ``[B, 3, S,
+S]``.
 Everything after that is the in-memory path unchanged: ``study.data.BatchAugment`` (flip, optional pad-crop,
 normalise) and CutMix run on the batch, on the device.
 
@@ -45,8 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from study.config import DataConfig
-from study.data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, DataError, Split, _stratified_split, iterate_batches
+from study.config.schema import DataConfig
+from study.data.batches import iterate_batches
+from study.data.bundle import IMAGENET_MEAN, IMAGENET_STD, DataBundle, DataError, Split, stratified_split
 
 RESIZE_RATIO = 1.14  # eval: shorter side to 1.14 x image_size, then centre crop (256/224 ~ 1.143)
 RRC_SCALE = (0.08, 1.0)  # RandomResizedCrop area fraction (torchvision, Szegedy et al. 2015)
@@ -302,6 +304,6 @@ def load_imagefolder_stream(cfg: DataConfig) -> StreamingBundle:
     workers = cfg.loader_workers
     train = FileSplit(tr_paths, torch.from_numpy(ytr), cfg.image_size, True, workers)
     test = FileSplit(te_paths, torch.from_numpy(yte), cfg.image_size, False, workers)
-    tr_idx, va_idx = _stratified_split(ytr, (1 - cfg.val_fraction, cfg.val_fraction), cfg.split_seed)
+    tr_idx, va_idx = stratified_split(ytr, (1 - cfg.val_fraction, cfg.val_fraction), cfg.split_seed)
     return StreamingBundle("imagefolder", train.subset(tr_idx), train.subset(va_idx, train=False), test, len(classes),
                            IMAGENET_MEAN, IMAGENET_STD, tuple(classes), cfg.image_size)

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from study.eval_common import EvaluationError, check_labels
+from study.evaluation.common import check_labels
+from study.metric_names import EvaluationError
 
 __all__ = ["Reliability", "classification_metrics", "reliability"]
 

@@ -20,14 +20,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-
-class EvaluationError(ValueError):
-    """Bad input to an evaluation (shapes, dtypes, ranges, a missing requirement). One line: what and what is
-    allowed. The CLI maps it to exit code 2."""
-
-
-class CAMError(EvaluationError):
-    """A model whose head is not global average pooling + one linear layer was asked for class activation maps."""
+from study.metric_names import EvaluationError
 
 
 def model_device(model: nn.Module) -> torch.device:

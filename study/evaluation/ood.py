@@ -14,7 +14,7 @@ They come from torchmetrics' exact ``BinaryROC``/``BinaryAUROC`` (``thresholds=N
 outside [0, 1] through a sigmoid per call; softmax probabilities are inside, so they are used as they are (tested
 against scikit-learn). OOD sets that need no download: ODIN's noise sets, Uniform U[0, 1] and Gaussian N(0.5, 1)
 clamped to [0, 1], drawn per pixel in pixel space (then normalised like any input), and any image tensor (other
-datasets, a local folder read by ``study.box_data.read_image_folder``), resized to the in-distribution size.
+datasets, a local folder read by ``study.data.cub.read_image_folder``), resized to the in-distribution size.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
-from study.eval_common import EvaluationError, check_images, predict_logits, to_unit
+from study.evaluation.common import check_images, predict_logits, to_unit
+from study.metric_names import EvaluationError
 
 __all__ = ["NOISE_SETS", "max_softmax", "noise_images", "ood_metrics", "ood_scores", "prepare_ood_images"]
 

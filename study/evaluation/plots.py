@@ -1,7 +1,7 @@
 """Pictures of the evaluations (PNG, matplotlib Agg, like ``study.plots``): a CAM overlay grid with ground-truth
 and predicted boxes, the reliability diagram, occlusion, in-between-class and FGSM curves.
 
-The curve functions take the JSON-ready dictionaries of ``study.evaluation.EvaluationResult.curves`` (one model)
+The curve functions take the JSON-ready dictionaries of ``study.evaluation.suite.EvaluationResult.curves`` (one model)
 or a mapping ``{label: curves}`` (several models, e.g. one per method, drawn on the same axes). Every function
 creates missing parent directories and returns the path written.
 """

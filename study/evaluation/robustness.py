@@ -28,16 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.eval_common import (
-    EvaluationError,
-    Normalise,
-    batch_ranges,
-    check_images,
-    check_labels,
-    eval_mode,
-    resolve,
-    to_unit,
-)
+from study.evaluation.common import Normalise, batch_ranges, check_images, check_labels, eval_mode, resolve, to_unit
+from study.metric_names import EvaluationError
 
 __all__ = ["DEFAULT_FGSM_EPS", "FGSMCurve", "InBetweenCurves", "OcclusionCurves", "default_hole_sizes",
            "fgsm_curve", "fgsm_perturb", "in_between_curves", "occlusion_curves"]

@@ -1,12 +1,15 @@
 """The CutMix paper's evaluations of a trained classifier, as one call (``evaluate_model``) or a cheap per-epoch
 subset (``epoch_metrics``), returning flat metric names for MLflow, tables and ``search.metric``.
 
-The pieces live in sibling modules, each usable alone: ``study.calibration`` (top-1/top-5 error, NLL, ECE),
-``study.wsol`` (CAM, MaxBoxAccV2, top-1 Loc), ``study.robustness`` (occlusion, in-between class, FGSM),
-``study.ood`` (max-softmax OOD detection), ``study.eval_plots`` (pictures), ``study.box_data`` (CUB / ImageNet
+The pieces live in sibling modules, each usable alone: ``study.evaluation.calibration`` (top-1/top-5 error, NLL, ECE),
+``study.evaluation.wsol`` (CAM, MaxBoxAccV2, top-1 Loc), ``study.evaluation.robustness`` (occlusion, in-between
+class, FGSM),
+``study.evaluation.ood`` (max-softmax OOD detection), ``study.evaluation.plots`` (pictures), ``study.data.cub`` (CUB
+/ ImageNet
 readers). See Yun et al. 2019 (arXiv 1905.04899), Sections 4.2-4.3, and ``/shared/REFERENCES.md``.
 
-Metric names (percent unless said; ``mode`` in :data:`METRIC_MODES`): ``top1_err``, ``top5_err``, ``nll``
+Metric names (percent unless said; ``study.metric_names.metric_mode`` gives each one's mode): ``top1_err``,
+``top5_err``, ``nll``
 (nats), ``ece``; ``maxboxacc_v2``, ``maxboxacc_iou0.3/0.5/0.7``, ``top1_loc``, ``gt_known_loc``,
 ``random_cam_maxboxacc_v2`` (the random-CAM baseline on the same boxes); ``occlusion_center_auc``,
 ``occlusion_boundary_auc``; ``in_between_mixup``, ``in_between_cutmix`` (mean rate of predicting neither class);
@@ -25,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from study.calibration import classification_metrics
-from study.eval_common import CAMError, EvaluationError, check_images, check_labels, predict_logits, resolve
-from study.ood import NOISE_SETS, ood_scores
-from study.robustness import DEFAULT_FGSM_EPS, fgsm_curve, in_between_curves, occlusion_curves
-from study.wsol import (
+from study.evaluation.calibration import classification_metrics
+from study.evaluation.common import check_images, check_labels, predict_logits, resolve
+from study.evaluation.ood import NOISE_SETS, ood_scores
+from study.evaluation.robustness import DEFAULT_FGSM_EPS, fgsm_curve, in_between_curves, occlusion_curves
+from study.evaluation.wsol import (
     DEFAULT_IOU_THRESHOLDS,
     cam_head,
     class_activation_maps,
@@ -38,35 +41,9 @@ from study.wsol import (
     scoremaps,
     top1_loc,
 )
+from study.metric_names import EPOCH_METRICS, EVALUATIONS, CAMError, EvaluationError, fgsm_name
 
-__all__ = ["EPOCH_METRICS", "EVALUATIONS", "EvaluationResult", "epoch_metrics", "evaluate_model", "fgsm_name",
-           "metric_mode"]
-
-EVALUATIONS = ("classification", "localization", "occlusion", "in_between", "fgsm", "ood")
-
-# Per-epoch metrics `epoch_metrics` can compute -> optimisation mode (what `search.metric` may name, on val).
-EPOCH_METRICS: dict[str, str] = {
-    "top1_err": "min", "top5_err": "min", "nll": "min", "ece": "min", "maxboxacc_v2": "max", "top1_loc": "max",
-    "gt_known_loc": "max", "fgsm_acc": "max", "occlusion_center_err": "min",
-}
-_MAX_PREFIXES = ("maxboxacc", "top1_loc", "gt_known_loc", "random_cam", "fgsm_acc", "ood_")
-_MIN_PREFIXES = ("top1_err", "top5_err", "nll", "ece", "occlusion", "in_between")
-
-
-def metric_mode(name: str) -> str:
-    """"max" or "min": whether a larger value of metric ``name`` (from this module) is better."""
-    base = name.split("/")[-1]
-    if base.startswith(_MAX_PREFIXES):
-        return "max"
-    if base.startswith(_MIN_PREFIXES):
-        return "min"
-    raise EvaluationError(f"unknown evaluation metric {name!r} (names such as: {', '.join(EPOCH_METRICS)})")
-
-
-def fgsm_name(eps: float) -> str:
-    """Metric name of FGSM accuracy at ``eps``: ``fgsm_acc_eps0.031`` for 8/255."""
-    return f"fgsm_acc_eps{eps:.3f}"
-
+__all__ = ["EvaluationResult", "epoch_metrics", "evaluate_model"]
 
 @dataclass
 class EvaluationResult:
@@ -267,7 +244,7 @@ def evaluate_checkpoint(run_dir: str, split: Mapping[str, Any], options: Mapping
     from pathlib import Path
 
     from study.checkpoint import load_checkpoint
-    from study.config import from_dict
+    from study.config.load import from_dict
     from study.models import build_model
 
     ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")

@@ -40,16 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.eval_common import (
-    CAMError,
-    EvaluationError,
-    Normalise,
-    batch_ranges,
-    check_images,
-    eval_mode,
-    resolve,
-    to_unit,
-)
+from study.evaluation.common import Normalise, batch_ranges, check_images, eval_mode, resolve, to_unit
+from study.metric_names import CAMError, EvaluationError
 
 __all__ = [
     "DEFAULT_IOU_THRESHOLDS", "MaxBoxAcc", "cam_head", "class_activation_maps", "component_boxes", "iou_inclusive",

@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from study.config import ConfigError, Dimension, PipelineConfig
+from study.config.schema import ConfigError, Dimension, PipelineConfig
 
 # Parameters that only exist when the batch is actually mixed.
 CONDITIONAL = ("cutmix.alpha", "cutmix.mode", "cutmix.cutout_size", "cutmix.label_smoothing")

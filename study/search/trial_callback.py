@@ -1,7 +1,8 @@
 """The Tune callback that records a study's trials in MLflow: a child run per trial under the study's run.
 
 Ray's stock `MLflowLoggerCallback` makes one HTTP call per metric (~50 ms each) from the driver's loop. Here every
-epoch of a trial is one `log_batch`, made by a single background thread (study.tracking.AsyncLogger), so trials
+epoch of a trial is one `log_batch`, made by a single background thread (study.tracking.async_logger.AsyncLogger), so
+trials
 never wait on the tracking server and concurrent trials never race on a run.
 
 Faults: every job is safe to run twice, because AsyncLogger retries a job the tracking server did not answer (it
@@ -23,17 +24,18 @@ from typing import Any
 
 from ray import tune
 
-from study.config import PipelineConfig, from_dict, replace
-from study.search import HISTORY_KEY, result_epoch
-from study.space import trial_params
+from study.config.load import from_dict, replace
+from study.config.schema import PipelineConfig
+from study.search.space import trial_params
+from study.search.tune import HISTORY_KEY, result_epoch
 
 
 class MlflowTrialCallback(tune.Callback):
     """Child run per trial, per-epoch `log_batch`, status and artifacts; all from the driver, on one background
-    thread (study.tracking.AsyncLogger). Picklable, because Tune stores callbacks with the experiment and
+    thread (study.tracking.async_logger.AsyncLogger). Picklable, because Tune stores callbacks with the experiment and
     `Tuner.restore` brings them back: clients and threads are recreated lazily, and a restored callback finds a
     trial's existing run by its `ray.trial_id` tag instead of creating a second one. What is not picklable (the
-    function drawing a trial's sample grid from the in-memory data) is not stored: `study.search.run_search`
+    function drawing a trial's sample grid from the in-memory data) is not stored: `study.search.tune.run_search`
     re-attaches it to the restored callback with `reattach`."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, base: dict[str, Any],
@@ -65,7 +67,7 @@ class MlflowTrialCallback(tune.Callback):
 
     @property
     def logger(self) -> Any:
-        from study import tracking
+        from study.tracking import store as tracking
 
         with self._lock:
             if self._logger is None:
@@ -76,8 +78,9 @@ class MlflowTrialCallback(tune.Callback):
     # Jobs run on the logger thread, in submission order.
 
     def _open_run(self, trial_id: str, trial_name: str, params: dict[str, Any]) -> None:
-        from study import tracking
-        from study.config import dump_config, flatten
+        from study.config.load import dump_config
+        from study.config.schema import flatten
+        from study.tracking import store as tracking
 
         client = self._client
         if trial_id in self._ready:
@@ -115,20 +118,20 @@ class MlflowTrialCallback(tune.Callback):
         self._logged_step[trial_id] = step
 
     def _log_metrics(self, trial_id: str, metrics: Mapping[str, Any], step: int, timestamp_ms: int) -> None:
-        from study import tracking
+        from study.tracking import store as tracking
 
         entities = tracking.metric_entities(_loggable(metrics), step, timestamp_ms)
         if entities:
             self._client.log_batch(self._runs[trial_id], metrics=entities, synchronous=True)
 
     def _tag_restarts(self, trial_id: str, restarts: int) -> None:
-        from study import tracking
+        from study.tracking import store as tracking
 
         if trial_id in self._runs:
             tracking.set_tags(self._client, self._runs[trial_id], {"cutmix.trial_restarts": restarts})
 
     def _close_run(self, trial_id: str, status: str, run_status: str) -> None:
-        from study import tracking
+        from study.tracking import store as tracking
 
         run_id = self._runs.get(trial_id)
         if run_id is not None:

@@ -8,7 +8,8 @@ paper's defaults (alpha=1, p=0.5, Yun et al. 2019) and the no-CutMix baseline ar
 epoch with a checkpoint, as Ray's `tune/examples/mnist_pytorch.py` does.
 
 With `train.workers: N > 1` each trial is a Ray Train `TorchTrainer` of N DDP processes started from inside the
-trial (`study.distributed.fit_in_tune_trial`, Ray 2.60's pattern for tuning distributed training): the trial actor
+trial (`study.training.distributed.fit_in_tune_trial`, Ray 2.60's pattern for tuning distributed training): the trial
+actor
 holds half a CPU and waits, its workers take their own placement group, and the number of concurrent trials is what
 the cluster can place at once. Its Train run lives under `<experiment>/train/train_<trial id>` and holds the
 trial's checkpoints. Because a retried trial resumes that run, Tune's `training_iteration` restarts at 1 while the
@@ -37,15 +38,13 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from study.config import ConfigError, PipelineConfig, from_dict, replace, to_dict
-from study.space import (  # noqa: F401 - re-exported: the study's space is part of this module's API
-    CONDITIONAL,
+from study.cluster.session import has_dashboard, init_ray
+from study.config.load import from_dict, replace
+from study.config.schema import ConfigError, PipelineConfig, to_dict
+from study.search.space import (
     DefineByRun,
-    applies,
     default_points,
     grid_points,
-    ordered_space,
-    suggest,
     trial_params,
 )
 
@@ -117,10 +116,11 @@ def used_values(trainer: Any) -> dict[str, float]:
 
 
 def distributed_metrics(result: Any) -> dict[str, Any]:
-    """What rank 0 of a data-parallel trial reports per epoch (`study.distributed.train_loop`'s metrics_fn): the
+    """What rank 0 of a data-parallel trial reports per epoch (`study.training.distributed.train_loop`'s metrics_fn):
+    the
     epoch's metrics, `best/...`, the `used/...` values, and on the first report after a resume the epochs before
     the checkpoint (HISTORY_KEY), as the one-process trainable sends them."""
-    from study.distributed import epoch_metrics
+    from study.training.distributed import epoch_metrics
 
     metrics = epoch_metrics(result)
     metrics.update(used_values(result.trainer))
@@ -137,12 +137,12 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
     import torch
 
     from study.checkpoint import load_checkpoint, save_checkpoint
-    from study.engine import fit
+    from study.training.engine import fit
 
     torch.set_num_threads(max(1, threads))
     cfg = replace(from_dict(base), trial_params(config))
     if cfg.train.workers > 1:
-        from study.distributed import fit_in_tune_trial
+        from study.training.distributed import fit_in_tune_trial
 
         # The workers read the data from the object store (data_ref holds the driver's ObjectRef, unresolved);
         # this actor only waits on the TorchTrainer, whose reports reach Tune through TuneReportCallback.
@@ -273,7 +273,7 @@ def _train_checkpoint(train_storage: str, trial_id: str) -> Any:
     """The latest checkpoint of a data-parallel trial's Train run (None if it saved none)."""
     import ray.train
 
-    from study.distributed import RUN_PREFIX
+    from study.training.distributed import RUN_PREFIX
 
     quiet = logging.getLogger("ray.train")  # from_path logs "A run snapshot was found" at INFO, for each trial
     level = quiet.level
@@ -300,52 +300,13 @@ def delete_experiment(cfg: PipelineConfig, out_dir: Path) -> None:
         fs.delete_dir(inner)
 
 
-_LOCAL_RAY = {"started": False}  # whether init_ray started the local cluster this process uses
-
-
-def init_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
-    """Join the cluster inside a Ray job or KubeRay (RAY_ADDRESS set), else start a local one on 127.0.0.1.
-
-    `dashboard` starts the local cluster with Ray's dashboard (127.0.0.1; ~11 more processes, ~1 GB here), which
-    serves the state API. Data-parallel trials need it: when Tune stops one (ASHA, or at max_t) it kills the trial
-    actor, and Ray Train's placement-group cleaner, which frees the dead run's workers' CPUs/GPUs, asks the state
-    API whether the run's controller is alive; without it the resources stay reserved and the next trial waits for
-    ever. A local cluster this function started without it is restarted with it (before any trial)."""
-    import os
-
-    import ray
-
-    # Tune warns on every forced experiment snapshot (each trial checkpoint); our progress lines say enough.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        if not (dashboard and _LOCAL_RAY["started"] and not has_dashboard()):
-            return
-        ray.shutdown()
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)  # passing num_cpus to an existing cluster raises
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
-                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
-        _LOCAL_RAY["started"] = True
-
-
-def has_dashboard() -> bool:
-    """Whether the connected Ray cluster serves its dashboard (and with it the state API)."""
-    import ray._private.worker
-
-    try:
-        return bool(ray._private.worker.get_dashboard_url())
-    except Exception:  # noqa: BLE001 - unknown: assume the cluster has one (KubeRay heads do)
-        return True
-
-
 def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list[Any],
                resume: bool) -> list[TrialRecord]:
     """Run (or resume) the Tune experiment and return one record per trial. Raises ConfigError (before any trial)
     when `train.workers` does not fit its resources."""
     import ray
 
-    from study.distributed import check_workers, max_concurrent_trials, trial_resources
+    from study.training.distributed import check_workers, max_concurrent_trials, trial_resources
 
     s = cfg.search
     base = to_dict(cfg)

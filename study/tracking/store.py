@@ -39,7 +39,7 @@ import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from study.async_logger import AsyncLogger  # noqa: E402, F401 - re-exported: the tracking calls' queue
+from study.tracking.async_logger import AsyncLogger  # noqa: E402, F401 - re-exported: the tracking calls' queue
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 MAX_PARAM_LEN = 6000

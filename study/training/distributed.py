@@ -1,4 +1,5 @@
-"""Data-parallel training runs: one run (`study.engine`) as a Ray Train `TorchTrainer` with `train.workers` processes.
+"""Data-parallel training runs: one run (`study.training.engine`) as a Ray Train `TorchTrainer` with `train.workers`
+processes.
 
 Ray 2.60's pattern (Ray Train V2; ``Tuner(trainer)`` is deprecated): a Tune *function* trainable builds and fits a
 `TorchTrainer` whose ``RunConfig.callbacks`` hold ``ray.tune.integration.ray_train.TuneReportCallback()``, which
@@ -6,7 +7,7 @@ forwards rank 0's reports to Tune (`fit_in_tune_trial`). Each worker runs `train
 single process, with DDP (Li et al. 2020, "PyTorch Distributed"; NCCL on GPUs, gloo on CPUs) and:
 
 - the same global batches: every rank draws the epoch's permutation from the same (train.seed, epoch) seed and
-  takes its contiguous slice of each global batch of ``train.batch_size`` (`study.streaming.batch_indices`), so
+  takes its contiguous slice of each global batch of ``train.batch_size`` (`study.data.streaming.batch_indices`), so
   ``train.batch_size`` and ``train.lr`` mean the same for any number of workers (DDP averages the ranks' mean
   gradients: the global batch's mean gradient, as in Goyal et al. 2017 with a fixed global batch);
 - per-rank augmentation draws: each rank seeds its crops, flips and boxes with (epoch seed, rank). CutMix in
@@ -40,9 +41,10 @@ from typing import Any
 import torch
 
 from study.checkpoint import load_checkpoint, save_checkpoint
-from study.config import ConfigError, PipelineConfig, ResourcesConfig, from_dict, to_dict
-from study.data import DataBundle
-from study.engine import EpochResult, Trainer
+from study.config.load import from_dict
+from study.config.schema import ConfigError, PipelineConfig, ResourcesConfig, to_dict
+from study.data.bundle import DataBundle
+from study.training.engine import EpochResult, Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
 TRIAL_DRIVER_CPU = 0.5  # Tune's trial actor only starts the TorchTrainer and waits; Tune rejects {"cpu": 0}

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 
 from study.augment import build_mixer, soft_target_cross_entropy
 from study.checkpoint import rng_state, set_rng_state
-from study.config import PipelineConfig, TrainConfig, to_dict
-from study.data import BatchAugment, DataBundle, Split
+from study.config.schema import PipelineConfig, TrainConfig, to_dict
+from study.data.batches import BatchAugment
+from study.data.bundle import DataBundle, Split
+from study.data.streaming import iterate_split
 from study.models import build_model
-from study.streaming import iterate_split
 
 EVAL_BATCH = 256
 
@@ -84,7 +85,8 @@ def better(value: float, best: float | None, mode: str) -> bool:
 class Trainer:
     """Model, optimizer, schedule, augmentation and mixing for one configuration on one dataset.
 
-    One process by default. `study.distributed.DistributedTrainer` sets `rank`/`world` (each rank takes its slice
+    One process by default. `study.training.distributed.DistributedTrainer` sets `rank`/`world` (each rank takes its
+    slice
     of every global batch), `wrapped` (the DDP module the training step calls) and `reduce_sum` (all-reduce)."""
 
     rank, world = 0, 1
@@ -190,13 +192,13 @@ class Trainer:
         """The evaluation metrics `search.metric` names (study.evaluation.epoch_metrics on val, e.g.
         val/maxboxacc_v2), computed when `due` (every `search.eval_every` epochs and the last). In between the
         last values are carried, because Tune and ASHA need the metric in every report."""
-        from study.validation import REPORTED
+        from study.metric_names import REPORTED
 
         names = [m[len("val/"):] for m in self.cfg.search.metrics if m not in REPORTED]
         if not names:
             return {}
         if due or not getattr(self, "_evaluated", None):
-            from study.evaluation import epoch_metrics
+            from study.evaluation.suite import epoch_metrics
 
             val = self.data.val
             values = epoch_metrics(self.model, val.images, val.labels, self.data.mean, self.data.std, names=names,

@@ -2,7 +2,7 @@
 
 Writes `config.yaml` (resolved), `metrics.json` (final and best metrics), `checkpoints/{best,last}.pt`,
 `samples.png` (augmented, mixed training samples with their soft targets) and `curves.png`. Plain PyTorch through
-`study.engine.Trainer`: no Ray, no MLflow here (a caller that tracks passes `on_epoch`).
+`study.training.engine.Trainer`: no Ray, no MLflow here (a caller that tracks passes `on_epoch`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from study.config import DataConfig, PipelineConfig, dump_config
+from study.config.load import dump_config
+from study.config.schema import DataConfig, PipelineConfig
 
 SHOWN = ("train/loss", "val/loss", "val/top1_err", "test/top1_err")
 
@@ -25,7 +26,7 @@ SHOWN = ("train/loss", "val/loss", "val/top1_err", "test/top1_err")
 def dataset(cfg: DataConfig):
     """`study.data.load_data`, once per data config in a process: the study, retrain and evaluate of one
     pipeline share the in-memory dataset (generated sets take seconds; real readers decode once)."""
-    from study.data import load_data
+    from study.data.registry import load_data
 
     return load_data(cfg)
 
@@ -55,7 +56,7 @@ def save_sample_grid_for(cfg: PipelineConfig, data, path: Path, n: int = 32) -> 
     import torch
 
     from study.augment import build_mixer, one_hot
-    from study.data import BatchAugment, iterate_batches
+    from study.data.batches import BatchAugment, iterate_batches
     from study.plots import save_sample_grid
 
     gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -81,8 +82,8 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
     import shutil
 
     from study.checkpoint import load_checkpoint, save_checkpoint
-    from study.engine import Trainer
     from study.plots import save_learning_curves
+    from study.training.engine import Trainer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,13 +117,13 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
 
 
 def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str) -> dict[str, Any]:
-    """One retrain seed as a Ray task (study.placement.run_tasks): train `cfg` (plain data) into `run_dir` on
+    """One retrain seed as a Ray task (study.cluster.tasks.run_tasks): train `cfg` (plain data) into `run_dir` on
     `data` (train+val merged), the final epoch being the model. Continues from `checkpoints/last.pt` when an
     earlier attempt left one, so Ray's retry of a task whose worker died resumes it. Writes `task.json` (PID and
     start time) first, for whoever watches the run. Returns train_run's summary with the per-epoch history."""
     import os
 
-    from study.config import from_dict
+    from study.config.load import from_dict
 
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)

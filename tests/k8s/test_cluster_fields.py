@@ -54,7 +54,7 @@ def entrypoint_sets(job: dict) -> list[str]:
 
 
 def pipeline_config(name: str, job: dict | None = None) -> Any:
-    from study.config import apply_overrides, from_dict
+    from study.config.load import apply_overrides, from_dict
 
     job = job or rayjob(name)
     return from_dict(apply_overrides(yaml.safe_load(pipeline_text(name)), entrypoint_sets(job)))
@@ -109,9 +109,9 @@ def check_storage_from_entrypoint(job: dict, cfg: Any) -> None:
 
 def check_trials_fit(job: dict, cfg: Any) -> None:
     """Data-parallel trials fit the cluster at its largest and `search.max_concurrent` never exceeds what it holds
-    (study.distributed.max_concurrent_trials), so trials do not wait on each other's placement groups."""
-    from study.config import ConfigError
-    from study.distributed import check_workers, max_concurrent_trials
+    (study.training.distributed.max_concurrent_trials), so trials do not wait on each other's placement groups."""
+    from study.config.schema import ConfigError
+    from study.training.distributed import check_workers, max_concurrent_trials
 
     try:
         check_workers(cfg)

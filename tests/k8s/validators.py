@@ -726,7 +726,7 @@ def config_file_text(objs: list[dict], rayjob: dict, path: str) -> str:
 
 def parse_pipeline_config(text: str, overrides: list[str]) -> Any:
     """The config the pipeline will run: `study.config.from_dict` after the entrypoint's --set overrides."""
-    from study import config as sc
+    import study.config as sc
 
     try:
         data = yaml.safe_load(text)

@@ -16,10 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.detect_stage import run as run_detect
-from study.config import load_config
+from study.config.load import load_config
 from study.export import export_backbone
-from study.runner import train_run
-from study.tracking import Tracker
+from study.tracking.store import Tracker
+from study.training.runner import train_run
 from tests.conftest import TINY, assert_one_line_error, run_main, set_args
 
 # The default pair (issue 10): the embedded default's classifier (cluttered digits, 24 px, the small CNN, 12 epochs,

@@ -3,7 +3,7 @@
 - a trial's process SIGKILLed mid-epoch: Tune restarts the trial from its last checkpoint (search.max_failures), the
   study finishes, and neither the trial nor its MLflow run is duplicated; its MLflow curve has every epoch once;
 - the tracking server stopped for 30 s mid-study and started again on the same store and port: the study does not
-  fail and no epoch's metrics are lost (study.async_logger buffers, MLflow's client and the logger retry).
+  fail and no epoch's metrics are lost (study.tracking.async_logger buffers, MLflow's client and the logger retry).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from study.config import load_config
-from study.tracking import Tracker
-from study.tracking_server import MlflowServer, start_mlflow_server, wait_http
+from study.config.load import load_config
+from study.tracking.store import Tracker
 from tests.conftest import TINY
+from tests.helpers.tracking_server import MlflowServer, start_mlflow_server, wait_http
 
 SPACE = "search.space.cutmix.prob={type: uniform, low: 0.0, high: 1.0}"
 

@@ -1,4 +1,4 @@
-"""Training work as Ray tasks (study.placement): retrain seeds run side by side, and a seed whose worker process is
+"""Training work as Ray tasks (study.cluster.tasks): retrain seeds run side by side, and a seed whose worker process is
 killed is retried by Ray and resumed from its last checkpoint, the summary still counting every seed."""
 
 from __future__ import annotations

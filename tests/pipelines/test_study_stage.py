@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from pipelines.study_stage import run as run_study
-from study.config import load_config, replace
+from study.config.load import load_config, replace
 from study.models import build_model
-from study.tracking import Tracker
+from study.tracking.store import Tracker
 from tests.conftest import TINY
 
 
@@ -28,7 +28,7 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def digits8():
-    from study.data import load_data
+    from study.data.registry import load_data
 
     return load_data(load_config(None, TINY).data)
 

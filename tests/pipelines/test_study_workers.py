@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from study.config import from_dict, load_config
-from study.tracking import Tracker
+from study.config.load import from_dict, load_config
+from study.tracking.store import Tracker
 from tests.conftest import TINY
 
 
@@ -20,7 +20,8 @@ def ray4():
     if ray.is_initialized():
         ray.shutdown()
     # Each trial: its actor (0.5 CPU) + 2 workers (1 CPU each); logical CPUs, the machine may have fewer cores.
-    # The dashboard serves the state API Ray Train needs to free a stopped trial's workers (study.search.init_ray).
+    # The dashboard serves the state API Ray Train needs to free a stopped trial's workers
+    # (study.cluster.session.init_ray).
     ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
              _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
     try:
@@ -43,8 +44,8 @@ def test_two_worker_trials_report_what_one_process_measures_on_their_checkpoint(
     from mlflow.tracking import MlflowClient
 
     from pipelines.study_stage import run as run_study
-    from study.data import load_data
-    from study.engine import Trainer
+    from study.data.registry import load_data
+    from study.training.engine import Trainer
 
     cfg = load_config(None, TINY + [
         "name=workers", "train.workers=2", "train.device=cpu", "search.num_samples=2", "search.max_concurrent=2",
@@ -85,7 +86,7 @@ def test_two_worker_trials_report_what_one_process_measures_on_their_checkpoint(
 
 
 def test_workers_cannot_be_searched():
-    from study.config import ConfigError
+    from study.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="search.space.train.workers is not allowed"):
         load_config(None, TINY + ["search.space.train.workers={type: choice, values: [1, 2]}"])

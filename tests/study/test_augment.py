@@ -24,7 +24,7 @@ from study.augment import (
     one_hot,
     soft_target_cross_entropy,
 )
-from study.config import CutMixConfig
+from study.config.schema import CutMixConfig
 
 torch.set_num_threads(1)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from study.config import load_config
-from study.data import load_data
-from study.engine import fit
-from study.evaluation import evaluate_model
+from study.config.load import load_config
+from study.data.registry import load_data
+from study.evaluation.suite import evaluate_model
+from study.training.engine import fit
 
 
 @pytest.mark.slow

@@ -17,7 +17,8 @@ from torch import nn
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import FeaturePyramidNetwork
 
-from study.config import DetectConfig
+from study.config.schema import DetectConfig
+from study.data.shapes import CLASSES_SYNTHETIC, SyntheticShapes
 from study.detection import (
     VOC_CLASSES,
     DetectionDataError,
@@ -31,7 +32,6 @@ from study.detection import (
     train_one_epoch,
     voc_dataset,
 )
-from study.shapes import CLASSES_SYNTHETIC, SyntheticShapes
 
 torch.set_num_threads(1)
 

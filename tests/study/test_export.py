@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-from study.config import dump_config, load_config, to_dict
+from study.config.load import dump_config, load_config
+from study.config.schema import to_dict
 from study.export import ExportError, export_backbone, load_backbone, verify_export
 from study.models import build_model
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-from study.config import ModelConfig
+from study.config.schema import ModelConfig
 from study.models import MODEL_NAMES, Classifier, build_model, count_parameters
 
 torch.set_num_threads(1)

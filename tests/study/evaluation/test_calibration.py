@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from study.calibration import classification_metrics, reliability
-from study.eval_common import EvaluationError
+from study.evaluation.calibration import classification_metrics, reliability
+from study.metric_names import EvaluationError
 
 
 def test_errors_and_nll_by_hand():

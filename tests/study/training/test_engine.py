@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from study.config import load_config
-from study.data import load_data
-from study.engine import Trainer, build_scheduler, fit
+from study.config.load import load_config
+from study.data.registry import load_data
+from study.training.engine import Trainer, build_scheduler, fit
 from tests.conftest import TINY
 
 

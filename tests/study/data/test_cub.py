@@ -8,8 +8,8 @@ import pytest
 import torch
 from torchvision.io import write_jpeg, write_png
 
-from study.box_data import read_cub, read_image_folder, read_imagenet_val, resize_box
-from study.data import DataError
+from study.data.bundle import DataError
+from study.data.cub import read_cub, read_image_folder, read_imagenet_val, resize_box
 
 
 def _image(path: Path, w: int, h: int, value: int) -> None:

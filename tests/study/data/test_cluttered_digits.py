@@ -8,9 +8,11 @@ import time
 import pytest
 import torch
 
-from study.cluttered_digits import CLASSES_DIGITS, DigitScenes, render_split, split_identities
-from study.config import ConfigError, DataConfig, DetectConfig, PipelineConfig, from_dict, to_dict
-from study.data import boxes_from_masks, load_data
+from study.config.load import from_dict
+from study.config.schema import ConfigError, DataConfig, DetectConfig, PipelineConfig, to_dict
+from study.data.bundle import boxes_from_masks
+from study.data.cluttered_digits import CLASSES_DIGITS, DigitScenes, render_split, split_identities
+from study.data.registry import load_data
 
 SIZES = (240, 60, 120)
 
@@ -125,7 +127,7 @@ def test_merged_train_val_carries_boxes_and_masks(bundle):
 
 
 def test_shapes_classification_has_boxes_around_its_shape():
-    from study.shapes import SyntheticShapes
+    from study.data.shapes import SyntheticShapes
 
     for size in (24, 12):  # 12 px: drawn at 16 and resized, the masks follow the resize
         d = load_data(DataConfig(name="shapes", image_size=size, synthetic_sizes=(30, 6, 6)))
@@ -208,7 +210,7 @@ def test_scenes_use_disjoint_identities_and_are_deterministic():
     assert torch.equal(again.images, train.images) and torch.equal(again.boxes, train.boxes)
     assert not torch.equal(DigitScenes(16, 48, seed=4, split="train", split_seed=2).images, train.images)
     # The label is the digit drawn: 1 + the sklearn label of the identity.
-    from study.cluttered_digits import _glyphs
+    from study.data.cluttered_digits import _glyphs
 
     assert torch.equal(train.labels[train.present], _glyphs()[1][train.identities[train.present]] + 1)
 
@@ -243,8 +245,8 @@ def test_scenes_train_a_detector_step():
 
 @pytest.mark.slow
 def test_a_small_cnn_learns_the_target_digit():
-    from study.config import CutMixConfig, ModelConfig, TrainConfig
-    from study.engine import fit
+    from study.config.schema import CutMixConfig, ModelConfig, TrainConfig
+    from study.training.engine import fit
 
     # ~35 CPU-seconds (1 thread: 0.76 s per 1,000 training images at 24 px). Measured: ~20 % test error after
     # 10 epochs of 4,000; the first few hundred steps sit near chance while the net finds the digit in the clutter.
@@ -265,7 +267,7 @@ def test_a_small_cnn_learns_the_target_digit():
     inside = ((xx >= b[:, 0, None, None]) & (xx <= b[:, 2, None, None]) & (yy >= b[:, 1, None, None])
               & (yy <= b[:, 3, None, None]))
     x = torch.where(inside[:, None], x.float().mean((2, 3), keepdim=True).to(torch.uint8), x)
-    from study.data import Split
+    from study.data.bundle import Split
 
     hidden = trainer.evaluate(Split(x, data.test.labels), "hidden")["hidden/top1_err"]
     assert hidden > err + 30, (err, hidden)

@@ -1,4 +1,4 @@
-"""study.distributed: data-parallel runs on a real local Ray (gloo DDP on the CPU), the Tune-trial wrapper, the
+"""study.training.distributed: data-parallel runs on a real local Ray (gloo DDP on the CPU), the Tune-trial wrapper, the
 rules that size them, and the batch sharding they rely on."""
 
 from __future__ import annotations
@@ -8,9 +8,11 @@ import dataclasses
 import pytest
 import torch
 
-from study.config import ConfigError, ResourcesConfig, load_config
-from study.data import Split, iterate_batches
-from study.streaming import batch_indices, iterate_split
+from study.config.load import load_config
+from study.config.schema import ConfigError, ResourcesConfig
+from study.data.batches import iterate_batches
+from study.data.bundle import Split
+from study.data.streaming import batch_indices, iterate_split
 
 TINY = ["data.image_size=8", "data.pad=1", "model.arch=cnn", "model.width=8", "train.epochs=2", "train.batch_size=64",
         "train.lr=0.05", "train.num_threads=1", "train.device=cpu", "train.workers=2"]
@@ -44,7 +46,7 @@ def test_rank_shards_rebuild_the_global_batches(n: int, batch: int, drop_last: b
 
 
 def test_check_workers_rejects_bad_values() -> None:
-    from study.distributed import check_workers
+    from study.training.distributed import check_workers
 
     check_workers(_cfg())
     with pytest.raises(ConfigError, match="train.workers=0"):
@@ -57,7 +59,7 @@ def test_check_workers_rejects_bad_values() -> None:
 
 
 def test_max_concurrent_trials_never_oversubscribes() -> None:
-    from study.distributed import max_concurrent_trials, trial_resources
+    from study.training.distributed import max_concurrent_trials, trial_resources
 
     cfg = _cfg("search.max_concurrent=64", "train.batch_size=256", "train.workers=8")
     two_nodes = {"CPU": 2 * 64 + 8, "GPU": 16}  # 2 nodes x 8 GPUs, plus a head with CPUs only
@@ -96,9 +98,9 @@ def local_ray():
 
 @pytest.mark.slow
 def test_two_worker_run_reports_single_process_metrics_and_resumes(local_ray, tmp_path) -> None:
-    from study.data import load_data
-    from study.distributed import fit_distributed, load_result_checkpoint
-    from study.engine import Trainer
+    from study.data.registry import load_data
+    from study.training.distributed import fit_distributed, load_result_checkpoint
+    from study.training.engine import Trainer
 
     cfg = _cfg()
     data = load_data(cfg.data)
@@ -128,8 +130,8 @@ def test_two_worker_run_reports_single_process_metrics_and_resumes(local_ray, tm
 def test_fit_in_tune_trial_reports_rank0_metrics_to_tune(local_ray, tmp_path) -> None:
     from ray import tune
 
-    from study.data import load_data
-    from study.distributed import fit_in_tune_trial, load_result_checkpoint, trial_resources
+    from study.data.registry import load_data
+    from study.training.distributed import fit_in_tune_trial, load_result_checkpoint, trial_resources
 
     cfg = _cfg()
     data = load_data(cfg.data)
@@ -161,10 +163,11 @@ def test_fit_in_tune_trial_reports_rank0_metrics_to_tune(local_ray, tmp_path) ->
 @pytest.mark.slow
 def test_two_workers_stream_an_image_folder(local_ray, tmp_path) -> None:
     """DataLoader decode workers inside Ray Train workers, each rank decoding only its slice of every batch."""
-    from study.data import load_data
-    from study.distributed import fit_distributed, load_result_checkpoint
-    from study.engine import Trainer
     from tests.study.test_streaming import stream_cfg, write_folder
+
+    from study.data.registry import load_data
+    from study.training.distributed import fit_distributed, load_result_checkpoint
+    from study.training.engine import Trainer
 
     cfg = stream_cfg(write_folder(tmp_path / "imgs", 96, 24), "train.workers=2", "data.loader_workers=1")
     data = load_data(cfg.data)

@@ -8,7 +8,7 @@ import threading
 import pytest
 from mlflow.exceptions import MlflowException
 
-from study import tracking
+from study.tracking import store as tracking
 
 
 def test_jobs_run_in_order_on_the_logger_thread_and_submit_does_not_wait():

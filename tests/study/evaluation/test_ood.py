@@ -7,10 +7,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from study.config import ModelConfig
-from study.eval_common import EvaluationError
+from study.config.schema import ModelConfig
+from study.evaluation.ood import max_softmax, noise_images, ood_metrics, ood_scores, prepare_ood_images
+from study.metric_names import EvaluationError
 from study.models import build_model
-from study.ood import max_softmax, noise_images, ood_metrics, ood_scores, prepare_ood_images
 
 torch.set_num_threads(1)
 

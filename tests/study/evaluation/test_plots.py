@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from study.config import ModelConfig
-from study.eval_plots import (
+from study.config.schema import ModelConfig
+from study.evaluation.plots import (
     save_cam_grid,
     save_evaluation_plots,
     save_fgsm_curve,
     save_occlusion_curves,
     save_reliability_diagram,
 )
-from study.evaluation import evaluate_model
+from study.evaluation.suite import evaluate_model
 from study.models import build_model
 from tests.study.test_plots import assert_png
 

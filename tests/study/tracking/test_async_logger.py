@@ -1,4 +1,5 @@
-"""study.async_logger: tracking calls retried through a server outage, in order; the bounded queue's back-pressure;
+"""study.tracking.async_logger: tracking calls retried through a server outage, in order; the bounded queue's
+back-pressure;
 jobs dropped (and reported) only after the patience runs out. The failing jobs here are our own functions raising
 the errors a dead server gives; `test_a_dead_server_is_recognised` checks that MLflow's real error is one of them."""
 
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from study.async_logger import AsyncLogger, TrackingUnavailable, unreachable
+from study.tracking.async_logger import AsyncLogger, TrackingUnavailable, unreachable
 
 
 def flaky(failures: int, ran: list, name: str, exc: type[BaseException] = ConnectionRefusedError):
@@ -119,8 +120,8 @@ def test_a_dead_server_is_recognised(monkeypatch, tmp_path):
     """MLflow's real error for a server that is not listening (its own retries off, so it answers at once)."""
     from mlflow.exceptions import MlflowException
 
-    from study import tracking
-    from study.tracking_server import free_port
+    from study.tracking import store as tracking
+    from tests.helpers.tracking_server import free_port
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     client = tracking.client_for(f"http://127.0.0.1:{free_port()}")

@@ -9,10 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from study.config import ModelConfig
-from study.eval_common import CAMError, EvaluationError
-from study.models import build_model
-from study.wsol import (
+from study.config.schema import ModelConfig
+from study.evaluation.wsol import (
     class_activation_maps,
     component_boxes,
     iou_inclusive,
@@ -25,6 +23,8 @@ from study.wsol import (
     to_uint8_maps,
     top1_loc,
 )
+from study.metric_names import CAMError, EvaluationError
+from study.models import build_model
 
 torch.set_num_threads(1)
 
@@ -246,7 +246,7 @@ def _coloured_objects(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tens
 def test_trained_model_localizes_far_above_random_cams():
     """A small CNN trained for a few epochs on coloured objects localizes them; random CAMs do not. (The shapes set
     at 32 px needs 10+ epochs before its loss leaves ln 3; the embedded cluttered digits will replace this set.)"""
-    from study.data import BatchAugment
+    from study.data.batches import BatchAugment
 
     torch.manual_seed(0)
     x_train, y_train, _ = _coloured_objects(1000, seed=1)

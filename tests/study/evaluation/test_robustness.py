@@ -7,16 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from study.config import ModelConfig
-from study.eval_common import EvaluationError, predict_logits
-from study.models import build_model
-from study.robustness import (
+from study.config.schema import ModelConfig
+from study.evaluation.common import predict_logits
+from study.evaluation.robustness import (
     default_hole_sizes,
     fgsm_curve,
     fgsm_perturb,
     in_between_curves,
     occlusion_curves,
 )
+from study.metric_names import EvaluationError
+from study.models import build_model
 
 torch.set_num_threads(1)
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)

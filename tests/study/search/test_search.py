@@ -8,8 +8,9 @@ import itertools
 import optuna
 import pytest
 
-from study.config import ConfigError, CutMixConfig, load_config
-from study.search import CONDITIONAL, DefineByRun, applies, default_points, grid_points, ordered_space
+from study.config.load import load_config
+from study.config.schema import ConfigError, CutMixConfig
+from study.search.space import CONDITIONAL, DefineByRun, applies, default_points, grid_points, ordered_space
 
 METHODS = ("cutmix", "mixup", "cutout", "none")
 

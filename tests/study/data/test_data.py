@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import DataConfig
-from study.data import BatchAugment, DataError, Split, iterate_batches, load_data
+from study.config.schema import DataConfig
+from study.data.batches import BatchAugment, iterate_batches
+from study.data.bundle import DataError, Split
+from study.data.registry import load_data
 
 
 def test_digits_fixed_stratified_disjoint_splits():

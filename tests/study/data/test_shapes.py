@@ -1,11 +1,11 @@
-"""Tests for study/shapes.py: the procedural shapes are deterministic, well-formed and their boxes tight."""
+"""Tests for study/data/shapes.py: the procedural shapes are deterministic, well-formed and their boxes tight."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from study.shapes import CLASSES_SYNTHETIC, SyntheticShapes
+from study.data.shapes import CLASSES_SYNTHETIC, SyntheticShapes
 
 
 def test_synthetic_is_deterministic_per_index_and_seed():

@@ -1,4 +1,5 @@
-"""study.streaming: ImageNet-style folders and manifests decoded per batch in DataLoader workers, on generated JPEGs."""
+"""study.data.streaming: ImageNet-style folders and manifests decoded per batch in DataLoader workers, on generated
+JPEGs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.config import DataConfig, load_config
-from study.data import DataError, load_data
+from study.config.load import load_config
+from study.config.schema import DataConfig
+from study.data.bundle import DataError
+from study.data.registry import load_data
 
 SIZE = 24
 
@@ -49,7 +52,7 @@ def folder(tmp_path_factory) -> Path:
 
 
 def test_bundle_holds_paths_not_pixels(folder: Path) -> None:
-    from study.streaming import FileSplit, StreamingBundle
+    from study.data.streaming import FileSplit, StreamingBundle
 
     data = load_data(stream_cfg(folder).data)
     assert isinstance(data, StreamingBundle) and isinstance(data.train, FileSplit)
@@ -64,7 +67,7 @@ def test_bundle_holds_paths_not_pixels(folder: Path) -> None:
 
 
 def test_batches_are_fixed_size_uint8_and_reproducible(folder: Path) -> None:
-    from study.streaming import iterate_split
+    from study.data.streaming import iterate_split
 
     data = load_data(stream_cfg(folder, "data.loader_workers=2").data)
     batches = list(iterate_split(data.train, 32, shuffle=True, seed=3, drop_last=True))
@@ -90,7 +93,7 @@ def test_batches_are_fixed_size_uint8_and_reproducible(folder: Path) -> None:
 
 
 def test_rank_shards_decode_only_their_slice(folder: Path) -> None:
-    from study.streaming import iterate_split
+    from study.data.streaming import iterate_split
 
     data = load_data(stream_cfg(folder, "data.loader_workers=0").data)
     whole = list(iterate_split(data.train, 32, shuffle=True, seed=1, drop_last=True))
@@ -129,7 +132,7 @@ def test_bad_input_is_one_line_data_error(tmp_path: Path) -> None:
     bad = write_folder(tmp_path / "bad", 8, 4)
     (bad / "train" / "class1" / "broken.jpg").write_bytes(b"not a jpeg")
     data = load_data(stream_cfg(bad, "data.loader_workers=0").data)
-    from study.streaming import iterate_split
+    from study.data.streaming import iterate_split
 
     with pytest.raises(DataError, match="cannot decode .*broken.jpg"):
         list(iterate_split(data.train, 4, shuffle=False))
@@ -143,7 +146,7 @@ def test_bad_input_is_one_line_data_error(tmp_path: Path) -> None:
 
 
 def test_engine_trains_and_evaluates_on_a_stream(folder: Path) -> None:
-    from study.engine import Trainer
+    from study.training.engine import Trainer
 
     cfg = stream_cfg(folder, "data.loader_workers=1", "cutmix.prob=1.0")
     trainer = Trainer(cfg, load_data(cfg.data), "cpu")
@@ -171,7 +174,7 @@ def _live_tensor_bytes() -> int:
 
 
 def _peak_while_streaming(root: Path) -> tuple[int, int]:
-    from study.streaming import iterate_split
+    from study.data.streaming import iterate_split
 
     data = load_data(stream_cfg(root, "data.loader_workers=2", "data.val_fraction=0.1").data)
     gc.collect()

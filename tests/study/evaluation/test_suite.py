@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from study.config import ModelConfig
-from study.eval_common import CAMError, EvaluationError
-from study.evaluation import EPOCH_METRICS, EVALUATIONS, epoch_metrics, evaluate_model, fgsm_name, metric_mode
+from study.config.schema import ModelConfig
+from study.evaluation.suite import epoch_metrics, evaluate_model
+from study.metric_names import EPOCH_METRICS, EVALUATIONS, CAMError, EvaluationError, fgsm_name, metric_mode
 from study.models import build_model
 
 torch.set_num_threads(1)

@@ -1,4 +1,5 @@
-"""study.tracking_server: a local `mlflow server` is stopped whole (launcher and uvicorn worker), never orphaned."""
+"""tests.helpers.tracking_server: a local `mlflow server` is stopped whole (launcher and uvicorn worker), never
+orphaned."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import urllib.request
 import psutil
 import pytest
 
-from study.tracking_server import start_mlflow_server, stop_process_group
+from tests.helpers.tracking_server import start_mlflow_server, stop_process_group
 
 
 def group_members(pgid: int) -> list[psutil.Process]:

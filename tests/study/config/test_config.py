@@ -6,17 +6,8 @@ import dataclasses
 
 import pytest
 
-from study.config import (
-    DEFAULT_CONFIG,
-    ConfigError,
-    PipelineConfig,
-    apply_overrides,
-    dump_config,
-    flatten,
-    from_dict,
-    load_config,
-    replace,
-)
+from study.config.load import DEFAULT_CONFIG, apply_overrides, dump_config, from_dict, load_config, replace
+from study.config.schema import ConfigError, PipelineConfig, flatten
 
 
 def test_default_config_loads_and_round_trips(tmp_path):

@@ -1,0 +1,51 @@
+"""The Ray session of a cutmix-study command: join the cluster of a Ray job / KubeRay, or start a local one.
+
+No Tune import here: the Ray-task stages (retrain, evaluate, detect) start Ray without loading Tune.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def started_locally() -> bool:
+    """Whether this process is connected to a local cluster it started (not a joined one: RAY_ADDRESS unset).
+
+    `init_ray` is the only place that starts Ray, and it starts it only when RAY_ADDRESS is unset, so the environment
+    and `ray.is_initialized()` say it without a module-global flag."""
+    import ray  # late: importing ray costs ~1 s, and the CLI's bad-input paths never need it
+
+    return ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+
+
+def init_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
+    """Join the cluster inside a Ray job or KubeRay (RAY_ADDRESS set), else start a local one on 127.0.0.1.
+
+    `dashboard` starts the local cluster with Ray's dashboard (127.0.0.1; ~11 more processes, ~1 GB here), which
+    serves the state API. Data-parallel trials need it: when Tune stops one (ASHA, or at max_t) it kills the trial
+    actor, and Ray Train's placement-group cleaner, which frees the dead run's workers' CPUs/GPUs, asks the state
+    API whether the run's controller is alive; without it the resources stay reserved and the next trial waits for
+    ever. A local cluster this function started without it is restarted with it (before any trial)."""
+    import ray  # late: start-up time
+
+    # Tune warns on every forced experiment snapshot (each trial checkpoint); our progress lines say enough.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        if not (dashboard and started_locally() and not has_dashboard()):
+            return
+        ray.shutdown()
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)  # passing num_cpus to an existing cluster raises
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
+                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
+
+
+def has_dashboard() -> bool:
+    """Whether the connected Ray cluster serves its dashboard (and with it the state API)."""
+    import ray._private.worker
+
+    try:
+        return bool(ray._private.worker.get_dashboard_url())
+    except Exception:  # noqa: BLE001 - unknown: assume the cluster has one (KubeRay heads do)
+        return True
