@@ -90,7 +90,7 @@ def bench_ray_data(folder: Path, size: int, cpus: int) -> tuple[float, int] | st
         return f"unavailable ({exc})"
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
              configure_logging=True, logging_level="ERROR")
     try:
         ctx = ray.data.DataContext.get_current()

@@ -37,8 +37,10 @@ def init_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)  # passing num_cpus to an existing cluster raises
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", log_to_driver=False,
-                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
+        # address="local": a new cluster of our own. Without it ray.init() joins the machine's latest `ray start`
+        # cluster (/tmp/ray/ray_current_cluster), which may be another user's or already gone.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 log_to_driver=False, _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
 
 
 def has_dashboard() -> bool:

@@ -22,7 +22,7 @@ def ray4():
     # Each trial: its actor (0.5 CPU) + 2 workers (1 CPU each); logical CPUs, the machine may have fewer cores.
     # The dashboard serves the state API Ray Train needs to free a stopped trial's workers
     # (study.cluster.session.init_ray).
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
+    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=False,
              _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
     try:
         yield

@@ -88,8 +88,8 @@ def local_ray():
         ray.shutdown()
     if not ray.is_initialized():
         # A trial actor (0.5 CPU) + 2 workers (1 CPU each) need 2.5 logical CPUs; 4 leave room for Ray's own.
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-                 configure_logging=True, logging_level="WARNING")
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
         started = True
     yield ray
     if started:
