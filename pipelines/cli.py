@@ -15,6 +15,15 @@ from pathlib import Path
 SUBCOMMANDS = ("run", "study", "retrain", "evaluate", "export", "detect", "train")
 
 
+# `--from` of each stage that has one: what it may name (pipelines.common.resolve_source resolves it for all).
+FROM_HELP = {
+    "retrain": "a study output directory or the study's MLflow run id (default: the output directory)",
+    "evaluate": "a study output directory after retrain, its retrain/ directory, or a retrain MLflow run id",
+    "export": "a study output directory after retrain, a run directory, or a retrain MLflow run id",
+    "detect": "an export directory, an output directory holding export/, or an export MLflow run id",
+}
+
+
 class UsageError(ValueError):
     """Bad command-line input; one-line message."""
 
@@ -50,11 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the output dir)")
         p.add_argument("--resume", action="store_true", help="continue the run stored in the output directory")
         p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output directory")
-        if name in ("retrain", "evaluate", "export"):
-            p.add_argument("--from", dest="source", default=None,
-                           help="a study/run directory or an MLflow run id (default: the output directory)")
+        if name in FROM_HELP:
+            flags = ("--from", "--backbone") if name == "detect" else ("--from",)  # --backbone: the old name
+            p.add_argument(*flags, dest="source", default=None, help=FROM_HELP[name])
         if name == "detect":
-            p.add_argument("--backbone", default=None, help="an export directory (default: <output>/export)")
             p.add_argument("--data", default=None, help="'synthetic' or a Pascal VOC root (holding VOCdevkit/)")
     return parser
 
@@ -77,10 +85,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def dispatch(args: argparse.Namespace) -> int:
+    """`run` chains the stages; every other subcommand is one stage through the same door (`stage_main`)."""
     from importlib import import_module
 
-    module = import_module(f"pipelines.{'train_stage' if args.command == 'train' else args.command + '_stage'}")
-    return int(module.main(args) or 0)
+    from pipelines.common import stage_main
+
+    module = import_module(f"pipelines.{args.command}_stage")
+    return int(module.main(args) or 0) if args.command == "run" else stage_main(module, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,7 @@
 """What every stage does at the door: the config, the output directory (with --resume / --overwrite), the tracker,
-and `--from` (a directory or an MLflow run id), each resolved here once for every stage.
+and `--from` (a directory, a file, or an MLflow run id), each resolved here once for every stage. `stage_main` is
+the one `main()` of every subcommand: it resolves those, calls the stage's `run(cfg, out_dir, tracker, *, source,
+resume, overwrite)` and prints the stage's `report(result)`.
 
 --resume and --overwrite, for every stage (`open_stage`):
 - neither: a stage whose outputs already exist refuses to run (exit 2): nothing is replaced silently;
@@ -17,10 +19,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pipelines.results import ResultError, StageResult
-from study.config.load import load_config
+from study.config.load import apply_overrides, from_dict, load_config
 from study.config.schema import PipelineConfig
 
 R = TypeVar("R", bound=StageResult)
@@ -136,6 +138,23 @@ class Source:
     run_id: str | None = None
     tags: dict[str, str] | None = None
 
+    @property
+    def stage(self) -> str | None:
+        """The `cutmix.stage` tag of a run source (study, retrain, retrain-seed, trial, export, ...)."""
+        return (self.tags or {}).get("cutmix.stage")
+
+    def root(self) -> Path | None:
+        """The pipeline output directory this source belongs to: a run's `cutmix.output` tag; for a path, the
+        directory above a stage directory (`<out>/retrain` -> `<out>`) or above a checkpoint's `checkpoints/`, else
+        the directory itself."""
+        if self.run_id:
+            out = (self.tags or {}).get("cutmix.output")
+            return Path(out) if out else None
+        path = Path(self.path)
+        if path.is_file():
+            path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return path.parent if path.name in STAGE_DIRS else path
+
     def download(self, tracker, artifact: str, dst: Path, *, required: str | None = None) -> Path | None:
         """Fetch `artifact` of the run into `dst`; None if absent, or OutputError(`required`) when it is needed."""
         try:
@@ -146,18 +165,61 @@ class Source:
             raise OutputError(f"MLflow run {self.run_id} has no {artifact} artifact ({required})") from None
 
 
-def resolve_source(source: str | Path | None, tracker, *, stages: tuple[str, ...], hint: str) -> Source | None:
-    """`--from` for every stage that takes one: None (use the output directory), an existing directory, or an
-    MLflow run id whose `cutmix.stage` tag is one of `stages`. `hint` says what to give instead."""
+STAGE_DIRS = ("study", "retrain", "evaluate", "export", "detect", "train")
+
+
+def resolve_source(source: str | Path | Source | None, tracker, *, stages: tuple[str, ...],
+                   hint: str) -> Source | None:
+    """`--from` for every stage that takes one: None (use the output directory), an existing directory or file, or
+    an MLflow run id whose `cutmix.stage` tag is one of `stages`. `hint` says what to give instead. `tracker` may
+    be a callable returning the tracker, so that one is built only when a run id needs it."""
+    if isinstance(source, Source):
+        return source
     if source is None or source == "":
         return None
     text = str(source)
     if is_run_id(text):
+        tracker = tracker() if callable(tracker) else tracker
         tags, _, _ = tracker.run_info(text)
         if tags.get("cutmix.stage") not in stages:
             raise OutputError(f"MLflow run {text} is a {tags.get('cutmix.stage', 'non-cutmix')} run ({hint})")
         return Source(run_id=text, tags=dict(tags))
     path = Path(text)
     if not path.exists():
-        raise OutputError(f"--from {text}: no such directory or MLflow run id ({hint})")
+        raise OutputError(f"--from {text}: no such directory, file or MLflow run id ({hint})")
     return Source(path=path)
+
+
+def stage_main(stage: Any, args: argparse.Namespace) -> int:
+    """The `main()` of every subcommand, the same few lines for each: the door (config, `--from`, output, tracker)
+    then `stage.run(...)` and `stage.report(result)`.
+
+    A stage module declares what it accepts: `SOURCE_STAGES` (the `cutmix.stage` tags a `--from` run id may carry;
+    empty when the stage takes no `--from`), `SOURCE_HINT` (what to give instead), and optionally
+    `source_config(source, out_dir, tracker) -> dict | Path | None`, the config its source carries (the study's
+    best_config.yaml, an export's manifest), used when `--config` is not given."""
+    cfg, out, tracker, source = door(stage, args)
+    result = stage.run(cfg, out, tracker, source=source, resume=args.resume, overwrite=args.overwrite)
+    print(stage.report(result))
+    print(f"browse: {tracker.ui_command()}")
+    return 0
+
+
+def door(stage: Any, args: argparse.Namespace) -> tuple[PipelineConfig, Path, Any, Source | None]:
+    """(config, output directory, tracker, resolved `--from`) of a command line, before anything is written: every
+    config error is raised here (study.config.validate), and a bad `--from` too."""
+    if hasattr(stage, "arg_overrides"):  # stage-specific flags that are config overrides (detect --data)
+        args.overrides = [*args.overrides, *stage.arg_overrides(args)]
+    cfg = config_from_args(args)  # validated at the door, even when the source's config replaces it below
+    probe_out = Path(args.output or default_output(cfg))
+    text = getattr(args, "source", None)
+    source = resolve_source(text, lambda: tracker_for(args, probe_out), stages=tuple(stage.SOURCE_STAGES),
+                            hint=stage.SOURCE_HINT) if stage.SOURCE_STAGES else None
+    out = Path(args.output or (source.root() if source is not None else None) or default_output(cfg))
+    tracker = tracker_for(args, out)
+    carried = stage.source_config(source, out, tracker) if hasattr(stage, "source_config") and not args.config else None
+    if isinstance(carried, Path):
+        cfg = load_config(carried, args.overrides)
+    elif isinstance(carried, dict):
+        cfg = from_dict(apply_overrides(carried, list(args.overrides)))
+    return cfg, out, tracker, source

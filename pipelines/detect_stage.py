@@ -1,4 +1,7 @@
-"""`cutmix-study detect --backbone EXPORT_DIR [--data VOC_ROOT | synthetic]`: the transfer proof.
+"""`cutmix-study detect --from EXPORT_DIR_OR_MLFLOW_RUN [--data VOC_ROOT | synthetic]`: the transfer proof.
+
+`--from` (or its alias `--backbone`) takes an export directory, a pipeline output directory holding `export/`, or
+the MLflow run id of an `export` run (its `backbone` artifacts are downloaded); default `<output>/export`.
 
 Fine-tunes Faster R-CNN with FPN from the exported backbone and reports mAP@0.5 and COCO mAP@[.5:.95]. With
 `detect.compare_random: true` (the default) the same detector, seeded the same way, is also fine-tuned from a
@@ -13,26 +16,64 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import OutputError, check_writable, open_stage, tracker_for
+from pipelines.common import OutputError, Source, check_writable, open_stage
 from pipelines.results import DetectResult, ExportResult
-from study.config.load import from_dict, load_config
 from study.config.schema import PipelineConfig
+
+SOURCE_STAGES = ("export",)
+SOURCE_HINT = "give an export directory, a pipeline output directory after `export`, or an export MLflow run id"
+
+
+def arg_overrides(args: argparse.Namespace) -> list[str]:
+    """`--data synthetic` / `--data VOC_ROOT` as the config overrides they stand for."""
+    data = getattr(args, "data", None)
+    if not data:
+        return []
+    return ["detect.data=synthetic"] if data == "synthetic" else ["detect.data=voc", f"detect.root={data}"]
+
+
+def export_dir_of(source: ExportResult | Source | None, out_dir: Path, tracker) -> Path:
+    """The export directory to fine-tune from: given, in a directory (the export itself or a pipeline output
+    holding `export/`), downloaded from an export MLflow run, or `<out_dir>/export`."""
+    from study.export import MANIFEST, ExportError
+
+    if isinstance(source, ExportResult):
+        return source.stage_dir
+    if source is not None and source.run_id:
+        dst = Path(tempfile.mkdtemp(prefix="cutmix-detect-"))
+        got = source.download(tracker, "backbone", dst, required="give an export run id")
+        return Path(got)
+    export_dir = Path(source.path) if source is not None else Path(out_dir) / "export"
+    if export_dir.is_dir() and not (export_dir / MANIFEST).is_file() and (export_dir / "export").is_dir():
+        export_dir = export_dir / "export"
+    if not export_dir.is_dir():
+        raise ExportError(f"export directory not found: {export_dir} (run `cutmix-study export` or pass --from)")
+    return export_dir
+
+
+def source_config(source: Source | None, out_dir: Path, tracker) -> dict | None:
+    """The exported run's config (detect settings included), used when --config is not given."""
+    from study.export import read_manifest
+
+    try:
+        return read_manifest(export_dir_of(source, out_dir, tracker)).get("config") or None
+    except Exception:  # noqa: BLE001 - no readable export yet: run() reports it in one line
+        return None
 
 
 def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: bool = False,
-        overwrite: bool = False, log=print) -> DetectResult:
-    """Fine-tune the detector from `source` (an ExportResult or an export directory; default `<out_dir>/export`)
+        overwrite: bool = False) -> DetectResult:
+    """Fine-tune the detector from `source` (an ExportResult or a resolved `--from`; default `<out_dir>/export`)
     and its random-init control; mAP on the detection val set."""
     from study.detection import detection_datasets
-    from study.export import ExportError, verify_export
+    from study.export import verify_export
 
-    export_dir = Path(source.stage_dir if isinstance(source, ExportResult) else source or Path(out_dir) / "export")
-    if not export_dir.is_dir():
-        raise ExportError(f"export directory not found: {export_dir} (run `cutmix-study export` or pass --backbone)")
+    export_dir = export_dir_of(source, Path(out_dir), tracker)
     if Path(out_dir).resolve() == export_dir.resolve():
         raise OutputError(f"--output {out_dir} is the export directory itself (choose its parent or another directory)")
     manifest = verify_export(export_dir)  # a corrupted export is refused before any work
@@ -60,7 +101,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         from study.detection import finetune_task
 
         variants = [("pretrained", False)] + ([("random", True)] if cfg.detect.compare_random else [])
-        log(f"detect: fine-tuning {' and '.join(n for n, _ in variants)} detectors ({manifest['arch']}) as Ray tasks")
+        print(f"detect: fine-tuning {' and '.join(n for n, _ in variants)} detectors ({manifest['arch']}) as Ray tasks")
         init_ray()
         jobs = [(name, {"export_dir": str(export_dir), "detect": to_dict(cfg.detect), "random_init": random_init,
                         "save_to": str(ddir / "detector.pt") if name == "pretrained" else None,
@@ -69,7 +110,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
         def finished(name: str, out: dict[str, Any]) -> None:
             final = out["rows"][-1]
-            log(f"detect: {name} backbone mAP@0.5 {final['val/map_50']:.3f} "
+            print(f"detect: {name} backbone mAP@0.5 {final['val/map_50']:.3f} "
                 f"({out['task']['ended'] - out['task']['started']:.0f} s)")
 
         outs = run_tasks(finetune_task, jobs, cfg.detect.resources, on_done=finished)
@@ -112,38 +153,10 @@ def _log_scene_grid(dataset, classes, path: Path, stage, n: int = 16) -> None:
     stage.log_artifact(path)
 
 
-def format_report(result: DetectResult) -> str:
+def report(result: DetectResult) -> str:
     line = f"detector from {result.backbone}: mAP@0.5 {result.map_50:.3f}, mAP@[.5:.95] {result.map:.3f}"
     if result.random_map_50 is not None:
         source = f" on {result.pretrained_on}" if result.pretrained_on else ""
         verdict = "pretrained wins" if result.gain_map_50 > 0 else f"pretraining{source} did not help here"
         line += f"; random-init control mAP@0.5 {result.random_map_50:.3f} ({verdict})"
     return line
-
-
-def detect_config(args: argparse.Namespace, manifest: dict[str, Any]) -> PipelineConfig:
-    """The exported run's config (detect settings included) unless --config is given; --set and --data apply."""
-    overrides = list(args.overrides)
-    if args.data:
-        overrides += ["detect.data=synthetic"] if args.data == "synthetic" else ["detect.data=voc",
-                                                                                 f"detect.root={args.data}"]
-    if args.config is not None or not manifest.get("config"):
-        return load_config(args.config, overrides)
-    from study.config.load import apply_overrides
-
-    return from_dict(apply_overrides(manifest["config"], overrides))
-
-
-def main(args: argparse.Namespace) -> int:
-    from study.export import ExportError, read_manifest
-
-    default_root = Path(args.output) if args.output else None
-    export_dir = Path(args.backbone) if args.backbone else (default_root or Path("runs") /
-                                                            load_config(args.config, args.overrides).name) / "export"
-    if not export_dir.is_dir():
-        raise ExportError(f"export directory not found: {export_dir} (run `cutmix-study export` or pass --backbone)")
-    cfg = detect_config(args, read_manifest(export_dir))
-    out = Path(args.output or export_dir.resolve().parent)
-    result = run(cfg, out, tracker_for(args, out), source=export_dir, resume=args.resume, overwrite=args.overwrite)
-    print(format_report(result))
-    return 0

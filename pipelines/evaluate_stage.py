@@ -17,20 +17,12 @@ run per model.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import (
-    check_writable,
-    config_from_args,
-    default_output,
-    open_stage,
-    resolve_source,
-    tracker_for,
-)
+from pipelines.common import check_writable, open_stage, resolve_source
 from pipelines.results import EvaluateResult, ResultError, RetrainResult
 from study.config.schema import PipelineConfig
 
@@ -40,6 +32,8 @@ TABLE = (("top1_err", "top-1 err"), ("ece", "ECE"), ("maxboxacc_v2", "MaxBoxAccV
          ("in_between_cutmix", "in-between CutMix"), ("fgsm_acc_eps0.031", "FGSM acc ε=8/255"),
          ("ood_mean_auroc", "OOD AUROC"), ("ood_mean_tnr95", "OOD TNR@95"))
 HINT = "give a study output directory after `retrain`, its retrain/ directory, or the retrain MLflow run id"
+SOURCE_STAGES = ("retrain",)
+SOURCE_HINT = HINT
 
 
 def retrain_of(source, out_dir: Path, tracker) -> RetrainResult:
@@ -86,12 +80,12 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     from study.evaluation.suite import evaluate_checkpoint
     from study.metric_names import metric_mode
     from study.stats import compare, summarize
-    from study.training.runner import Progress, dataset
+    from study.training.runner import Progress, load_dataset
 
     retrain = retrain_of(source, Path(out_dir), tracker)
     check_writable(out_dir)
     tracker.check()
-    data = dataset(cfg.data)
+    data = load_dataset(cfg.data)
     out_dir, done = open_stage(out_dir, ["evaluate"], resume=resume, overwrite=overwrite, result=EvaluateResult)
     if done is not None:
         return done
@@ -195,19 +189,5 @@ def write_table(path: Path, metrics: dict, comparisons: dict, num_test: int, epo
     return path
 
 
-def format_report(result: EvaluateResult) -> str:
+def report(result: EvaluateResult) -> str:
     return Path(result.table).read_text().rstrip() + f"\n(evaluated in {result.wall_s:.0f} s; {result.table})"
-
-
-def main(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    source = args.source
-    probe = Path(source) if source else None
-    root = (probe.parent if probe.name == RetrainResult.STAGE else probe) if probe and probe.is_dir() else None
-    out = Path(args.output or root or default_output(cfg))
-    tracker = tracker_for(args, out)
-    if source is None and not RetrainResult.exists(out):
-        raise ResultError(f"no retrain summary under {out} ({HINT})")
-    result = run(cfg, out, tracker, source=source, resume=args.resume, overwrite=args.overwrite)
-    print(format_report(result))
-    return 0

@@ -8,25 +8,18 @@ new version of the MLflow model `<name>-backbone`, with the manifest as tags.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
-from pipelines.common import (
-    OutputError,
-    check_writable,
-    config_from_args,
-    default_output,
-    open_stage,
-    resolve_source,
-    tracker_for,
-)
+from pipelines.common import OutputError, check_writable, open_stage, resolve_source
 from pipelines.results import ExportResult, RetrainResult
 from study.config.schema import PipelineConfig
 
 MANIFEST_TAGS = ("arch", "family", "dataset", "input_size", "channels", "feature_strides", "torchvision_body")
 HINT = "give a study output directory after `retrain`, a run directory, or a retrain MLflow run id"
+SOURCE_STAGES = ("retrain", "retrain-seed")
+SOURCE_HINT = HINT
 
 
 def local_run_dir(source: Path) -> tuple[Path, str | None]:
@@ -50,7 +43,7 @@ def fetch_run(tracker, src, tmp: Path) -> Path:
     return run_dir
 
 
-def run(cfg: PipelineConfig | None, out_dir: Path, tracker, *, source=None, resume: bool = False,
+def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: bool = False,
         overwrite: bool = False) -> ExportResult:
     """Export the backbone of `source` (a RetrainResult, a directory or a retrain MLflow run id; default the output
     directory) into `out_dir/export`, log and register it. The study name comes from the checkpoint's config."""
@@ -75,7 +68,7 @@ def run(cfg: PipelineConfig | None, out_dir: Path, tracker, *, source=None, resu
         # Export first: a bad checkpoint is refused before anything is logged.
         manifest = export.export_backbone(run_dir, edir, extra={"source_run_id": source_run_id})
     config = manifest.get("config") or {}
-    study_name = config.get("name") or (cfg.name if cfg is not None else "cutmix-study")
+    study_name = config.get("name") or cfg.name
     experiment = (config.get("tracking") or {}).get("experiment") or study_name
     with tracker.stage_run("export", experiment, tags={"cutmix.source_run_id": source_run_id or "",
                                                        "cutmix.source": str(run_dir)}) as stage:
@@ -92,29 +85,11 @@ def run(cfg: PipelineConfig | None, out_dir: Path, tracker, *, source=None, resu
     return result
 
 
-def main(args: argparse.Namespace) -> int:
-    from study.tracking.store import Tracker
-
-    cfg = config_from_args(args)
-    source = args.source
-    if source is None:
-        source = str(args.output or default_output(cfg))
-    probe = Path(source)
-    if args.output:
-        out = Path(args.output)
-    elif probe.is_dir():
-        out = probe.parent if probe.name == RetrainResult.STAGE else probe
-    else:
-        out = None  # a run id: the run's own output directory, once its tags are read
-    tracker = tracker_for(args, out or Path("runs/export"))
-    if out is None:
-        src = resolve_source(source, tracker, stages=("retrain", "retrain-seed"), hint=HINT)
-        out = Path(src.tags.get("cutmix.output") or "runs/export") if src and src.run_id else Path("runs/export")
-        tracker = Tracker(tracker.uri, out)  # the store that holds the run; artifacts beside the outputs
-    result = run(cfg, out, tracker, source=source, resume=args.resume, overwrite=args.overwrite)
+def report(result: ExportResult) -> str:
     m = result.manifest
-    print(f"backbone: {result.backbone.resolve()} ({m['arch']}, channels {m['channels']}, "
-          f"strides {m['feature_strides']})")
+    lines = [f"backbone: {result.backbone.resolve()} ({m['arch']}, channels {m['channels']}, "
+             f"strides {m['feature_strides']})"]
     if result.registered_model:
-        print(f"registered in MLflow as {result.registered_model['name']} version {result.registered_model['version']}")
-    return 0
+        lines.append(f"registered in MLflow as {result.registered_model['name']} version "
+                     f"{result.registered_model['version']}")
+    return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 The next stage consumes the typed object (or reads it back with `from_dir`), never dict keys: this module is the
 only place that knows the keys of a stage summary. Each result lives at `<output>/<stage>/summary.json`, except
-`train`, whose run directory is the stage directory.
+`train`, whose run directory is the stage directory (`<output>/train/`, its summary beside metrics.json).
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ class StageResult:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ResultError(f"{path} not found (run `cutmix-study {cls.STAGE or 'train'}` there first)") from None
+            raise ResultError(f"{path} not found (run `cutmix-study {cls.STAGE}` there first)") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ResultError(f"{path} is not a readable {cls.STAGE or 'train'} summary (rerun the stage with "
+            raise ResultError(f"{path} is not a readable {cls.STAGE} summary (rerun the stage with "
                               "--overwrite)") from None
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
@@ -59,12 +59,13 @@ class StageResult:
 
 @dataclass(frozen=True)
 class TrainResult(StageResult):
-    STAGE: ClassVar[str] = ""
+    STAGE: ClassVar[str] = "train"
     final: dict[str, float] = field(default_factory=dict)
     best: dict[str, float] = field(default_factory=dict)
     best_epoch: int = 0
     epochs: int = 0
     wall_s: float = 0.0
+    run_id: str = ""  # the `train` MLflow run
 
 
 @dataclass(frozen=True)

@@ -14,23 +14,14 @@ figure).
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import (
-    OutputError,
-    check_writable,
-    config_from_args,
-    default_output,
-    open_stage,
-    resolve_source,
-    tracker_for,
-)
+from pipelines.common import OutputError, Source, check_writable, open_stage
 from pipelines.results import RetrainResult, StudyResult
-from study.config.load import load_config, replace
+from study.config.load import replace
 from study.config.schema import PipelineConfig, flatten, to_dict
 from study.training.runner import Progress
 
@@ -57,46 +48,52 @@ def variants(cfg: PipelineConfig) -> list[tuple[str, PipelineConfig]]:
     return out
 
 
-def study_source(args: argparse.Namespace, tracker) -> tuple[PipelineConfig, Path, StudyResult | None]:
-    """`--from` for retrain: a study directory, the study's MLflow run id, or none (the output directory). Returns
-    the config to retrain (the study's best_config.yaml with --set applied, unless --config is given), the
-    pipeline's output directory and the study (None when there was none)."""
-    src = resolve_source(args.source, tracker, stages=("study",),
-                         hint="give the study's parent run id or a study directory")
-    if src is not None and src.run_id:
-        tmp = Path(tempfile.mkdtemp(prefix="cutmix-retrain-"))
-        best = src.download(tracker, "best_config.yaml", tmp, required="did the study finish?")
-        cfg = load_config(args.config or best, args.overrides)
-        out = Path(args.output or src.tags.get("cutmix.output") or default_output(cfg))
-        return cfg, out, StudyResult(str(out), best_config=str(best), parent_run_id=src.run_id)
-    study_dir = src.path if src is not None else Path(args.output or default_output(load_config(args.config,
-                                                                                              args.overrides)))
-    best = study_dir / "best_config.yaml"
-    if src is not None and not best.is_file():
-        raise OutputError(f"{study_dir} holds no best_config.yaml (run `cutmix-study study` there first)")
-    cfg = load_config(args.config if args.config or not best.is_file() else best, args.overrides)
-    study = StudyResult.from_dir(study_dir) if StudyResult.exists(study_dir) else None
-    if study is None and (study_dir / "study_run.json").is_file():  # a study from before study/summary.json
-        import json
+SOURCE_STAGES = ("study",)
+SOURCE_HINT = "give the study's parent run id or a study directory"
 
+
+def source_config(source: Source | None, out_dir: Path, tracker) -> Path | None:
+    """The study's best_config.yaml (downloaded for a run id), used when --config is not given."""
+    if source is not None and source.run_id:
+        tmp = Path(tempfile.mkdtemp(prefix="cutmix-retrain-"))
+        return source.download(tracker, "best_config.yaml", tmp, required="did the study finish?")
+    study_dir = source.root() if source is not None else Path(out_dir)
+    best = study_dir / "best_config.yaml"
+    if source is not None and not best.is_file():
+        raise OutputError(f"{study_dir} holds no best_config.yaml (run `cutmix-study study` there first)")
+    return best if best.is_file() else None
+
+
+def study_of(source: StudyResult | Source | None, out_dir: Path) -> StudyResult | None:
+    """The study whose winner is retrained: given, named by a run id, in a directory, or none."""
+    if source is None or isinstance(source, StudyResult):
+        return source
+    if source.run_id:
+        return StudyResult(str(out_dir), parent_run_id=source.run_id)
+    study_dir = source.root()
+    if StudyResult.exists(study_dir):
+        return StudyResult.from_dir(study_dir)
+    if (study_dir / "study_run.json").is_file():  # a study from before study/summary.json
         run_id = json.loads((study_dir / "study_run.json").read_text())["run_id"]
-        study = StudyResult(str(study_dir), best_config=str(best), parent_run_id=run_id)
-    return cfg, Path(args.output or study_dir), study
+        return StudyResult(str(study_dir), best_config=str(study_dir / "best_config.yaml"), parent_run_id=run_id)
+    return None
 
 
 def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: bool = False,
         overwrite: bool = False) -> RetrainResult:
-    """Train every variant with K seeds on train+val; test metrics with intervals. `source`: the StudyResult whose
-    winner is retrained (its best parameters are applied to `cfg`), or None to retrain `cfg` as it is."""
+    """Train every variant with K seeds on train+val; test metrics with intervals. `source`: the study whose winner
+    is retrained (a StudyResult, or a resolved `--from`; its best parameters are applied to `cfg`), or None to
+    retrain `cfg` as it is."""
     from study.stats import compare, summarize
-    from study.training.runner import dataset
+    from study.training.runner import load_dataset
 
+    source = study_of(source, Path(out_dir))
     if source is not None and source.best_params:
         cfg = replace(cfg, source.best_params)
     study_run_id = source.parent_run_id if source is not None else None
     check_writable(out_dir)
     tracker.check()
-    data = dataset(cfg.data)
+    data = load_dataset(cfg.data)
     out_dir, done = open_stage(out_dir, ["retrain"], resume=resume, overwrite=overwrite, result=RetrainResult)
     if done is not None:
         return done
@@ -197,7 +194,7 @@ def _log_seed(parent, variant: str, k: int, cfg: PipelineConfig, run_dir: Path, 
             child.log_artifact(run_dir / name)
 
 
-def format_report(result: RetrainResult) -> str:
+def report(result: RetrainResult) -> str:
     from study.stats import format_ci, format_diff
 
     lines = [f"test top-1 error (%) on {result.num_test} test images, {result.epochs} epochs on train+val:"]
@@ -209,11 +206,3 @@ def format_report(result: RetrainResult) -> str:
         lines.append(f"{variant} - baseline: {format_diff(comp['test/top1_err'])}")
     lines.append(f"best checkpoint: {result.best_checkpoint}")
     return "\n".join(lines)
-
-
-def main(args: argparse.Namespace) -> int:
-    out = Path(args.output or args.source or default_output(config_from_args(args)))
-    cfg, out, study = study_source(args, tracker_for(args, out if out.is_dir() else Path("runs")))
-    result = run(cfg, out, tracker_for(args, out), source=study, resume=args.resume, overwrite=args.overwrite)
-    print(format_report(result))
-    return 0

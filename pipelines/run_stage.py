@@ -26,30 +26,30 @@ def main(args: argparse.Namespace) -> int:
 
     print(f"== study: {cfg.search.algorithm} search over {', '.join(cfg.search.space)} ==", flush=True)
     study = study_stage.run(cfg, out, tracker, **flags)
-    study_stage.print_summary(study)
+    print(study_stage.report(study))
 
     print("\n== retrain: best config and baselines, several seeds, held-out test ==", flush=True)
     retrain = retrain_stage.run(cfg, out, tracker, source=study, **flags)
-    print(retrain_stage.format_report(retrain))
+    print(retrain_stage.report(retrain))
 
     print("\n== evaluate: the paper's evaluations of every retrained model ==", flush=True)
     evaluation = evaluate_stage.run(cfg, out, tracker, source=retrain, **flags)
-    print(evaluate_stage.format_report(evaluation))
+    print(evaluate_stage.report(evaluation))
 
     print("\n== export: detection-ready backbone ==", flush=True)
     export = export_stage.run(cfg, out, tracker, source=retrain, **flags)
-    print(f"backbone: {export.backbone} ({export.manifest['arch']})")
+    print(export_stage.report(export))
 
     print("\n== detect: Faster R-CNN (FPN) fine-tuned from the backbone ==", flush=True)
     detect = detect_stage.run(cfg, out, tracker, source=export, **flags)
-    print(detect_stage.format_report(detect))
+    print(detect_stage.report(detect))
 
     print(f"\n== done in {time.perf_counter() - start:.0f} s ==")
     print(f"best config: {study.best_params} ({study.metric} {study.best_value:.2f})")
     if study.best_vs_baseline_se is not None:
         print(f"study: best vs the no-mixing trial {study.best_vs_baseline_se:.1f} binomial standard errors apart on "
               f"{study.num_val} val images ({'a signal' if study.best_vs_baseline_se >= 2 else 'within noise'})")
-    print(retrain_stage.format_report(retrain))
+    print(retrain_stage.report(retrain))
     print(f"method table: {evaluation.table}")
     print(f"backbone: {export.backbone}")
     control = f" (random-init control {detect.random_map_50:.3f})" if detect.random_map_50 is not None else ""

@@ -8,20 +8,24 @@ SQLite MLflow store `mlflow.db` with its artifacts in `mlartifacts/`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import OutputError, check_writable, config_from_args, default_output, open_stage, tracker_for
+from pipelines.common import OutputError, check_writable, open_stage
 from pipelines.results import StudyResult
 from study.config.load import dump_config, replace
 from study.config.schema import PipelineConfig, flatten, to_dict
+from study.config.validate import validate_study
 
 OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study"]
 RUN_FILE = "study_run.json"
+
+
+SOURCE_STAGES: tuple[str, ...] = ()  # the first stage: no --from
+SOURCE_HINT = ""
 
 
 def records_to_frame(records: list, cfg: PipelineConfig, run_ids: dict[str, str]):
@@ -87,20 +91,6 @@ def summary_table(frame, names: list[str], metric: str, mode: str, limit: int = 
     return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in lines])
 
 
-def check_study_config(cfg: PipelineConfig) -> None:
-    """What only a study needs: a non-empty space, and a grid of listed values."""
-    from study.config.schema import ConfigError
-    from study.search.space import grid_points
-
-    if not cfg.search.space:
-        raise ConfigError("search.space is empty (give at least one parameter, e.g. cutmix.alpha)")
-    from study.training.distributed import check_workers
-
-    check_workers(cfg)  # train.workers: refused before the study's MLflow run opens
-    if cfg.search.algorithm == "grid":
-        grid_points(cfg)
-
-
 def add_pareto(frame, cfg: PipelineConfig) -> bool:
     """With two objectives, a `pareto` column: whether the trial is non-dominated on its last reported metrics.
     Returns whether the study is multi-objective."""
@@ -160,13 +150,13 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     from study.search import tune as search
     from study.search.trial_callback import MlflowTrialCallback
     from study.stats import separation_in_se
-    from study.training.runner import dataset, save_sample_grid_for
+    from study.training.runner import load_dataset, save_sample_grid_for
 
     start = time.perf_counter()
-    check_study_config(cfg)
+    validate_study(cfg)  # a study's own config rules, before any output
     check_writable(out_dir)
     tracker.check()
-    data = dataset(cfg.data)
+    data = load_dataset(cfg.data)
     check_search_metrics(cfg, data)
     remote = bool(cfg.search.storage) and "://" in cfg.search.storage
     out_dir, done = open_stage(out_dir, OWNED, resume=resume, overwrite=overwrite, result=StudyResult)
@@ -274,25 +264,15 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def print_summary(result: StudyResult) -> None:
+def report(result: StudyResult) -> str:
+    """The trial table and the study's answer, as printed after `cutmix-study study` and inside `run`."""
     cfg_metric = result.metric
-    frame = result.frame
-    print(summary_table(frame, result.searched, cfg_metric, result.mode))
-    print(f"\nbest {cfg_metric}: {result.best_value:.3f} with {result.best_params}")
+    lines = [summary_table(result.frame, result.searched, cfg_metric, result.mode),
+             f"\nbest {cfg_metric}: {result.best_value:.3f} with {result.best_params}"]
     if result.baseline_value is not None:
         sep = result.best_vs_baseline_se
         signal = ("" if sep is None else f", {sep:.1f} binomial standard errors of the {result.num_val}-image "
                   f"val split apart: " + ("a signal" if sep >= 2 else "within noise, the ranking is not resolved"))
-        print(f"baseline trial (no mixing) {cfg_metric}: {result.baseline_value:.3f}{signal}")
-    print(f"results: {Path(result.out_dir) / 'results.parquet'}")
-    print(f"best config: {result.best_config}")
-
-
-def main(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    out = Path(args.output or default_output(cfg))
-    tracker = tracker_for(args, out)
-    result = run(cfg, out, tracker, resume=args.resume, overwrite=args.overwrite)
-    print_summary(result)
-    print(f"browse: {tracker.ui_command()}")
-    return 0
+        lines.append(f"baseline trial (no mixing) {cfg_metric}: {result.baseline_value:.3f}{signal}")
+    lines += [f"results: {Path(result.out_dir) / 'results.parquet'}", f"best config: {result.best_config}"]
+    return "\n".join(lines)

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from study.config.schema import METHODS, MODES  # the config's allowed values, defined once
+
 __all__ = [
     "CutMix",
     "Cutout",
@@ -52,8 +54,6 @@ __all__ = [
     "soft_target_cross_entropy",
 ]
 
-MODES = ("batch", "sample")
-METHODS = ("cutmix", "mixup", "cutout", "none")
 
 IMAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8)
 # Integer dtype with the same item size, to select or zero pixels bit for bit.

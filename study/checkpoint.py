@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+CHECKPOINT_FILE = "checkpoint.pt"  # inside a Tune / Ray Train checkpoint directory
+
 FORMAT_VERSION = 1
 
 

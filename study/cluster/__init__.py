@@ -5,6 +5,6 @@ Each name is re-exported from its leaf module; inside `study/`, import the leaf 
 """
 
 from study.cluster.session import (  # noqa: F401
-    has_dashboard, init_ray, started_locally)
+    started_locally, init_ray, has_dashboard)
 from study.cluster.tasks import (  # noqa: F401
-    MAX_RETRIES, put, run_tasks)
+    MAX_RETRIES, run_tasks, put)

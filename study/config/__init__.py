@@ -4,11 +4,11 @@ validation at the door (`validate`).
 Each name is re-exported from its leaf module; inside `study/`, import the leaf module itself.
 """
 
-from study.config.load import (  # noqa: F401
-    DEFAULT_CONFIG, apply_overrides, dump_config, from_dict, load_config, parse_value, replace)
 from study.config.schema import (  # noqa: F401
-    ALGORITHMS, DATASETS, DETECT_DATA, DIM_TYPES, METHODS, MODEL_NAMES, MODES, SCHEDULERS, SCHEDULES, ConfigError,
-    CutMixConfig, DataConfig, DetectConfig, Dimension, EvaluateConfig, ModelConfig, PipelineConfig, ResourcesConfig,
-    RetrainConfig, SearchConfig, TrackingConfig, TrainConfig, build, flatten, hints, to_dict, with_params)
+    MODEL_NAMES, DATASETS, METHODS, MODES, SCHEDULES, ALGORITHMS, SCHEDULERS, DIM_TYPES, DETECT_DATA, ConfigError,
+    DataConfig, ModelConfig, CutMixConfig, TrainConfig, Dimension, ResourcesConfig, SearchConfig, RetrainConfig,
+    EvaluateConfig, DetectConfig, TrackingConfig, PipelineConfig, hints, build, to_dict, flatten, with_params)
+from study.config.load import (  # noqa: F401
+    DEFAULT_CONFIG, from_dict, parse_value, apply_overrides, load_config, dump_config, replace)
 from study.config.validate import (  # noqa: F401
-    check_metrics, validate, validate_dimension)
+    validate, validate_dimension, check_metrics, validate_workers, validate_study)

@@ -23,6 +23,7 @@ from study.config.schema import (
     ConfigError,
     Dimension,
     PipelineConfig,
+    ResourcesConfig,
     flatten,
     with_params,
 )
@@ -130,6 +131,7 @@ def validate(cfg: PipelineConfig) -> None:
            f"detect.trainable_layers={cfg.detect.trainable_layers} is not allowed (-1 for the default, or >= 0)")
     _check(cfg.detect.num_train >= 1 and cfg.detect.num_val >= 1,
            f"detect.num_train={cfg.detect.num_train}, detect.num_val={cfg.detect.num_val} (both >= 1)")
+    validate_workers(cfg)
 
 
 def validate_dimension(cfg: PipelineConfig, name: str, dim: Dimension) -> None:
@@ -181,3 +183,26 @@ def check_metrics(s) -> None:
     _check(len(modes) in (1, len(metrics)), f"search.mode={list(modes)} is not allowed (one mode, or one per metric)")
     for mode in modes:
         _one_of(mode, ("min", "max", "auto"), "search.mode")
+
+
+def validate_workers(cfg: PipelineConfig, resources: ResourcesConfig | None = None) -> None:
+    """`train.workers` must fit: >= 1, divide `train.batch_size` (>= 2 images per worker), whole GPUs per worker
+    when > 1 (fractional GPUs under multi-worker NCCL fail with "Duplicate GPU detected", ray-project/ray#48012).
+    `resources`: the per-worker resources, default `search.resources_per_trial`."""
+    w, b = cfg.train.workers, cfg.train.batch_size
+    res = resources or cfg.search.resources_per_trial
+    _check(w >= 1, f"train.workers={w} is not allowed (>= 1)")
+    _check(not (b % w or b // w < 2), f"train.batch_size={b} is not allowed with train.workers={w} (a multiple of "
+           "the workers, >= 2 images per worker)")
+    _check(not (w > 1 and res.gpu > 0 and res.gpu != int(res.gpu)), f"resources gpu={res.gpu:g} per worker is not "
+           f"allowed with train.workers={w} (whole GPUs: NCCL cannot share one GPU between ranks)")
+
+
+def validate_study(cfg: PipelineConfig) -> None:
+    """What only a study needs, checked before its outputs are written: a non-empty space, and listed values for a
+    grid. (`validate` has checked every dimension's name and bounds already.)"""
+    _check(bool(cfg.search.space), "search.space is empty (give at least one parameter, e.g. cutmix.alpha)")
+    if cfg.search.algorithm == "grid":
+        bad = [n for n, d in cfg.search.space.items() if d.type != "choice"]
+        _check(not bad, f"search.algorithm=grid needs listed values: search.space.{bad[0] if bad else ''} has type "
+               f"{cfg.search.space[bad[0]].type if bad else ''} (use type: choice with values)")

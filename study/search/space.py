@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from study.config.schema import ConfigError, Dimension, PipelineConfig
+from study.config.schema import Dimension, PipelineConfig
 
 # Parameters that only exist when the batch is actually mixed.
 CONDITIONAL = ("cutmix.alpha", "cutmix.mode", "cutmix.cutout_size", "cutmix.label_smoothing")
@@ -63,12 +63,9 @@ class DefineByRun:
 
 
 def grid_points(cfg: PipelineConfig) -> list[dict[str, Any]]:
-    """Every effective combination of the listed values exactly once, in listed order."""
+    """Every effective combination of the listed values exactly once, in listed order (a grid's dimensions are
+    `choice`s: `study.config.validate.validate_study` checked it)."""
     space = ordered_space(cfg)
-    bad = [n for n, d in space if d.type != "choice"]
-    if bad:
-        raise ConfigError(f"search.algorithm=grid needs listed values: search.space.{bad[0]} has type "
-                          f"{cfg.search.space[bad[0]].type} (use type: choice with values)")
     points, seen = [], set()
     for combo in itertools.product(*(d.values for _, d in space)):
         point: dict[str, Any] = {}

@@ -38,6 +38,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from study.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from study.cluster.session import has_dashboard, init_ray
 from study.config.load import from_dict, replace
 from study.config.schema import ConfigError, PipelineConfig, to_dict
@@ -48,7 +49,6 @@ from study.search.space import (
     trial_params,
 )
 
-TRIAL_CHECKPOINT = "checkpoint.pt"
 HISTORY_KEY = "_history"  # per-epoch metrics before a restored checkpoint (see _trainable)
 AUTO_CHECKPOINT_S = 10.0  # search.checkpoint_every=0: checkpoint a trial about this often
 EXPERIMENT_NAME = "study"
@@ -136,7 +136,6 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
                data_ref: list[Any] | None = None, train_storage: str = "") -> None:
     import torch
 
-    from study.checkpoint import load_checkpoint, save_checkpoint
     from study.training.engine import fit
 
     torch.set_num_threads(max(1, threads))
@@ -154,7 +153,7 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            resume = load_checkpoint(Path(d) / TRIAL_CHECKPOINT)
+            resume = load_checkpoint(Path(d) / CHECKPOINT_FILE)
     # After a restore, the first report carries the epochs before the checkpoint, so the driver can backfill any
     # the tracking store lost (a SIGKILLed driver dies with its queue of unsent logging calls).
     backfill = list(resume.get("history", [])) if resume else None
@@ -174,7 +173,7 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
             tune.report(metrics)  # ASHA may stop the trial in here (SystemExit): that is its normal end
             continue
         with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(result.trainer.checkpoint(), Path(d) / TRIAL_CHECKPOINT)
+            save_checkpoint(result.trainer.checkpoint(), Path(d) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         last_saved = time.monotonic()
 
@@ -247,12 +246,11 @@ def result_epoch(result: dict[str, Any]) -> int:
 
 def trial_history(record: TrialRecord) -> list[dict[str, float]]:
     """Per-epoch metrics stored in the trial's latest checkpoint ([] if it has none)."""
-    from study.checkpoint import load_checkpoint
 
     if record.checkpoint is None:
         return []
     with record.checkpoint.as_directory() as d:
-        return list(load_checkpoint(Path(d) / TRIAL_CHECKPOINT).get("history", []))
+        return list(load_checkpoint(Path(d) / CHECKPOINT_FILE).get("history", []))
 
 
 def storage_path(cfg: PipelineConfig, out_dir: Path) -> str:
@@ -302,15 +300,14 @@ def delete_experiment(cfg: PipelineConfig, out_dir: Path) -> None:
 
 def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list[Any],
                resume: bool) -> list[TrialRecord]:
-    """Run (or resume) the Tune experiment and return one record per trial. Raises ConfigError (before any trial)
-    when `train.workers` does not fit its resources."""
+    """Run (or resume) the Tune experiment and return one record per trial. `cfg` has passed study.config.validate
+    (`train.workers` fits its resources)."""
     import ray
 
-    from study.training.distributed import check_workers, max_concurrent_trials, trial_resources
+    from study.training.distributed import max_concurrent_trials, trial_resources
 
     s = cfg.search
     base = to_dict(cfg)
-    check_workers(cfg)
     workers = cfg.train.workers
     train_storage = train_storage_path(cfg, out_dir)
     concurrent = s.max_concurrent

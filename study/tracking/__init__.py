@@ -5,9 +5,9 @@ Each name is re-exported from its leaf module; inside `study/`, import the leaf 
 """
 
 from study.tracking.async_logger import (  # noqa: F401
-    AsyncLogger, TrackingUnavailable, unreachable)
+    TrackingUnavailable, AsyncLogger, unreachable)
 from study.tracking.store import (  # noqa: F401
-    ARTIFACTS_DIR, EXPERIMENT_TAGS, MAX_PARAM_LEN, MAX_PARAMS_PER_BATCH, VIEW_KEY, VIEW_TAG, StageRun, Tracker,
-    TrackingError, check_tracking_uri, child_run_ids, client_for, download_artifacts, end_run, find_run,
-    get_experiment, is_local_store, last_step, log_artifact, log_metrics, log_params, metric_entities,
-    reconcile_runs, register_model, run_info, set_tags, start_run)
+    CLIENT_ENV_DEFAULTS, apply_client_defaults, MAX_PARAMS_PER_BATCH, MAX_PARAM_LEN, ARTIFACTS_DIR, EXPERIMENT_TAGS,
+    VIEW_KEY, VIEW_TAG, TrackingError, check_tracking_uri, client_for, is_local_store, get_experiment, find_run,
+    start_run, log_params, metric_entities, log_metrics, set_tags, last_step, log_artifact, end_run, register_model,
+    run_info, download_artifacts, StageRun, Tracker, child_run_ids, reconcile_runs)

@@ -26,20 +26,27 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from study.tracking.async_logger import AsyncLogger  # noqa: F401 - re-exported: the tracking calls' queue
+
 # MLflow's HTTP client retries refused connections, timeouts and 429/5xx answers of every call itself (urllib3 Retry,
 # all methods). Measured against a local server stopped for 41 s (30 s down, 11 s to restart): a log_batch made
 # 1 s into the outage returned after 61 s, its tries at 0, 4, 12, 28 and 60 s; 7 retries wait ~4 minutes in all.
 # Pinned so that what the driver's calls survive does not change with MLflow's defaults; AsyncLogger retries longer.
-for _name, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2"),
-                      ("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "1.0"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")):
-    os.environ.setdefault(_name, _value)
+CLIENT_ENV_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",
+                       "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "120"}
 
-import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
 
-from study.tracking.async_logger import AsyncLogger  # noqa: E402, F401 - re-exported: the tracking calls' queue
+def apply_client_defaults() -> None:
+    """Set CLIENT_ENV_DEFAULTS where the user has not (MLflow reads them per request). Called when a client or
+    tracker is built, not on import: importing this module changes nothing."""
+    for name, value in CLIENT_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 MAX_PARAM_LEN = 6000
@@ -86,6 +93,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
 
 def client_for(uri: str) -> MlflowClient:
+    apply_client_defaults()
     return MlflowClient(tracking_uri=uri)
 
 
@@ -265,6 +273,7 @@ class Tracker:
     """
 
     def __init__(self, uri: str, out_dir: str | Path | None = None):
+        apply_client_defaults()  # before any call: the trial callback's and AsyncLogger's clients read them too
         self.uri = uri
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else None
         self._client: MlflowClient | None = None

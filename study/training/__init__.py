@@ -4,11 +4,10 @@ data-parallel training with Ray Train (`distributed`).
 Each name is re-exported from its leaf module; inside `study/`, import the leaf module itself.
 """
 
-from study.training.distributed import (  # noqa: F401
-    CHECKPOINT_FILE, RUN_PREFIX, TRIAL_DRIVER_CPU, DistributedTrainer, check_workers, epoch_metrics,
-    fit_distributed, fit_in_tune_trial, load_result_checkpoint, max_concurrent_trials, train_loop, trial_resources,
-    worker_resources)
 from study.training.engine import (  # noqa: F401
-    EVAL_BATCH, EpochResult, Trainer, better, build_scheduler, fit, resolve_device)
+    EVAL_BATCH, EpochResult, resolve_device, build_scheduler, better, Trainer, fit)
 from study.training.runner import (  # noqa: F401
-    SHOWN, Progress, dataset, fmt_metrics, save_sample_grid_for, train_run, train_seed)
+    SHOWN, load_dataset, Progress, fmt_metrics, save_sample_grid_for, train_run, train_seed)
+from study.training.distributed import (  # noqa: F401
+    TRIAL_DRIVER_CPU, RUN_PREFIX, DistributedTrainer, epoch_metrics, train_loop, worker_resources, fit_distributed,
+    fit_in_tune_trial, load_result_checkpoint, trial_resources, max_concurrent_trials)

@@ -40,30 +40,15 @@ from typing import Any
 
 import torch
 
-from study.checkpoint import load_checkpoint, save_checkpoint
+from study.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from study.config.load import from_dict
-from study.config.schema import ConfigError, PipelineConfig, ResourcesConfig, to_dict
+from study.config.schema import PipelineConfig, ResourcesConfig, to_dict
+from study.config.validate import validate_workers
 from study.data.bundle import DataBundle
 from study.training.engine import EpochResult, Trainer
 
-CHECKPOINT_FILE = "checkpoint.pt"
 TRIAL_DRIVER_CPU = 0.5  # Tune's trial actor only starts the TorchTrainer and waits; Tune rejects {"cpu": 0}
 RUN_PREFIX = "train_"
-
-
-def check_workers(cfg: PipelineConfig, resources: ResourcesConfig | None = None) -> None:
-    """ConfigError unless `train.workers` fits: >= 1, divides `train.batch_size`, whole GPUs per worker when > 1
-    (fractional GPUs under multi-worker NCCL fail with "Duplicate GPU detected", ray-project/ray#48012)."""
-    w, b = cfg.train.workers, cfg.train.batch_size
-    res = resources or cfg.search.resources_per_trial
-    if w < 1:
-        raise ConfigError(f"train.workers={w} is not allowed (>= 1)")
-    if b % w or b // w < 2:
-        raise ConfigError(f"train.batch_size={b} is not allowed with train.workers={w} (a multiple of the workers, "
-                          ">= 2 images per worker)")
-    if w > 1 and res.gpu > 0 and res.gpu != int(res.gpu):
-        raise ConfigError(f"resources gpu={res.gpu:g} per worker is not allowed with train.workers={w} (whole GPUs: "
-                          "NCCL cannot share one GPU between ranks)")
 
 
 class DistributedTrainer(Trainer):
@@ -172,7 +157,7 @@ def fit_distributed(cfg: PipelineConfig, data: Any, *, name: str, storage_path: 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    check_workers(cfg, resources)
+    validate_workers(cfg, resources)
     per_worker = worker_resources(cfg, resources)
     use_gpu = per_worker.get("GPU", 0) > 0 and cfg.train.device != "cpu"
     if not isinstance(data, ray.ObjectRef):

@@ -18,16 +18,16 @@ from typing import Any
 
 from study.config.load import dump_config
 from study.config.schema import DataConfig, PipelineConfig
+from study.data.registry import load_data
 
 SHOWN = ("train/loss", "val/loss", "val/top1_err", "test/top1_err")
 
 
 @functools.lru_cache(maxsize=2)
-def dataset(cfg: DataConfig):
-    """`study.data.load_data`, once per data config in a process: the study, retrain and evaluate of one
-    pipeline share the in-memory dataset (generated sets take seconds; real readers decode once)."""
-    from study.data.registry import load_data
-
+def load_dataset(cfg: DataConfig):
+    """`study.data.registry.load_data`, memoised per (frozen, hashable) data config: the stages of one `run` share
+    the in-memory dataset (generated sets take seconds; real readers decode once). Two entries bound the memory;
+    `load_dataset.cache_clear()` frees them."""
     return load_data(cfg)
 
 
@@ -87,7 +87,7 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = data if data is not None else dataset(cfg.data)
+    data = data if data is not None else load_dataset(cfg.data)
     dump_config(cfg, out_dir / "config.yaml")
     trainer = Trainer(cfg, data)
     last = out_dir / "checkpoints" / "last.pt"

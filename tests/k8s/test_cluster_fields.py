@@ -111,10 +111,11 @@ def check_trials_fit(job: dict, cfg: Any) -> None:
     """Data-parallel trials fit the cluster at its largest and `search.max_concurrent` never exceeds what it holds
     (study.training.distributed.max_concurrent_trials), so trials do not wait on each other's placement groups."""
     from study.config.schema import ConfigError
-    from study.training.distributed import check_workers, max_concurrent_trials
+    from study.config.validate import validate_workers
+    from study.training.distributed import max_concurrent_trials
 
     try:
-        check_workers(cfg)
+        validate_workers(cfg)
     except ConfigError as exc:
         raise AssertionError(str(exc)) from None
     cluster = {"CPU": 0.0, "GPU": 0.0}

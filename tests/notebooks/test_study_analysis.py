@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import REPO, TINY, set_args
+from tests.helpers.cli import REPO, TINY, set_args
 
 
 @pytest.mark.slow

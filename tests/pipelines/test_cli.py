@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from tests.conftest import TINY, assert_one_line_error, free_port, run_main, set_args
+from tests.helpers.cli import TINY, assert_one_line_error, run_main, set_args
+from tests.helpers.tracking_server import free_port
 
 
 @pytest.mark.parametrize(("argv", "needles"), [
@@ -78,7 +79,7 @@ def test_existing_results_are_not_overwritten(capsys, tmp_path):
     assert (out / "results.parquet").read_bytes() == b"earlier study"
     (out / "train").mkdir()
     (out / "train" / "metrics.json").write_text("{}")
-    code, _, err = run_main(capsys, "train", "--output", str(out / "train"), *set_args(TINY))
+    code, _, err = run_main(capsys, "train", "--output", str(out), *set_args(TINY))
     assert_one_line_error(code, err, "already holds results")
     assert (out / "train" / "metrics.json").read_text() == "{}"
 

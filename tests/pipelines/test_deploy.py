@@ -17,7 +17,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, TINY, free_port, kill_tree, set_args, start_mlflow_server, wait_http
+from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.processes import kill_tree
+from tests.helpers.tracking_server import free_port, start_mlflow_server, wait_http
 
 PIPELINE = TINY + ["search.num_samples=2", "search.max_concurrent=1", "search.scheduler=none"]
 VENV_BIN = Path(sys.executable).parent

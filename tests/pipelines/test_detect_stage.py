@@ -20,7 +20,7 @@ from study.config.load import load_config
 from study.export import export_backbone
 from study.tracking.store import Tracker
 from study.training.runner import train_run
-from tests.conftest import TINY, assert_one_line_error, run_main, set_args
+from tests.helpers.cli import TINY, assert_one_line_error, run_main, set_args
 
 # The default pair (issue 10): the embedded default's classifier (cluttered digits, 24 px, the small CNN, 12 epochs,
 # ~50 CPU-s) pretrains the backbone; Faster R-CNN is fine-tuned on scenes of the same generator with several digits

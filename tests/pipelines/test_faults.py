@@ -22,7 +22,7 @@ import pytest
 
 from study.config.load import load_config
 from study.tracking.store import Tracker
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 from tests.helpers.tracking_server import MlflowServer, start_mlflow_server, wait_http
 
 SPACE = "search.space.cutmix.prob={type: uniform, low: 0.0, high: 1.0}"

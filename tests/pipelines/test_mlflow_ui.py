@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.tracking.store import VIEW_KEY, VIEW_TAG
-from tests.conftest import REPO, TINY, set_args
+from tests.helpers.cli import REPO, TINY, set_args
 from tests.helpers.tracking_server import start_mlflow_server
 
 PIPE = TINY + ["name=uichain", "search.num_samples=2", "search.scheduler=none", "search.max_concurrent=1"]

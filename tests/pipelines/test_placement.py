@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, TINY, kill_tree, set_args
+from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.processes import kill_tree
 
 
 def retrain_cli(out: Path, overrides: list[str]) -> subprocess.Popen:

@@ -11,7 +11,7 @@ import scipy.stats
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, set_args
+from tests.helpers.cli import TINY, set_args
 
 STUDY = TINY + ["name=chain", "search.num_samples=2", "search.scheduler=none", "search.max_concurrent=1"]
 
@@ -22,7 +22,7 @@ def study_dir(tmp_path_factory):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers.cli import REPO
 
     out = tmp_path_factory.mktemp("chain") / "study"
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), *set_args(STUDY)],

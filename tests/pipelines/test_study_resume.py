@@ -11,7 +11,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, TINY, descendants, kill_tree, set_args
+from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.processes import descendants, kill_tree
 
 EPOCHS = 8  # long enough that a finished and a running trial are seen together even on a loaded machine
 STUDY = TINY + ["name=resume", f"train.epochs={EPOCHS}", "search.num_samples=4", "search.max_concurrent=1",

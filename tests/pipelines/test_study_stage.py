@@ -12,7 +12,7 @@ from pipelines.study_stage import run as run_study
 from study.config.load import load_config, replace
 from study.models import build_model
 from study.tracking.store import Tracker
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_two_objectives_run_a_multi_objective_study_with_its_pareto_front(ray_lo
 
 
 def test_a_localization_metric_on_data_without_boxes_is_refused_before_any_trial(tmp_path, capsys):
-    from tests.conftest import assert_one_line_error, run_main, set_args
+    from tests.helpers.cli import assert_one_line_error, run_main, set_args
 
     code, _, err = run_main(capsys, "study", "--output", str(tmp_path / "out"),
                             *set_args(TINY + ["search.metric=val/maxboxacc_v2"]))

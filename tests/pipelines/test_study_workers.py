@@ -10,7 +10,7 @@ import pytest
 
 from study.config.load import from_dict, load_config
 from study.tracking.store import Tracker
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,24 +12,9 @@ import torch
 
 from study.augment import CutMix
 from study.plots import save_learning_curves, save_sample_grid, save_study_plots
+from tests.helpers.images import assert_png, colour_share
 
 torch.set_num_threads(1)
-
-
-def assert_png(path: Path) -> np.ndarray:
-    path = Path(path)
-    assert path.is_file() and path.suffix == ".png" and path.stat().st_size > 0
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    pixels = mpimg.imread(path)
-    assert pixels.ndim == 3 and pixels.shape[0] > 20 and pixels.shape[1] > 20
-    assert pixels.std() > 0, "a blank image"
-    return pixels
-
-
-def colour_share(pixels: np.ndarray, hex_colour: str, tol: float = 0.03) -> float:
-    """Fraction of the pixels within `tol` (per RGB channel, 0-1 scale) of a colour such as "#1f77b4"."""
-    rgb = np.array([int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
-    return float((np.abs(pixels[..., :3] - rgb).max(axis=-1) < tol).mean())
 
 
 # matplotlib's default cycle (train, val, test lines) and the colours study.plots draws its markers in.

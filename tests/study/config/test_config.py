@@ -85,7 +85,7 @@ def test_missing_and_invalid_files(tmp_path):
     (b"\x00\x01", "is not valid YAML"),  # valid UTF-8, but control characters YAML does not accept
 ])
 def test_a_file_that_is_not_yaml_text_is_a_one_line_error(tmp_path, capsys, content, needle):
-    from tests.conftest import assert_one_line_error, run_main
+    from tests.helpers.cli import assert_one_line_error, run_main
 
     p = tmp_path / "c.yaml"
     p.write_bytes(content)

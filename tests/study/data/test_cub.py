@@ -115,7 +115,7 @@ def test_read_image_folder(tmp_path):
 
 
 def test_cub_as_a_dataset_with_a_missing_root_is_one_line_and_exit_2(tmp_path, capsys):
-    from tests.conftest import assert_one_line_error, run_main
+    from tests.helpers.cli import assert_one_line_error, run_main
 
     code, _, err = run_main(capsys, "train", "--set", "data.name=cub", "--set", f"data.root={tmp_path / 'nowhere'}",
                             "--output", str(tmp_path / "out"))

@@ -15,7 +15,7 @@ from study.evaluation.plots import (
 )
 from study.evaluation.suite import evaluate_model
 from study.models import build_model
-from tests.study.test_plots import assert_png
+from tests.helpers.images import assert_png
 
 torch.set_num_threads(1)
 

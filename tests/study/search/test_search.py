@@ -10,6 +10,7 @@ import pytest
 
 from study.config.load import load_config
 from study.config.schema import ConfigError, CutMixConfig
+from study.config.validate import validate_study
 from study.search.space import CONDITIONAL, DefineByRun, applies, default_points, grid_points, ordered_space
 
 METHODS = ("cutmix", "mixup", "cutout", "none")
@@ -94,10 +95,10 @@ def test_grid_over_methods_drops_what_each_method_ignores():
 
 
 def test_grid_needs_listed_values():
-    cfg = cfg_with(space={"cutmix.prob": "{type: choice, values: [0.0, 1.0]}",
-                          "train.lr": "{type: loguniform, low: 0.01, high: 0.1}"})
+    cfg = cfg_with("search.algorithm=grid", space={"cutmix.prob": "{type: choice, values: [0.0, 1.0]}",
+                                                   "train.lr": "{type: loguniform, low: 0.01, high: 0.1}"})
     with pytest.raises(ConfigError, match=r"search.space.train.lr has type loguniform .*type: choice"):
-        grid_points(cfg)
+        validate_study(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -45,17 +45,17 @@ def test_rank_shards_rebuild_the_global_batches(n: int, batch: int, drop_last: b
     assert all(torch.equal(a, b) for a, b in zip(one, whole))
 
 
-def test_check_workers_rejects_bad_values() -> None:
-    from study.training.distributed import check_workers
+def test_workers_are_validated_at_the_door() -> None:
+    from study.config.validate import validate_workers
 
-    check_workers(_cfg())
+    validate_workers(_cfg())
     with pytest.raises(ConfigError, match="train.workers=0"):
-        check_workers(_cfg("train.workers=0"))
+        _cfg("train.workers=0")  # load_config validates: refused before anything runs
     with pytest.raises(ConfigError, match="multiple of the workers"):
-        check_workers(_cfg("train.workers=3"))
+        _cfg("train.workers=3")
     with pytest.raises(ConfigError, match="whole GPUs"):
-        check_workers(_cfg(), ResourcesConfig(cpu=2, gpu=0.5))
-    check_workers(_cfg("train.workers=1"), ResourcesConfig(cpu=2, gpu=0.25))  # fractional is fine in one process
+        validate_workers(_cfg(), ResourcesConfig(cpu=2, gpu=0.5))
+    validate_workers(_cfg("train.workers=1"), ResourcesConfig(cpu=2, gpu=0.25))  # fractional is fine in one process
 
 
 def test_max_concurrent_trials_never_oversubscribes() -> None:
@@ -163,11 +163,10 @@ def test_fit_in_tune_trial_reports_rank0_metrics_to_tune(local_ray, tmp_path) ->
 @pytest.mark.slow
 def test_two_workers_stream_an_image_folder(local_ray, tmp_path) -> None:
     """DataLoader decode workers inside Ray Train workers, each rank decoding only its slice of every batch."""
-    from tests.study.test_streaming import stream_cfg, write_folder
-
     from study.data.registry import load_data
     from study.training.distributed import fit_distributed, load_result_checkpoint
     from study.training.engine import Trainer
+    from tests.helpers.image_folders import stream_cfg, write_folder
 
     cfg = stream_cfg(write_folder(tmp_path / "imgs", 96, 24), "train.workers=2", "data.loader_workers=1")
     data = load_data(cfg.data)

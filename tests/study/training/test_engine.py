@@ -10,7 +10,7 @@ import torch
 from study.config.load import load_config
 from study.data.registry import load_data
 from study.training.engine import Trainer, build_scheduler, fit
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 
 
 @pytest.fixture(scope="module")
