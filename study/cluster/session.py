@@ -45,7 +45,10 @@ def init_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
 
 def has_dashboard() -> bool:
     """Whether the connected Ray cluster serves its dashboard (and with it the state API)."""
-    import ray._private.worker
+    # Private API, on purpose: Ray 2.60 has no public getter of a connected cluster's dashboard URL
+    # (ray.runtime_context has none; only the RayContext that ray.init returns carries it, and a joined or
+    # test-started cluster was not initialised here).
+    import ray._private.worker  # late: start-up time
 
     try:
         return bool(ray._private.worker.get_dashboard_url())

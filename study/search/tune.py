@@ -329,6 +329,8 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         # The restored callbacks are unpickled copies of the first run's: give them this driver's in-memory parts.
+        # Private API, on purpose: Tuner.restore takes no callbacks and exposes no run_config (ray-project/ray#41364
+        # asks for a public getter; Tune's get_state/set_state cannot hand over this driver's in-memory objects).
         restored = tuner._local_tuner.get_run_config().callbacks or []
         for old in restored:
             fresh = next((c for c in callbacks if type(c) is type(old)), None)
