@@ -47,8 +47,9 @@ class StageResult:
         except FileNotFoundError:
             raise ResultError(f"{path} not found (run `cutmix-study {cls.STAGE}` there first)") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ResultError(f"{path} is not a readable {cls.STAGE} summary (rerun the stage with "
-                              "--overwrite)") from None
+            data = None
+        if not isinstance(data, dict) or "out_dir" not in data:  # also valid JSON that is not a summary: `null`
+            raise ResultError(f"{path} is not a readable {cls.STAGE} summary (rerun the stage with --overwrite)")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
