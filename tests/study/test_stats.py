@@ -124,3 +124,14 @@ def test_format_lines():
     lo, hi = diff["ci95"]
     assert format_diff(diff) == f"-4.00 points (95 % CI {lo:+.2f} to {hi:+.2f}, Welch's t): better"
     assert format_diff(diff, unit="%").startswith("-4.00% (")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_value_that_is_not_finite_is_reported_not_a_crash(bad):
+    """A diverged seed has a NaN or infinite loss: its summary shows it, and no comparison is resolved by it."""
+    out = summarize([1.0, bad, 2.0])
+    assert out["n"] == 3 and math.isnan(out["std"]) and not math.isfinite(out["mean"])
+    diff = compare([1.0, bad, 2.0], [3.0, 4.0, 5.0])
+    assert diff["verdict"] == "not resolved" and diff["ci95"] == [None, None] and diff["n"] == [3, 3]
+    assert "no interval: a value is not finite" in format_diff(diff)
+    assert compare([3.0, 4.0, 5.0], [bad, 1.0, 2.0])["verdict"] == "not resolved"
