@@ -105,6 +105,18 @@ def test_a_missing_summary_says_which_stage_to_run(tmp_path, cls, command):
     assert str(info.value) == f"{cls.path(tmp_path)} not found (run `cutmix-study {command}` there first)"
 
 
+def test_an_output_path_that_is_a_file_has_no_summary(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ResultError, match=r"retrain/summary.json not found \(run `cutmix-study retrain` there first\)"):
+        RetrainResult.from_dir(tmp_path / "file")
+
+
+def test_a_summary_that_is_a_directory_is_unreadable(tmp_path):
+    StudyResult.path(tmp_path).mkdir(parents=True)
+    with pytest.raises(ResultError, match="is not a readable study summary"):
+        StudyResult.from_dir(tmp_path)
+
+
 @pytest.mark.parametrize("content", [b'{"out_dir": "/x", "trials": ', b"\xff\xfe\x00", b"", b"[1, 2]", b"null",
                                      b'{"trials": 3}'])
 def test_an_unreadable_summary_says_to_rerun_with_overwrite(tmp_path, content):
