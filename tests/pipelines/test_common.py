@@ -1,5 +1,6 @@
 """pipelines.common at the door of every stage: --resume / --overwrite on the output directory, the writability
-probe that leaves nothing behind, MLflow run ids, and `--from` given as a directory or a path that does not exist."""
+probe that leaves nothing behind, MLflow run ids, and `--from` given as a path (a directory, a file, one that does
+not exist). `--from` as a run id, and `stage_main`/`door`, are covered stage by stage in test_stage_contract.py."""
 
 from __future__ import annotations
 
@@ -8,15 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.common import (
-    OutputError,
-    Source,
-    check_writable,
-    is_run_id,
-    open_stage,
-    prepare_output,
-    resolve_source,
-)
+from pipelines.common import OutputError, Source, check_writable, is_run_id, open_stage, prepare_output, resolve_source
 from pipelines.results import ResultError, StudyResult
 
 ALREADY = "already holds results (pass --resume to continue, --overwrite to replace, or choose another --output)"
@@ -169,10 +162,31 @@ def test_resolve_source_none_means_the_output_directory():
     assert resolve_source("", None, stages=("retrain",), hint="x") is None
 
 
-def test_resolve_source_directory(tmp_path):
-    src = resolve_source(tmp_path, None, stages=("retrain",), hint="x")
-    assert src == Source(path=tmp_path) and src.run_id is None
-    assert resolve_source(str(tmp_path), None, stages=("retrain",), hint="x").path == tmp_path
+def _no_tracker():
+    raise AssertionError("a path source must not build a tracker")
+
+
+def test_resolve_source_directory_or_file(tmp_path):
+    src = resolve_source(tmp_path, _no_tracker, stages=("retrain",), hint="x")
+    assert src == Source(path=tmp_path) and src.run_id is None and src.stage is None
+    assert resolve_source(str(tmp_path), _no_tracker, stages=("retrain",), hint="x").path == tmp_path
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"")
+    assert resolve_source(ckpt, _no_tracker, stages=("evaluate",), hint="x").path == ckpt
+    assert resolve_source(src, _no_tracker, stages=("retrain",), hint="x") is src  # already resolved
+
+
+def test_a_path_source_belongs_to_the_output_directory_above_it(tmp_path):
+    out = tmp_path / "out"
+    (out / "retrain" / "cutmix" / "seed0" / "checkpoints").mkdir(parents=True)
+    ckpt = out / "retrain" / "cutmix" / "seed0" / "checkpoints" / "best.pt"
+    ckpt.write_bytes(b"")
+    (out / "export").mkdir()
+    (out / "export" / "manifest.json").write_text("{}")
+    assert Source(path=out).root() == out
+    assert Source(path=out / "retrain").root() == out  # a stage directory: the pipeline above it
+    assert Source(path=out / "export" / "manifest.json").root() == out  # a file in a stage directory
+    assert Source(path=ckpt).root() == out / "retrain" / "cutmix" / "seed0"  # a checkpoint: its run directory
 
 
 def test_resolve_source_bad_path_is_one_line_with_the_hint(tmp_path):
@@ -180,5 +194,5 @@ def test_resolve_source_bad_path_is_one_line_with_the_hint(tmp_path):
     hint = "give a retrain output directory or its MLflow run id"
     with pytest.raises(OutputError) as info:
         resolve_source(bad, None, stages=("retrain",), hint=hint)
-    assert str(info.value) == f"--from {bad}: no such directory or MLflow run id ({hint})"
+    assert str(info.value) == f"--from {bad}: no such directory, file or MLflow run id ({hint})"
     assert not bad.exists()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import results
+from pipelines.common import STAGE_DIRS
 from pipelines.results import (
     DetectResult,
     EvaluateResult,
@@ -25,7 +26,7 @@ from pipelines.results import (
 # Every field away from its default, so a field that is not written or not read back shows.
 SAMPLES = {
     TrainResult: dict(final={"val/top1_err": 12.5, "epoch": 2.0}, best={"val/top1_err": 11.0}, best_epoch=1,
-                      epochs=2, wall_s=3.5),
+                      epochs=2, wall_s=3.5, run_id="f" * 32),
     StudyResult: dict(best_params={"cutmix.alpha": 0.5, "model.arch": "cnn"}, best_value=8.25, metric="val/ece",
                       mode="max", searched=["cutmix.alpha", "model.arch"], best_config="/x/best_config.yaml",
                       parent_run_id="a" * 32, tracking_uri="http://127.0.0.1:5000", experiment_id="7", trials=9,
@@ -62,17 +63,17 @@ def test_round_trip_through_summary_json(tmp_path, cls):
     result = cls(out_dir=str(tmp_path), **SAMPLES[cls])
     assert not cls.exists(tmp_path)
     path = result.to_json()
-    expected = tmp_path / cls.STAGE / "summary.json" if cls.STAGE else tmp_path / "summary.json"
-    assert path == expected == cls.path(tmp_path) and cls.exists(tmp_path)
+    assert path == tmp_path / cls.STAGE / "summary.json" == cls.path(tmp_path) and cls.exists(tmp_path)
     assert json.loads(path.read_text())["out_dir"] == str(tmp_path)  # plain JSON any tool can read
     back = cls.from_dir(tmp_path)
     assert type(back) is cls and back == result
     assert result.stage_dir == tmp_path / cls.STAGE
 
 
-def test_stages_write_to_their_own_directories(tmp_path):
+def test_stages_write_to_their_own_directories():
     stages = [cls.STAGE for cls in SAMPLES]
-    assert stages[0] == "" and len(set(stages)) == len(stages)  # train is the run directory itself
+    assert all(stages) and len(set(stages)) == len(stages)
+    assert set(stages) == set(STAGE_DIRS)  # what Source.root() steps out of
 
 
 def test_nan_defaults_and_paths_survive(tmp_path):

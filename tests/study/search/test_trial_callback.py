@@ -17,7 +17,7 @@ from study.config.schema import to_dict
 from study.search.trial_callback import MlflowTrialCallback
 from study.search.tune import HISTORY_KEY
 from study.tracking import store
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 
 
 @dataclass

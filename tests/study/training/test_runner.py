@@ -12,7 +12,7 @@ from study.checkpoint import load_checkpoint
 from study.config.load import load_config, replace
 from study.config.schema import to_dict
 from study.training.runner import train_run, train_seed
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 
 PNG = b"\x89PNG\r\n\x1a\n"
 VOLATILE = ("epoch_s",)  # wall-clock time, the one per-epoch value a rerun may change
