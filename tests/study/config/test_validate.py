@@ -12,8 +12,8 @@ import math
 import pytest
 
 from study.config import schema
-from study.config.schema import METHODS, MODES, ConfigError, Dimension, PipelineConfig, with_params
-from study.config.validate import validate, validate_dimension
+from study.config.schema import METHODS, MODES, ConfigError, Dimension, PipelineConfig, ResourcesConfig, with_params
+from study.config.validate import validate, validate_dimension, validate_study, validate_workers
 from study.metric_names import EPOCH_METRICS, REPORTED
 
 BASE = PipelineConfig()
@@ -251,3 +251,45 @@ def test_modes_one_or_one_per_metric():
         "search.mode=['min', 'max'] is not allowed (one mode, or one per metric)"
     assert _error({**two, "search.mode": ("min", "up")}) == \
         "search.mode='up' is not allowed (one of: min, max, auto)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data-parallel workers and the study's own rules
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"train.workers": 0}, "train.workers=0 is not allowed (>= 1)"),
+    ({"train.workers": 3, "train.batch_size": 64},
+     "train.batch_size=64 is not allowed with train.workers=3 (a multiple of the workers, >= 2 images per worker)"),
+    ({"train.workers": 4, "train.batch_size": 4},
+     "train.batch_size=4 is not allowed with train.workers=4 (a multiple of the workers, >= 2 images per worker)"),
+    ({"train.workers": 2, "search.resources_per_trial.gpu": 0.5},
+     "resources gpu=0.5 per worker is not allowed with train.workers=2 (whole GPUs: NCCL cannot share one GPU "
+     "between ranks)"),
+])
+def test_workers_must_fit_the_batch_and_whole_gpus(params, message):
+    assert _error(params) == message
+
+
+def test_workers_that_fit():
+    validate(with_params(BASE, {"train.workers": 4, "train.batch_size": 8}))  # 2 images per worker
+    validate(with_params(BASE, {"train.workers": 2, "search.resources_per_trial.gpu": 1.0}))
+    validate(with_params(BASE, {"train.workers": 1, "search.resources_per_trial.gpu": 0.5}))  # one process shares
+    cfg = with_params(BASE, {"train.workers": 2})
+    with pytest.raises(ConfigError, match="resources gpu=0.25 per worker"):  # the retrain's resources, when given
+        validate_workers(cfg, ResourcesConfig(cpu=1.0, gpu=0.25))
+
+
+def test_a_study_needs_a_space_and_a_grid_needs_listed_values():
+    with pytest.raises(ConfigError) as info:
+        validate_study(BASE)
+    assert str(info.value) == "search.space is empty (give at least one parameter, e.g. cutmix.alpha)"
+    space = {"model.arch": Dimension("choice", values=("cnn",)), "cutmix.alpha": Dimension("uniform", 0.5, 2.0)}
+    grid = dataclasses.replace(BASE, search=dataclasses.replace(BASE.search, algorithm="grid", space=space))
+    with pytest.raises(ConfigError) as info:
+        validate_study(grid)
+    assert str(info.value) == ("search.algorithm=grid needs listed values: search.space.cutmix.alpha has type uniform "
+                               "(use type: choice with values)")
+    validate_study(dataclasses.replace(grid, search=dataclasses.replace(grid.search, algorithm="tpe")))
+    validate_study(dataclasses.replace(grid, search=dataclasses.replace(grid.search, space={"model.arch": space[
+        "model.arch"]})))
