@@ -44,11 +44,12 @@ class StageResult:
         path = cls.path(out_dir)
         try:
             data = json.loads(path.read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: `out_dir` is a file
             raise ResultError(f"{path} not found (run `cutmix-study {cls.STAGE}` there first)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ResultError(f"{path} is not a readable {cls.STAGE} summary (rerun the stage with "
-                              "--overwrite)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError):
+            data = None
+        if not isinstance(data, dict) or "out_dir" not in data:  # also valid JSON that is not a summary: `null`
+            raise ResultError(f"{path} is not a readable {cls.STAGE} summary (rerun the stage with --overwrite)")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

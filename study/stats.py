@@ -16,6 +16,14 @@ from typing import Any
 CONFIDENCE = 0.95
 
 
+def _stdev(values: list[float]) -> float:
+    """Sample std (ddof=1), 0 for one value, NaN when a value is not finite (a diverged seed's loss):
+    `statistics.stdev` raises AttributeError on NaN or inf instead of returning NaN."""
+    if len(values) < 2:
+        return 0.0
+    return statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
+
+
 def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
     """Mean, sample std (ddof=1; 0 for one value), n, the values, and the t-interval of the mean as `ci95`
     ([mean, mean] for one value or no spread: nothing to widen it with)."""
@@ -24,7 +32,7 @@ def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[s
     values = [float(v) for v in values]
     n = len(values)
     mean = statistics.fmean(values)
-    std = statistics.stdev(values) if n > 1 else 0.0
+    std = _stdev(values)
     if n > 1 and std > 0:
         half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
         ci = [mean - half, mean + half]
@@ -44,9 +52,11 @@ def compare(values: Sequence[float], baseline: Sequence[float], *, lower_is_bett
     a = [float(v) for v in values]
     b = [float(v) for v in baseline]
     diff = statistics.fmean(a) - statistics.fmean(b)
-    spread = (statistics.stdev(a) if len(a) > 1 else 0.0) + (statistics.stdev(b) if len(b) > 1 else 0.0)
+    spread = _stdev(a) + _stdev(b)
     if len(a) < 2 or len(b) < 2:
         ci = [-math.inf, math.inf]  # one seed: nothing is resolved
+    elif math.isnan(spread):
+        ci = [math.nan, math.nan]  # a value is not finite (a diverged seed): no interval, nothing resolved
     elif spread == 0:
         ci = [diff, diff]
     else:
@@ -83,5 +93,8 @@ def format_ci(stat: dict[str, Any], unit: str = "") -> str:
 
 def format_diff(stat: dict[str, Any], unit: str = " points") -> str:
     lo, hi = stat["ci95"]
-    ci = "no interval with one seed" if lo is None or hi is None else f"95 % CI {lo:+.2f} to {hi:+.2f}"
+    if lo is not None and hi is not None:
+        ci = f"95 % CI {lo:+.2f} to {hi:+.2f}"
+    else:
+        ci = "no interval with one seed" if min(stat["n"]) < 2 else "no interval: a value is not finite"
     return f"{stat['diff']:+.2f}{unit} ({ci}, Welch's t): {stat['verdict']}"

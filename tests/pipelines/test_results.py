@@ -1,0 +1,131 @@
+"""pipelines.results: every stage result round-trips through its summary.json, and a summary that is missing or
+unreadable is a one-line ResultError that says what to run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pipelines import results
+from pipelines.common import STAGE_DIRS
+from pipelines.results import (
+    DetectResult,
+    EvaluateResult,
+    ExportResult,
+    ResultError,
+    RetrainResult,
+    StageResult,
+    StudyResult,
+    TrainResult,
+)
+
+# Every field away from its default, so a field that is not written or not read back shows.
+SAMPLES = {
+    TrainResult: dict(final={"val/top1_err": 12.5, "epoch": 2.0}, best={"val/top1_err": 11.0}, best_epoch=1,
+                      epochs=2, wall_s=3.5, run_id="f" * 32),
+    StudyResult: dict(best_params={"cutmix.alpha": 0.5, "model.arch": "cnn"}, best_value=8.25, metric="val/ece",
+                      mode="max", searched=["cutmix.alpha", "model.arch"], best_config="/x/best_config.yaml",
+                      parent_run_id="a" * 32, tracking_uri="http://127.0.0.1:5000", experiment_id="7", trials=9,
+                      wall_s=60.0, baseline_value=10.0, num_val=500, best_vs_baseline_se=1.5),
+    RetrainResult: dict(config="/x/best_config.yaml", epochs=4, study_run_id="b" * 32, retrain_run_id="c" * 32,
+                        num_test=500, variants={"cutmix": {"seeds": [{"run_dir": "/r/cutmix/seed0"}],
+                                                           "test/top1_err": {"mean": 9.0, "ci95": [8.0, 10.0]}}},
+                        comparisons={"cutmix": {"test/top1_err": {"diff": -1.0, "ci95": [None, None]}}},
+                        best_run_dir="/r/cutmix/seed0", best_checkpoint="/r/cutmix/seed0/checkpoints/best.pt",
+                        cutmix_gain_top1_points=1.0),
+    EvaluateResult: dict(run_id="d" * 32, num_test=200, metrics={"cutmix": {"ece": {"mean": 2.0}}},
+                         comparisons={"cutmix": {"ece": {"verdict": "better"}}},
+                         per_seed={"cutmix": [{"seed": 0, "ece": 2.0}]}, table="/x/evaluate/table.md", wall_s=4.0),
+    ExportResult: dict(manifest={"arch": "cnn", "sha256": "00"}, registered_model={"name": "m", "version": "1"}),
+    DetectResult: dict(backbone="/x/export/backbone.pt", arch="cnn", pretrained_on="digits", data="synthetic",
+                       run_id="e" * 32, map=0.25, map_50=0.5, random_map_50=0.3, random_map=0.1, gain_map_50=0.2,
+                       wall_s=70.0),
+}
+
+
+def test_every_result_type_has_a_sample():
+    """A new result type must join the round trip below, with every field set."""
+    types = {c for c in vars(results).values() if isinstance(c, type) and issubclass(c, StageResult)} - {StageResult}
+    assert types == set(SAMPLES)
+    for cls, values in SAMPLES.items():
+        assert set(values) == {f.name for f in dataclasses.fields(cls)} - {"out_dir"}, cls.__name__
+        defaults = cls(out_dir="")
+        for name, value in values.items():
+            assert value != getattr(defaults, name), (cls.__name__, name)
+
+
+@pytest.mark.parametrize("cls", list(SAMPLES), ids=lambda c: c.__name__)
+def test_round_trip_through_summary_json(tmp_path, cls):
+    result = cls(out_dir=str(tmp_path), **SAMPLES[cls])
+    assert not cls.exists(tmp_path)
+    path = result.to_json()
+    assert path == tmp_path / cls.STAGE / "summary.json" == cls.path(tmp_path) and cls.exists(tmp_path)
+    assert json.loads(path.read_text())["out_dir"] == str(tmp_path)  # plain JSON any tool can read
+    back = cls.from_dir(tmp_path)
+    assert type(back) is cls and back == result
+    assert result.stage_dir == tmp_path / cls.STAGE
+
+
+def test_stages_write_to_their_own_directories():
+    stages = [cls.STAGE for cls in SAMPLES]
+    assert all(stages) and len(set(stages)) == len(stages)
+    assert set(stages) == set(STAGE_DIRS)  # what Source.root() steps out of
+
+
+def test_nan_defaults_and_paths_survive(tmp_path):
+    DetectResult(out_dir=str(tmp_path), backbone=Path("/x/backbone.pt")).to_json()  # type: ignore[arg-type]
+    back = DetectResult.from_dir(tmp_path)
+    assert math.isnan(back.map) and math.isnan(back.map_50) and back.random_map is None
+    assert back.backbone == "/x/backbone.pt"  # a Path is written as its text
+
+
+def test_unknown_keys_in_a_summary_are_ignored(tmp_path):
+    """A summary written by a later version with more fields still loads."""
+    path = StudyResult(out_dir=str(tmp_path), trials=3).to_json()
+    path.write_text(json.dumps({**json.loads(path.read_text()), "future_field": [1, 2]}))
+    assert StudyResult.from_dir(tmp_path).trials == 3
+
+
+def test_derived_views():
+    r = RetrainResult(out_dir="/o", variants={"none": {"seeds": [{"run_dir": "/o/a"}, {"run_dir": "/o/b"}]},
+                                              "cutmix": {"seeds": [{"run_dir": "/o/c"}]}})
+    assert r.seed_runs() == [("none", 0, Path("/o/a")), ("none", 1, Path("/o/b")), ("cutmix", 0, Path("/o/c"))]
+    assert ExportResult(out_dir="/o").backbone == Path("/o/export/backbone.pt")
+
+
+@pytest.mark.parametrize(("cls", "command"), [(TrainResult, "train"), (StudyResult, "study"),
+                                              (RetrainResult, "retrain"), (EvaluateResult, "evaluate"),
+                                              (ExportResult, "export"), (DetectResult, "detect")])
+def test_a_missing_summary_says_which_stage_to_run(tmp_path, cls, command):
+    with pytest.raises(ResultError) as info:
+        cls.from_dir(tmp_path)
+    assert str(info.value) == f"{cls.path(tmp_path)} not found (run `cutmix-study {command}` there first)"
+
+
+def test_an_output_path_that_is_a_file_has_no_summary(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ResultError, match=r"retrain/summary.json not found \(run `cutmix-study retrain` there first\)"):
+        RetrainResult.from_dir(tmp_path / "file")
+
+
+def test_a_summary_that_is_a_directory_is_unreadable(tmp_path):
+    StudyResult.path(tmp_path).mkdir(parents=True)
+    with pytest.raises(ResultError, match="is not a readable study summary"):
+        StudyResult.from_dir(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b'{"out_dir": "/x", "trials": ', b"\xff\xfe\x00", b"", b"[1, 2]", b"null",
+                                     b'{"trials": 3}'])
+def test_an_unreadable_summary_says_to_rerun_with_overwrite(tmp_path, content):
+    path = StudyResult.path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(ResultError) as info:
+        StudyResult.from_dir(tmp_path)
+    msg = str(info.value)
+    assert msg == f"{path} is not a readable study summary (rerun the stage with --overwrite)"
+    assert isinstance(info.value, ValueError)  # the CLI maps ValueErrors of ours to exit 2
