@@ -153,7 +153,11 @@ class Source:
         path = Path(self.path)
         if path.is_file():
             path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return path.parent if path.name in STAGE_DIRS else path
+        # A stage directory holds its summary.json (or, for export, its manifest); a pipeline output directory that
+        # happens to be named like a stage (`--output runs/study`) holds neither.
+        marker = (path / "summary.json").is_file() or (path / "manifest.json").is_file()
+        is_stage_dir = path.name in STAGE_DIRS and marker
+        return path.parent if is_stage_dir else path
 
     def download(self, tracker, artifact: str, dst: Path, *, required: str | None = None) -> Path | None:
         """Fetch `artifact` of the run into `dst`; None if absent, or OutputError(`required`) when it is needed."""

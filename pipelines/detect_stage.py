@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import OutputError, Source, check_writable, open_stage
+from pipelines.common import OutputError, Source, check_writable, open_stage, resolve_source
 from pipelines.results import DetectResult, ExportResult
 from study.config.schema import PipelineConfig
 
@@ -44,6 +44,7 @@ def export_dir_of(source: ExportResult | Source | None, out_dir: Path, tracker) 
 
     if isinstance(source, ExportResult):
         return source.stage_dir
+    source = resolve_source(source, tracker, stages=SOURCE_STAGES, hint=SOURCE_HINT)  # a path or run id as given
     if source is not None and source.run_id:
         dst = Path(tempfile.mkdtemp(prefix="cutmix-detect-"))
         got = source.download(tracker, "backbone", dst, required="give an export run id")

@@ -38,8 +38,7 @@ def test_default_pair_pretrained_backbone_beats_random_init(tmp_path):
     summary = train_run(cfg, tmp_path / "train")
     export_backbone(tmp_path / "train", tmp_path / "export")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_detect(cfg, tmp_path / "out", Tracker(uri, tmp_path / "out"), source=tmp_path / "export",
-                        log=lambda _: None)
+    result = run_detect(cfg, tmp_path / "out", Tracker(uri, tmp_path / "out"), source=tmp_path / "export")
     report = json.loads((tmp_path / "out" / "detect" / "metrics.json").read_text())
     assert (result.map_50, result.random_map_50) == (report["map_50"], report["random_map_50"])
 
