@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from study.atomic import atomic_write_text
 from study.config.load import dump_config
 from study.config.schema import DataConfig, PipelineConfig
 from study.data.registry import load_data
@@ -112,7 +113,7 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
     summary = {"final": trainer.history[-1], "best": trainer.best_metrics, "best_epoch": best_epoch,
                "metric": cfg.search.primary_metric, "epochs": trainer.epoch, "wall_s": time.perf_counter() - start,
                "num_classes": data.num_classes, "dataset": data.name}
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=2))
     return {**summary, "history": trainer.history}
 
 
