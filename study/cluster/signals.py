@@ -2,9 +2,9 @@
 
 Both signals are handled alike (`install`):
 
-- while a Ray Tune experiment runs, Tune's own SIGINT handler is installed; ours hands the signal to it, so Tune
-  ends its loop, snapshots the experiment one last time and stops the trials (each keeps its last reported
-  checkpoint); the stage then calls `raise_if_stopped()`, which raises `Stopped`;
+- while a Ray Tune experiment runs (`graceful()` around `Tuner.fit`), ours hands the signal to Tune's graceful-stop
+  handler (which Tune installs on SIGUSR1), so Tune ends its loop, snapshots the experiment one last time and
+  stops the trials (each keeps its last reported checkpoint); `raise_if_stopped()` after it raises `Stopped`;
 - otherwise (retrain/evaluate/detect tasks, data loading, writing results) `Stopped` is raised at once in the main
   thread; `study.cluster.tasks.run_tasks` then cancels its running tasks (a task's checkpoint holds its last finished
   epoch: `checkpoints/last.pt` is written atomically after every epoch);
@@ -22,11 +22,14 @@ cannot place within `search.placement_timeout_s`) interrupts the main thread as 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
-_STATE: dict[str, Any] = {"signum": None, "reason": None, "handled": False, "installed": False}
+_STATE: dict[str, Any] = {"signum": None, "reason": None, "handled": False, "installed": False, "graceful": False}
 
 
 class Stopped(KeyboardInterrupt):
@@ -46,21 +49,37 @@ def _handler(signum: int, frame: Any) -> None:
     _STATE["handled"] = True
     if _STATE["signum"] is None and _STATE["reason"] is None:
         _STATE["signum"] = signum
-    current = signal.getsignal(signal.SIGINT)
-    if first and callable(current) and current is not _handler:
-        current(signal.SIGINT, frame)  # Ray Tune's: end the experiment loop gracefully
-        return
+    if first and _STATE["graceful"]:
+        tune_handler = signal.getsignal(signal.SIGUSR1)
+        if callable(tune_handler) and tune_handler is not _handler:
+            tune_handler(signal.SIGUSR1, frame)  # Ray Tune's: end the experiment loop gracefully
+            return
     raise _STATE["reason"] or Stopped(_STATE["signum"])
 
 
 def install() -> None:
-    """Handle SIGINT and SIGTERM as described above (main thread only; elsewhere a no-op)."""
+    """Handle SIGINT and SIGTERM as described above (main thread only; elsewhere a no-op). Ray Tune is told to leave
+    SIGINT alone (TUNE_DISABLE_SIGINT_HANDLER): it still installs its graceful-stop handler on SIGUSR1, through
+    which ours stops a running experiment."""
     if threading.current_thread() is not threading.main_thread():
         return
+    if "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        _STATE["set_env"] = True
     signal.signal(signal.SIGTERM, _handler)
-    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, signal.SIG_DFL, _handler):
-        signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGINT, _handler)
     _STATE["installed"] = True
+
+
+@contextlib.contextmanager
+def graceful() -> Iterator[None]:
+    """Around `Tuner.fit()`: a first signal stops the experiment through Tune (trials stopped, experiment state
+    saved) instead of raising inside its loop; call `raise_if_stopped()` after the block."""
+    _STATE["graceful"] = True
+    try:
+        yield
+    finally:
+        _STATE["graceful"] = False
 
 
 def reinstall() -> None:
@@ -73,7 +92,9 @@ def uninstall() -> None:
     if threading.current_thread() is threading.main_thread() and _STATE["installed"]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    _STATE.update(signum=None, reason=None, handled=False, installed=False)
+    if _STATE.pop("set_env", False):
+        os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+    _STATE.update(signum=None, reason=None, handled=False, installed=False, graceful=False)
 
 
 def received() -> int | None:

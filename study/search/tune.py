@@ -367,7 +367,8 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
                                       # a trial whose process dies restarts from its last checkpoint
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures)),
         )
-    grid = tuner.fit()
+    with signals.graceful():  # a signal ends the experiment through Tune: trials stopped, its state saved
+        grid = tuner.fit()
     signals.raise_if_stopped()  # SIGINT/SIGTERM: Tune stopped its trials and saved the experiment; go no further
     records = []
     for result in grid:
