@@ -28,6 +28,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO, TINY, kill_tree, set_args
+from tests.pipelines.test_faults import results
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +48,14 @@ def add_worker(cluster):
     return cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
 
 
-def on_node(pid: int, node) -> bool:
-    """Whether process `pid` is a worker of `node` (a descendant of its raylet)."""
+def raylet_pid(node) -> int:
     from ray._private import ray_constants
 
-    raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+
+
+def on_node(pid: int, raylet: int) -> bool:
+    """Whether process `pid` is a worker of the node whose raylet is `raylet` (a descendant of it)."""
     try:
         return any(p.pid == raylet for p in psutil.Process(pid).parents())
     except psutil.NoSuchProcess:
@@ -67,6 +71,24 @@ def cli(cluster, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def inject_and_finish(proc: subprocess.Popen, fault, what: str):
+    """Call `fault()` until it returns what it did (not None) while the command runs, then let the command finish
+    (exit 0 expected); returns what `fault` returned."""
+    done = None
+    try:
+        deadline = time.monotonic() + 300
+        while done is None and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            done = fault()
+            time.sleep(0.05)
+        assert done is not None, what
+        rc, err = finish(proc)
+    finally:
+        kill_tree(proc.pid)
+    assert rc == 0, err[-3000:]
+    return done
+
+
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
     try:
         _, err = proc.communicate(timeout=timeout)
@@ -75,44 +97,26 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def results(trial_dir: Path) -> list[dict]:
-    rows = []
-    path = trial_dir / "result.json"
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return rows
-
-
 @pytest.mark.slow
 def test_a_node_lost_mid_study_loses_and_duplicates_nothing(cluster, tmp_path):
     epochs = 15  # the node is lost at epoch 2 or so; Tune's driver reads results a little behind the trials
     out, storage = tmp_path / "out", tmp_path / "tune"
     worker = add_worker(cluster)
+    raylet = raylet_pid(worker)
     proc = cli(cluster, "study", "--output", str(out), *set_args(TINY + [
         "name=node-loss", f"train.epochs={epochs}", "search.num_samples=2", "search.max_concurrent=2",
         "search.scheduler=none", "search.checkpoint_every=1", f"search.storage={storage}"]))
-    killed = None
-    try:
-        deadline = time.monotonic() + 300
-        while killed is None and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            dirs = sorted((storage / "study").glob("trial_*"))
-            rows = {d.name[len("trial_"):]: results(d) for d in dirs}
-            if len(rows) == 2 and all(rows.values()):  # both trials training, one on each node
-                for trial, seen in rows.items():
-                    if on_node(seen[-1]["pid"], worker) and seen[-1]["epoch"] >= 2:
-                        cluster.remove_node(worker, allow_graceful=False)  # mid-epoch: just after a report
-                        killed = {"trial": trial, "pid": seen[-1]["pid"], "epoch": seen[-1]["epoch"]}
-                        break
-            time.sleep(0.05)
-        assert killed is not None, "no trial reached epoch 2 on the worker node"
-        rc, err = finish(proc)
-    finally:
-        kill_tree(proc.pid)
-    assert rc == 0, err[-3000:]
+
+    def lose_the_worker_node() -> dict | None:
+        rows = {d.name[len("trial_"):]: results(d) for d in sorted((storage / "study").glob("trial_*"))}
+        if len(rows) == 2 and all(rows.values()):  # both trials training, one on each node
+            for trial, seen in rows.items():
+                if on_node(seen[-1]["pid"], raylet) and seen[-1]["epoch"] >= 2:
+                    cluster.remove_node(worker, allow_graceful=False)  # mid-epoch: just after a report
+                    return {"trial": trial, "pid": seen[-1]["pid"], "epoch": seen[-1]["epoch"]}
+        return None
+
+    killed = inject_and_finish(proc, lose_the_worker_node, "no trial reached epoch 2 on the worker node")
 
     frame = pq.read_table(out / "results.parquet").to_pandas()
     assert len(frame) == 2 and frame["trial_id"].is_unique and (frame["status"] == "completed").all()
@@ -122,7 +126,7 @@ def test_a_node_lost_mid_study_loses_and_duplicates_nothing(cluster, tmp_path):
     after = [r for r in rows if r["pid"] != killed["pid"]]
     assert max(r["epoch"] for r in before) < epochs, "the trial had finished before its node was lost"
     assert after and 1 < after[0]["epoch"] <= killed["epoch"] + 1  # from its checkpoint, not from epoch 1
-    assert not any(on_node(r["pid"], worker) for r in after)
+    assert not any(on_node(r["pid"], raylet) for r in after)
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name("node-loss")
     runs = client.search_runs([exp.experiment_id], max_results=100)
@@ -143,31 +147,25 @@ def test_a_node_lost_mid_retrain_retries_its_task(cluster, tmp_path, storage):
     epochs = 15
     out = tmp_path / "out"
     worker = add_worker(cluster)
+    raylet = raylet_pid(worker)
     proc = cli(cluster, "retrain", "--output", str(out), *set_args(TINY + [
         f"name=node-loss-{storage}", f"train.epochs={epochs}", "retrain.seeds=2", "retrain.methods=[cutmix]"]))
     seeds = [out / "retrain" / "cutmix" / f"seed{k}" for k in range(2)]
-    lost = None
-    try:
-        deadline = time.monotonic() + 300
-        while lost is None and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            for seed in seeds:
-                try:
-                    pid = json.loads((seed / "task.json").read_text())["pid"]
-                except (OSError, ValueError):
-                    continue
-                if on_node(pid, worker) and (seed / "checkpoints" / "last.pt").is_file():
-                    cluster.remove_node(worker, allow_graceful=False)
-                    if storage == "node-local":  # the only copy of the checkpoint was on the lost node's disk
-                        shutil.rmtree(seed / "checkpoints")
-                    lost = seed
-                    break
-            time.sleep(0.05)
-        assert lost is not None, "no seed checkpointed on the worker node"
-        rc, err = finish(proc)
-    finally:
-        kill_tree(proc.pid)
-    assert rc == 0, err[-3000:]
+
+    def lose_the_worker_node() -> Path | None:
+        for seed in seeds:
+            try:
+                pid = json.loads((seed / "task.json").read_text())["pid"]
+            except (OSError, ValueError):
+                continue
+            if on_node(pid, raylet) and (seed / "checkpoints" / "last.pt").is_file():
+                cluster.remove_node(worker, allow_graceful=False)
+                if storage == "node-local":  # the only copy of the checkpoint was on the lost node's disk
+                    shutil.rmtree(seed / "checkpoints")
+                return seed
+        return None
+
+    lost = inject_and_finish(proc, lose_the_worker_node, "no seed checkpointed on the worker node")
 
     summary = json.loads((out / "retrain" / "summary.json").read_text())
     assert summary["variants"]["cutmix"]["test/top1_err"]["n"] == 2
