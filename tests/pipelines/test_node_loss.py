@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import REPO, TINY, kill_tree, set_args
+from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.processes import kill_tree
 from tests.pipelines.test_faults import results
 
 

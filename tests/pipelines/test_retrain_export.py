@@ -116,7 +116,8 @@ def test_run_chains_every_stage(tmp_path, run_cli):
     import sys
     import time
 
-    from tests.conftest import REPO, kill_tree
+    from tests.helpers.cli import REPO
+    from tests.helpers.processes import kill_tree
 
     out = tmp_path / "all"
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -25,7 +25,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.checkpoint import load_checkpoint
-from tests.conftest import REPO, TINY, descendants, kill_tree, set_args
+from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.processes import descendants, kill_tree
 
 STOP_WITHIN_S = 30.0
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.results import StudyResult
 from study.checkpoint import load_checkpoint
-from tests.conftest import TINY, assert_one_line_error, run_main, set_args
+from tests.helpers.cli import TINY, assert_one_line_error, run_main, set_args
 
 TRAIN = TINY + ["name=disk", "train.epochs=3"]
 
@@ -39,7 +39,7 @@ def test_a_failed_checkpoint_write_exits_1_naming_the_file_and_keeps_the_previou
     out = tmp_path / "run"
     fail_fsync_of(monkeypatch, "last.pt", after=1, code=code)  # epoch 1 is saved, epoch 2's save fails
     rc, _, err = run_main(capsys, "train", "--output", str(out), *set_args(TRAIN))
-    last = out / "checkpoints" / "last.pt"
+    last = out / "train" / "checkpoints" / "last.pt"
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 1 and len(lines) == 1 and "Traceback" not in err, err
     assert f"cannot write {last}" in lines[0]
@@ -59,13 +59,13 @@ def test_truncated_state_found_by_resume_is_named_with_the_way_out(capsys, tmp_p
     assert rc == 0, err
     resume = ["train", "--output", str(out), "--resume", *set_args(TINY + ["name=torn", "train.epochs=2"])]
 
-    summary = out / "summary.json"
+    summary = out / "train" / "summary.json"
     summary.write_text(summary.read_text()[:20])
     rc, _, err = run_main(capsys, *resume)
     assert_one_line_error(rc, err, str(summary), "--overwrite")
     summary.unlink()
 
-    last = out / "checkpoints" / "last.pt"
+    last = out / "train" / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     rc, _, err = run_main(capsys, *resume)
     assert_one_line_error(rc, err, str(last), "truncated", "--overwrite")

@@ -10,7 +10,7 @@ import pytest
 from study.cluster import capacity
 from study.config.load import load_config
 from study.config.schema import ResourcesConfig
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 
 
 def trial(*overrides: str) -> capacity.Demand:
