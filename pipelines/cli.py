@@ -76,7 +76,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, CheckpointError]
     for module, name in (("study.export", "ExportError"), ("study.data.voc", "DetectionDataError"),
                          ("pipelines.results", "ResultError"), ("study.tracking.store", "TrackingError"),
-                         ("study.metric_names", "EvaluationError")):
+                         ("study.metric_names", "EvaluationError"), ("study.cluster.lock", "LockError"),
+                         ("study.cluster.capacity", "PlacementError")):
         try:
             errors.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -95,21 +96,55 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Around it (study.cluster): SIGINT/SIGTERM stop it cleanly (`signals`: exit 130/143, Ray
+    shut down if the command started it), and every output directory it writes is locked for its life (`lock`)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    stopping = None
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
             build_parser().print_help()
             return 2
+        stopping = _start_command()
         return dispatch(args)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        import signal
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"error: stopped by {signal.Signals(signum).name} (continue with --resume)", file=sys.stderr)
+        return 128 + signum
     except Exception as exc:
+        from study.atomic import WriteError
+
         if isinstance(exc, user_errors()):
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        if isinstance(exc, WriteError):  # a full or failing volume: not bad input, but one line says it all
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         raise
+    finally:
+        if stopping is not None:
+            stopping()
+
+
+def _start_command():
+    """Install the signal handlers and open the output-lock session; returns what undoes both (and shuts down the
+    local Ray the command started, so that a stopped command leaves no Ray process behind)."""
+    from study.cluster import lock, session, signals
+
+    signals.install()
+    lock.begin_session()
+
+    def stop() -> None:
+        try:
+            if signals.received() is not None:
+                session.shutdown_if_started()
+        finally:
+            lock.end_session()
+            signals.uninstall()
+
+    return stop
 
 
 def entrypoint() -> None:

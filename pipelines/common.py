@@ -83,7 +83,10 @@ def prepare_output(path: Path, owned: list[str], *, resume: bool, overwrite: boo
                           ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {path} is not writable (choose a writable --output)")
-    existing = [name for name in owned if (path / name).exists() and (name != "." or any(path.iterdir()))]
+    from study.cluster.lock import LOCK_NAME, hold
+
+    hold(path)  # one writer per output directory, for the rest of the command (LockError: exit 2)
+    existing = [name for name in owned if (path / name).exists() and (name != "." or _has_results(path))]
     if existing and not (resume or overwrite):
         shown = path if existing == ["."] else path / existing[0]
         raise OutputError(f"{shown} already holds results (pass --resume to continue, --overwrite to replace, or "
@@ -93,12 +96,19 @@ def prepare_output(path: Path, owned: list[str], *, resume: bool, overwrite: boo
             target = path / name
             if name == ".":
                 for child in path.iterdir():
-                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+                    if child.name != LOCK_NAME:
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
             elif target.is_dir():
                 shutil.rmtree(target)
             else:
                 target.unlink()
     return path
+
+
+def _has_results(path: Path) -> bool:
+    from study.cluster.lock import LOCK_NAME
+
+    return any(child.name != LOCK_NAME for child in path.iterdir())
 
 
 def open_stage(path: str | Path, owned: list[str], *, resume: bool, overwrite: bool,

@@ -114,7 +114,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             print(f"detect: {name} backbone mAP@0.5 {final['val/map_50']:.3f} "
                 f"({out['task']['ended'] - out['task']['started']:.0f} s)")
 
-        outs = run_tasks(finetune_task, jobs, cfg.detect.resources, on_done=finished)
+        outs = run_tasks(finetune_task, jobs, cfg.detect.resources, on_done=finished, what="a detect task",
+                         key="detect.resources", placement_timeout_s=cfg.search.placement_timeout_s)
         for name, _ in variants:
             rows = outs[name]["rows"]
             for row in rows:

@@ -136,7 +136,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                                 f"{variant} seed {k}: top-1 err {row.get('top1_err', float('nan')):.2f}, "
                                 f"{sum(out['seconds'].values()):.0f} s")
 
-            run_tasks(evaluate_checkpoint, jobs, cfg.retrain.resources, on_done=finished)
+            run_tasks(evaluate_checkpoint, jobs, cfg.retrain.resources, on_done=finished, what="an evaluate task",
+                      key="retrain.resources", placement_timeout_s=cfg.search.placement_timeout_s)
         per_seed: dict[str, list[dict[str, Any]]] = {}
         for variant, k, _ in models:
             per_seed.setdefault(variant, []).append(rows[variant, k])

@@ -34,10 +34,9 @@ class StageResult:
         return cls.path(out_dir).is_file()
 
     def to_json(self) -> Path:
-        path = self.path(self.out_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, default=str))
-        return path
+        from study.atomic import atomic_write_text
+
+        return atomic_write_text(self.path(self.out_dir), json.dumps(dataclasses.asdict(self), indent=2, default=str))
 
     @classmethod
     def from_dir(cls: type[T], out_dir: str | Path) -> T:
@@ -92,7 +91,14 @@ class StudyResult(StageResult):
         """results.parquet as a pandas DataFrame, one row per trial."""
         import pandas as pd
 
-        return pd.read_parquet(Path(self.out_dir) / "results.parquet")
+        path = Path(self.out_dir) / "results.parquet"
+        try:
+            return pd.read_parquet(path)
+        except FileNotFoundError:
+            raise ResultError(f"{path} not found (rerun the study with --overwrite)") from None
+        except Exception as exc:  # pyarrow raises several types for a torn file; the user needs one line
+            raise ResultError(f"{path} is unreadable ({type(exc).__name__}; truncated?): rerun the study with "
+                              "--overwrite") from None
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                                 f"{variant} seed {k}: test top-1 err {summary['final']['test/top1_err']:.2f} "
                                 f"({summary['task']['ended'] - summary['task']['started']:.0f} s)")
 
-            run_tasks(train_seed, jobs, cfg.retrain.resources, on_done=finished)
+            run_tasks(train_seed, jobs, cfg.retrain.resources, on_done=finished, what="a retrain task",
+                      key="retrain.resources", placement_timeout_s=cfg.search.placement_timeout_s)
         rows: dict[str, list[dict[str, Any]]] = {}
         for variant, k, scfg in plan:
             summary = summaries[variant, k]

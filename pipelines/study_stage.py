@@ -16,6 +16,8 @@ from typing import Any
 
 from pipelines.common import OutputError, check_writable, open_stage
 from pipelines.results import StudyResult
+from study.atomic import atomic_write_bytes, atomic_write_text
+from study.cluster import capacity
 from study.config.load import dump_config, replace
 from study.config.schema import PipelineConfig, flatten, to_dict
 from study.config.validate import validate_study
@@ -54,8 +56,24 @@ def write_parquet(frame, path: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
-    return path
+    buf = pa.BufferOutputStream()  # serialised in memory, then written atomically (a torn table is never left)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
+    return atomic_write_bytes(path, buf.getvalue().to_pybytes())
+
+
+def _earlier_run(run_file: Path, tracker, experiment: str, out_dir: Path) -> str | None:
+    """The MLflow run of the study being resumed: from `study_run.json`, or when that record is gone (a fresh
+    output directory; Tune's storage and the tracking store kept) the newest study run tagged with this output
+    directory, so a resumed study never opens a second parent run."""
+    if run_file.is_file():
+        try:
+            return json.loads(run_file.read_text())["run_id"]
+        except (ValueError, KeyError):
+            raise OutputError(f"{run_file} is unreadable (delete it: the study's run is then found in MLflow by its "
+                              "tags)") from None
+    from study.tracking.lookup import find_stage_run
+
+    return find_stage_run(tracker.client, tracker.experiment(experiment), "study", out_dir)
 
 
 def pick_best(frame, metric: str, mode: str) -> tuple[int | None, float]:
@@ -169,13 +187,17 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         search.delete_experiment(cfg, out_dir)
     resuming = resume and search.can_resume(cfg, out_dir)
     run_file = out_dir / RUN_FILE
-    earlier = json.loads(run_file.read_text()).get("run_id") if resuming and run_file.is_file() else None
-
     experiment = cfg.tracking.experiment or cfg.name
+    earlier = _earlier_run(run_file, tracker, experiment, out_dir) if resuming else None
+
+    search.init_ray(dashboard=cfg.train.workers > 1)  # Ray Train frees killed runs' resources through it
+    demand = capacity.trial_demand(cfg)
+    capacity.check_placeable(demand)  # a trial a local Ray can never place: exit 2 before the study's run opens
     with tracker.stage_run("study", experiment, run_id=earlier) as parent:
+        if not run_file.is_file():
+            atomic_write_text(run_file, json.dumps({"run_id": parent.run_id, "experiment_id": parent.experiment_id,
+                                                    "tracking_uri": tracker.uri}))
         if earlier is None:
-            run_file.write_text(json.dumps({"run_id": parent.run_id, "experiment_id": parent.experiment_id,
-                                            "tracking_uri": tracker.uri}))
             parent.log_params({k: v for k, v in flatten(cfg).items() if k != "search.space"})
             parent.log_params({f"search.space.{k}": v for k, v in cfg.search.space.items()})
             dump_config(cfg, out_dir / "config.yaml")
@@ -192,12 +214,18 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         def trial_artifacts(trial_cfg: PipelineConfig, tmp: Path) -> list[Path]:
             return [save_sample_grid_for(trial_cfg, data, tmp / "samples.png")]
 
-        search.init_ray(dashboard=cfg.train.workers > 1)  # Ray Train frees killed runs' resources through it
         total = len(search.grid_points(cfg)) if cfg.search.algorithm == "grid" else cfg.search.num_samples
         callbacks = [MlflowTrialCallback(tracker.uri, parent.experiment_id, parent.run_id, to_dict(cfg),
                                                 trial_artifacts),
                      search.ProgressCallback(total, cfg.train.epochs, cfg.search.primary_metric)]
-        records = search.run_search(cfg, data, out_dir, callbacks=callbacks, resume=resuming)
+        try:
+            with capacity.watch(demand, cfg.search.placement_timeout_s):
+                records = search.run_search(cfg, data, out_dir, callbacks=callbacks, resume=resuming)
+        except (KeyboardInterrupt, capacity.PlacementError):  # stopped: no trial run is left RUNNING
+            from study.tracking.lookup import stop_open_children
+
+            stop_open_children(parent.client, parent.experiment_id, parent.run_id)
+            raise
 
         from study.tracking import store as tracking
 

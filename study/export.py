@@ -29,8 +29,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,12 +36,13 @@ from typing import Any
 import torch
 import torchvision
 from safetensors.torch import load_file as _st_load
-from safetensors.torch import save_file as _st_save
+from safetensors.torch import save as _st_save
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from study.atomic import atomic_write, atomic_write_text
 from study.config.load import from_dict
 from study.config.schema import ConfigError, ModelConfig
 from study.models import Backbone, Classifier, build_model
@@ -96,18 +95,6 @@ def _jsonable(x: Any) -> Any:
     if x is None or isinstance(x, bool | int | float | str):
         return x
     return str(x)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a killed export never leaves a half file there."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -223,10 +210,10 @@ def export_backbone(source: str | Path, out_dir: str | Path, extra: dict | None 
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     meta = {"arch": model.arch, "family": backbone.family, "source": "cutmix-study", "time": created,
             "torch": str(torch.__version__), "torchvision": str(torchvision.__version__), "num_classes": num_classes}
-    _atomic_write(out_dir / PT_FILE, lambda p: torch.save(state, p))
-    _atomic_write(out_dir / SAFETENSORS_FILE,
-                  lambda p: _st_save(state, p, metadata={"format": "pt", "arch": model.arch}))
-    _atomic_write(out_dir / MMDET_FILE, lambda p: torch.save({"state_dict": state, "meta": meta}, p))
+    atomic_write(out_dir / PT_FILE, lambda fh: torch.save(state, fh))
+    atomic_write(out_dir / SAFETENSORS_FILE,
+                 lambda fh: fh.write(_st_save(state, metadata={"format": "pt", "arch": model.arch})))
+    atomic_write(out_dir / MMDET_FILE, lambda fh: torch.save({"state_dict": state, "meta": meta}, fh))
 
     files = {name: {"sha256": _sha256(out_dir / name), "bytes": (out_dir / name).stat().st_size}
              for name in (PT_FILE, SAFETENSORS_FILE, MMDET_FILE)}
@@ -257,7 +244,7 @@ def export_backbone(source: str | Path, out_dir: str | Path, extra: dict | None 
     }
     manifest.update(_jsonable(extra or {}))
     text = json.dumps(manifest, indent=2)
-    _atomic_write(out_dir / MANIFEST, lambda p: Path(p).write_text(text))
+    atomic_write_text(out_dir / MANIFEST, text)
     return manifest
 
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import os
 
+from study.cluster.signals import reinstall
+
+_STARTED = {"here": False}  # whether init_ray started the local cluster of this process (shut down on a signal)
+
 
 def started_locally() -> bool:
     """Whether this process is connected to a local cluster it started (not a joined one: RAY_ADDRESS unset).
@@ -41,6 +45,19 @@ def init_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
         # cluster (/tmp/ray/ray_current_cluster), which may be another user's or already gone.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  log_to_driver=False, _node_ip_address="127.0.0.1", configure_logging=True, logging_level="WARNING")
+        _STARTED["here"] = True
+    reinstall()  # ray.init replaced the SIGTERM handler with one that exits without cleaning up
+
+
+def shutdown_if_started() -> None:
+    """Stop the local Ray that `init_ray` started in this process (a joined cluster is left alone)."""
+    if not _STARTED["here"]:
+        return
+    import ray  # late: start-up time
+
+    _STARTED["here"] = False
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def has_dashboard() -> bool:

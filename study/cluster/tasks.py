@@ -17,34 +17,46 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from study.cluster.capacity import check_placeable, task_demand, watch
 from study.cluster.session import init_ray  # noqa: F401 - the one way this package starts or joins Ray
 from study.config.schema import ResourcesConfig
 
 MAX_RETRIES = 3  # retries of a task whose worker process died (Ray's default for tasks)
+DEFAULT_PLACEMENT_TIMEOUT_S = 900.0  # as search.placement_timeout_s
 
 
 def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Any, dict[str, Any]]], resources: ResourcesConfig, *,
-              on_done: Callable[[Any, Any], None] | None = None, max_retries: int = MAX_RETRIES) -> dict[Any, Any]:
+              on_done: Callable[[Any, Any], None] | None = None, max_retries: int = MAX_RETRIES,
+              what: str = "a task", key: str = "retrain.resources",
+              placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S) -> dict[Any, Any]:
     """Run `fn(**kwargs)` for every (key, kwargs) job as a Ray task with `resources` (CPU, GPU per task), all
     submitted at once; `on_done(key, result)` is called in the driver as each one finishes (in finishing order).
-    Returns {key: result}. The first task that raises stops the rest and its exception is re-raised here."""
+    Returns {key: result}. The first task that raises stops the rest and its exception is re-raised here.
+
+    A task the cluster can never place is refused first (study.cluster.capacity: PlacementError, naming `what` and
+    the config field `key` that sets `resources`); on a joined cluster the wait for it is reported and bounded by
+    `placement_timeout_s`. A signal (study.cluster.signals) cancels the running tasks: each keeps the checkpoint of
+    its last finished epoch."""
     import ray
 
+    demand = task_demand(resources, what, key)
+    check_placeable(demand)
     remote = ray.remote(_call).options(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=max_retries,
                                        retry_exceptions=False)
     threads = max(1, int(resources.cpu))
     pending = {remote.remote(fn, threads, **kwargs): key for key, kwargs in jobs}
     results: dict[Any, Any] = {}
     try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            key = pending.pop(done[0])
-            try:
-                results[key] = ray.get(done[0])
-            except ray.exceptions.RayTaskError as exc:
-                raise exc.as_instanceof_cause() from None
-            if on_done is not None:
-                on_done(key, results[key])
+        with watch(demand, placement_timeout_s):
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                job = pending.pop(done[0])
+                try:
+                    results[job] = ray.get(done[0])
+                except ray.exceptions.RayTaskError as exc:
+                    raise exc.as_instanceof_cause() from None
+                if on_done is not None:
+                    on_done(job, results[job])
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)

@@ -145,6 +145,9 @@ class SearchConfig:
     evaluate_defaults: bool = True  # paper defaults (alpha=1, p=0.5) and the no-CutMix baseline first
     checkpoint_every: int = 0  # trial checkpoints: every N epochs and the last; 0 = auto (about every 10 s)
     max_failures: int = 2  # retries of a trial whose process died (killed, node lost), each from its last checkpoint
+    # On a joined cluster (RAY_ADDRESS; an autoscaler may add nodes): how long a trial or task that the cluster cannot
+    # place may wait before the command fails (study.cluster.capacity); a local Ray refuses such work at once.
+    placement_timeout_s: float = 900.0
     space: Mapping[str, Dimension] = field(default_factory=dict)
 
     @property

@@ -97,6 +97,7 @@ def validate(cfg: PipelineConfig) -> None:
            f"search.checkpoint_every={s.checkpoint_every} is not allowed (0 for auto, or >= 1)")
     _check(s.reduction_factor >= 2, f"search.reduction_factor={s.reduction_factor} is not allowed (>= 2)")
     _check(s.max_failures >= 0, f"search.max_failures={s.max_failures} is not allowed (>= 0)")
+    _check(s.placement_timeout_s > 0, f"search.placement_timeout_s={s.placement_timeout_s:g} is not allowed (> 0 s)")
     _check(s.resources_per_trial.cpu > 0, f"search.resources_per_trial.cpu={s.resources_per_trial.cpu} (> 0)")
     _check(s.resources_per_trial.gpu >= 0, f"search.resources_per_trial.gpu={s.resources_per_trial.gpu} (>= 0)")
     _check(s.eval_every >= 1, f"search.eval_every={s.eval_every} is not allowed (>= 1)")

@@ -39,6 +39,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from study.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from study.cluster import signals
 from study.cluster.session import has_dashboard, init_ray
 from study.config.load import from_dict, replace
 from study.config.schema import ConfigError, PipelineConfig, to_dict
@@ -366,7 +367,9 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
                                       # a trial whose process dies restarts from its last checkpoint
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures)),
         )
-    grid = tuner.fit()
+    with signals.graceful():  # a signal ends the experiment through Tune: trials stopped, its state saved
+        grid = tuner.fit()
+    signals.raise_if_stopped()  # SIGINT/SIGTERM: Tune stopped its trials and saved the experiment; go no further
     records = []
     for result in grid:
         m = dict(result.metrics or {})

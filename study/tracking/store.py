@@ -256,9 +256,13 @@ class StageRun:
 
 @contextlib.contextmanager
 def _lifecycle(client: MlflowClient, run_id: str) -> Iterator[None]:
-    """FINISHED when the block ends, FAILED when it raises (KeyboardInterrupt and SystemExit too)."""
+    """FINISHED when the block ends, KILLED when a signal stops it (KeyboardInterrupt: SIGINT, or SIGTERM through
+    study.cluster.signals), FAILED when it raises anything else (SystemExit too)."""
     try:
         yield
+    except KeyboardInterrupt:
+        end_run(client, run_id, "KILLED")
+        raise
     except BaseException:
         end_run(client, run_id, "FAILED")
         raise

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from study.atomic import atomic_write_text
 from study.config.load import dump_config
 from study.config.schema import DataConfig, PipelineConfig
 from study.data.registry import load_data
@@ -95,6 +96,7 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
         trainer.load_checkpoint(load_checkpoint(last))
     else:
         save_sample_grid_for(cfg, data, out_dir / "samples.png")
+    resumed_from = trainer.epoch  # 0 when training from scratch
     progress = Progress(cfg.train.epochs, label)
     start = time.perf_counter()
     for result in trainer.fit():
@@ -112,15 +114,16 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
     summary = {"final": trainer.history[-1], "best": trainer.best_metrics, "best_epoch": best_epoch,
                "metric": cfg.search.primary_metric, "epochs": trainer.epoch, "wall_s": time.perf_counter() - start,
                "num_classes": data.num_classes, "dataset": data.name}
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    return {**summary, "history": trainer.history}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(summary, indent=2))
+    return {**summary, "history": trainer.history, "resumed_from": resumed_from}
 
 
 def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str) -> dict[str, Any]:
     """One retrain seed as a Ray task (study.cluster.tasks.run_tasks): train `cfg` (plain data) into `run_dir` on
     `data` (train+val merged), the final epoch being the model. Continues from `checkpoints/last.pt` when an
-    earlier attempt left one, so Ray's retry of a task whose worker died resumes it. Writes `task.json` (PID and
-    start time) first, for whoever watches the run. Returns train_run's summary with the per-epoch history."""
+    earlier attempt left one, so Ray's retry of a task whose worker died resumes it. Writes `task.json` (PID, start
+    time, attempt) first, for whoever watches the run, and adds the epoch it resumed from at the end. Returns
+    train_run's summary with the per-epoch history."""
     import os
 
     from study.config.load import from_dict
@@ -128,6 +131,10 @@ def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str) -> dict[str,
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     attempts = json.loads((out / "task.json").read_text()).get("attempt", 0) + 1 if (out / "task.json").is_file() else 1
-    (out / "task.json").write_text(json.dumps({"pid": os.getpid(), "started": time.time(), "attempt": attempts}))
+    task = {"pid": os.getpid(), "started": time.time(), "attempt": attempts}
+    atomic_write_text(out / "task.json", json.dumps(task))
     summary = train_run(from_dict(cfg), out, data=data, resume=True, label=label, select_last=True)
+    # The epoch this attempt started from: > 0 when a retry found the dead attempt's checkpoint, 0 when it had to
+    # start again (the checkpoint was lost with a node's local disk, or none had been written).
+    atomic_write_text(out / "task.json", json.dumps({**task, "resumed_from": summary["resumed_from"]}))
     return {**summary, "attempt": attempts}

@@ -344,6 +344,13 @@ def _set_entrypoint(objs: list[dict], old: str, new: str) -> None:
     rayjob["spec"]["entrypoint"] = rayjob["spec"]["entrypoint"].replace(old, new)
 
 
+def _set_volume(objs: list[dict], name: str, volume: dict) -> None:
+    """Replace the volume `name` of the RayJob's head pod."""
+    spec = one(objs, "RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    (index,) = [i for i, v in enumerate(spec["volumes"]) if v["name"] == name]
+    spec["volumes"][index] = volume
+
+
 def _set_pipeline(objs: list[dict], old: str, new: str) -> None:
     cm = next(o for o in find(objs, "ConfigMap") if "pipeline.yaml" in o.get("data", {}))
     assert old in cm["data"]["pipeline.yaml"]
@@ -364,6 +371,7 @@ def _set_pipeline(objs: list[dict], old: str, new: str) -> None:
     (lambda objs: _set_pipeline(objs, "{cpu: 4, gpu: 1}", "{cpu: 16, gpu: 1}"), "CPUs"),
     (lambda objs: _set_pipeline(objs, "storage: s3://cutmix-study/tune", "storage: /tmp/tune"), "PVC"),
     (lambda objs: _set_pipeline(objs, "root: /mnt/datasets", "root: /data/cifar"), "data.root"),
+    (lambda objs: _set_volume(objs, "work", {"name": "work", "emptyDir": {}}), "--output .* PVC"),
     (lambda objs: one(objs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"][
         "containers"][0]["env"][0].__setitem__("value", "http://mlflow:5000"), "MLFLOW_TRACKING_URI"),
     (lambda objs: one(objs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"][

@@ -866,10 +866,22 @@ def check_rayjob_contract(objs: list[dict], external: dict[str, dict[str, str]])
     else:
         problems.append("search.storage is empty: the study would live in the head's output dir and die with it")
 
-    # Paths the driver and the trials use exist in the pods.
+    # Paths the driver and the trials use exist in the pods. --output must outlive the cluster (a retried RayJob
+    # resumes from it: study_run.json, finished retrain seeds, the output lock) and be the same volume on every Ray
+    # pod (the driver on the head reads what the workers' tasks write there): one PVC, writable everywhere.
     found = mount_for(head, args["--output"])
     if not found or found[0].get("readOnly"):
         problems.append(f"--output {args['--output']} is not on a writable mount of the head")
+    claims = set()
+    for pod in ray:
+        found = mount_for(pod, args["--output"])
+        if not found or "persistentVolumeClaim" not in found[1] or found[0].get("readOnly"):
+            problems.append(f"{pod}: --output {args['--output']} is not on a writable PVC mount (an emptyDir dies "
+                            "with the pod, and a retried job would repeat the study's work)")
+        else:
+            claims.add(found[1]["persistentVolumeClaim"]["claimName"])
+    if len(claims) > 1:
+        problems.append(f"--output is on different PVCs per pod: {sorted(claims)}")
     if cfg.data.root:
         for pod in ray:
             if not mount_for(pod, cfg.data.root):

@@ -76,3 +76,27 @@ def test_a_killed_retrain_task_is_retried_and_resumed(tmp_path):
     for run in seeds:  # every epoch logged exactly once, the killed seed's too
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(1, 41)), (run.data.tags, steps)
+
+
+@pytest.mark.slow
+def test_work_the_local_ray_can_never_place_is_refused_before_it_starts(run_cli, tmp_path):
+    """The command's own local Ray cannot grow: a trial or a task bigger than it is exit 2 and one line, before any
+    trial or task starts and before the study's MLflow run opens (study.cluster.capacity)."""
+    out = tmp_path / "out"
+    proc = run_cli("study", "--output", str(out), *set_args(TINY + [
+        "name=too-big", "search.num_samples=1", "search.resources_per_trial.cpu=64"]), timeout=300)
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert line.startswith("error: a trial needs 64 CPUs (search.resources_per_trial.cpu=64); the local Ray has ")
+    assert line.endswith("(lower search.resources_per_trial)")
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("too-big")
+    assert exp is None or not client.search_runs([exp.experiment_id])  # no study run was opened
+    assert not (out / "tune").exists()
+
+    proc = run_cli("retrain", "--output", str(tmp_path / "retrain"), *set_args(TINY + [
+        "name=too-big", "retrain.resources.cpu=64"]), timeout=300)
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert line.startswith("error: a retrain task needs 64 CPUs (retrain.resources.cpu=64); the local Ray has ")
+    assert not list((tmp_path / "retrain").glob("retrain/*/seed*"))  # no task started

@@ -109,16 +109,48 @@ def test_retrain_and_export_from_mlflow_run_ids(study_dir, tmp_path, run_cli):
 
 @pytest.mark.slow
 def test_run_chains_every_stage(tmp_path, run_cli):
-    proc = run_cli("run", "--output", str(tmp_path / "all"), *set_args(STUDY))
+    """The whole chain; while it runs, a second `run --resume` on its directory is refused (one writer per output
+    directory, study.cluster.lock) and the first finishes unharmed."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers.cli import REPO
+    from tests.helpers.processes import kill_tree
+
+    out = tmp_path / "all"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    first = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "--output", str(out), *set_args(STUDY)],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / ".lock").is_file() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (out / ".lock").is_file(), "the first run took no lock"
+        second = run_cli("run", "--output", str(out), "--resume", *set_args(STUDY), timeout=300)
+        assert second.returncode == 2, second.stderr[-3000:]
+        (line,) = [x for x in second.stderr.splitlines() if x.strip()]
+        assert line.startswith(f"error: {out} is in use by PID {first.pid} on ") and " since " in line, line
+        stdout, stderr = first.communicate(timeout=900)
+    finally:
+        kill_tree(first.pid)
+    proc = subprocess.CompletedProcess(first.args, first.returncode, stdout, stderr)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / ".lock").exists()
     for needle in ("== study", "== retrain", "== export", "== detect", "backbone: ", "detector mAP@0.5",
                    "browse: mlflow ui --backend-store-uri sqlite:///"):
         assert needle in proc.stdout, needle
-    out = tmp_path / "all"
     for path in ("results.parquet", "best_config.yaml", "retrain/summary.json", "export/backbone.pt",
                  "export/backbone.safetensors", "export/manifest.json", "detect/metrics.json"):
         assert (out / path).is_file(), path
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name("chain")
-    stages = {r.data.tags.get("cutmix.stage") for r in client.search_runs([exp.experiment_id], max_results=100)}
-    assert {"study", "trial", "retrain", "retrain-seed", "export", "detect"} <= stages
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    stages = [r.data.tags.get("cutmix.stage") for r in runs]
+    assert {"study", "trial", "retrain", "retrain-seed", "export", "detect"} <= set(stages)
+    # Nothing written twice by the refused second run: one run per stage, one per trial, all finished.
+    assert stages.count("study") == 1 and stages.count("trial") == 2 and stages.count("retrain") == 1
+    assert {r.info.status for r in runs} == {"FINISHED"}

@@ -1,0 +1,62 @@
+"""Work the cluster cannot place fails loudly (study.cluster.capacity): the demand of a trial or task against the
+nodes' resources, and the one line a user gets."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from study.cluster import capacity
+from study.config.load import load_config
+from study.config.schema import ResourcesConfig
+from tests.helpers.cli import TINY
+
+
+def trial(*overrides: str) -> capacity.Demand:
+    return capacity.trial_demand(load_config(None, TINY + list(overrides)))
+
+
+def test_the_issue_example_two_workers_on_two_cpus():
+    line = capacity.shortfall(trial("train.workers=2"), [{"CPU": 2.0}], "the local Ray")
+    assert line == ("a trial needs 2.5 CPUs (train.workers=2 × 1 CPU + 0.5 for the trial); the local Ray has 2 "
+                    "(lower train.workers or search.resources_per_trial)")
+    assert capacity.shortfall(trial("train.workers=2"), [{"CPU": 3.0}], "the local Ray") is None
+
+
+def test_single_process_trials_tasks_gpus_and_the_largest_node():
+    assert capacity.shortfall(trial(), [{"CPU": 1.0}], "x") is None
+    line = capacity.shortfall(trial("search.resources_per_trial={cpu: 1, gpu: 1}"), [{"CPU": 8.0}], "the local Ray")
+    assert line == ("a trial needs 1 GPU (search.resources_per_trial.gpu=1); the local Ray has 0 (lower "
+                    "search.resources_per_trial)")
+    task = capacity.task_demand(ResourcesConfig(cpu=4), "a retrain task", "retrain.resources")
+    assert capacity.shortfall(task, [{"CPU": 2.0}], "the local Ray") == (
+        "a retrain task needs 4 CPUs (retrain.resources.cpu=4); the local Ray has 2 (lower retrain.resources)")
+    # 2 + 2 CPUs in the cluster, but one process of 3 fits on no node.
+    task = capacity.task_demand(ResourcesConfig(cpu=3), "a retrain task", "retrain.resources")
+    assert "the largest node of the cluster has 2" in capacity.shortfall(task, [{"CPU": 2.0}, {"CPU": 2.0}],
+                                                                         "the cluster")
+
+
+def test_a_fixed_cluster_refuses_at_once_and_a_joined_one_waits_then_stops(monkeypatch):
+    demand = trial("train.workers=2")
+    monkeypatch.setattr(capacity, "alive_nodes", lambda: [{"CPU": 2.0}])
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(capacity.PlacementError, match="the local Ray has 2"):
+        capacity.check_placeable(demand)
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # joined: an autoscaler may add nodes
+    capacity.check_placeable(demand)  # no error now
+    monkeypatch.setattr(capacity, "POLL_S", 0.05)
+    stream = io.StringIO()
+    stopped = []
+    monkeypatch.setattr(capacity, "stop", stopped.append)
+    with capacity.watch(demand, timeout_s=0.3, stream=stream):
+        import time
+
+        deadline = time.monotonic() + 10
+        while not stopped and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "waiting for resources" in stream.getvalue() and "the cluster has 2" in stream.getvalue()
+    (reason,) = stopped
+    assert isinstance(reason, capacity.PlacementError) and "search.placement_timeout_s=0.3" in str(reason)
