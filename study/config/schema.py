@@ -82,6 +82,9 @@ class CutMixConfig:
     mode: str = "batch"
     label_smoothing: float = 0.0
     cutout_size: float = 0.5  # cutout: square side as a fraction of the image side
+    # No mixing in the last N epochs of the schedule (timm's mixup_off_epoch; a searchable int dimension): the
+    # model ends on clean batches. 0 <= off_epochs < train.epochs.
+    off_epochs: int = 0
 
     @property
     def mixes(self) -> bool:
@@ -227,6 +230,17 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """`cutmix-study budget` (study.training.budget): baseline vs cutmix_paper at several training budgets."""
+
+    epochs: tuple[int, ...] = (6, 12, 24, 48, 96)  # each budget a full schedule of its own (>= 2 budgets, increasing)
+    seeds: int = 3  # per arm and budget
+    bootstrap: int = 2000  # seed resamples for the crossover's interval (study.stats.crossover)
+    bootstrap_seed: int = 0
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # per model (a Ray task each)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str = "digits"
     data: DataConfig = field(default_factory=DataConfig)
@@ -238,6 +252,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -73,6 +73,8 @@ def validate(cfg: PipelineConfig) -> None:
     _one_of(c.mode, MODES, "cutmix.mode")
     _check(0 <= c.label_smoothing < 1, f"cutmix.label_smoothing={c.label_smoothing} is not allowed (0 <= value < 1)")
     _check(0 < c.cutout_size <= 1, f"cutmix.cutout_size={c.cutout_size} is not allowed (0 < value <= 1)")
+    _check(0 <= c.off_epochs < t.epochs,
+           f"cutmix.off_epochs={c.off_epochs} is not allowed (0 <= value < train.epochs={t.epochs})")
 
     _check(t.epochs >= 1, f"train.epochs={t.epochs} is not allowed (>= 1)")
     _check(t.batch_size >= 2, f"train.batch_size={t.batch_size} is not allowed (>= 2; mixing needs partners)")
@@ -105,7 +107,13 @@ def validate(cfg: PipelineConfig) -> None:
     for name, dim in s.space.items():
         validate_dimension(cfg, name, dim)
 
-    for name, r in (("retrain", cfg.retrain.resources), ("detect", cfg.detect.resources)):
+    b = cfg.budget
+    _check(len(b.epochs) >= 2 and all(e >= 1 for e in b.epochs) and list(b.epochs) == sorted(set(b.epochs)),
+           f"budget.epochs={list(b.epochs)} is not allowed (two or more budgets >= 1 epoch, strictly increasing)")
+    _check(b.seeds >= 2, f"budget.seeds={b.seeds} is not allowed (>= 2: a difference needs a spread)")
+    _check(b.bootstrap >= 100, f"budget.bootstrap={b.bootstrap} is not allowed (>= 100 resamples)")
+    for name, r in (("retrain", cfg.retrain.resources), ("detect", cfg.detect.resources),
+                    ("budget", cfg.budget.resources)):
         _check(r.cpu > 0 and r.gpu >= 0, f"{name}.resources={{cpu: {r.cpu}, gpu: {r.gpu}}} is not allowed (cpu > 0, "
                                          "gpu >= 0)")
     e = cfg.evaluate
