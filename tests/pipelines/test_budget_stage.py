@@ -58,3 +58,15 @@ def test_budget_stage_end_to_end_and_resume(tmp_path, run_cli):
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.`mlflow.parentRunId` = '{again['run_id']}'")
     assert again["run_id"] == summary["run_id"] and len(children) == 8  # the same runs, none logged twice
+
+
+@pytest.mark.parametrize("override, needle", [("budget.epochs=[12,6]", "strictly increasing"),
+                                              ("budget.epochs=[12]", "two or more"),
+                                              ("budget.seeds=1", "budget.seeds=1 is not allowed")])
+def test_bad_budget_config_is_one_line_and_exit_2(tmp_path, capsys, override, needle):
+    from pipelines.cli import main
+
+    assert main(["budget", "--output", str(tmp_path / "x"), "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and "\n" not in err
+    assert not (tmp_path / "x").exists()  # nothing written before the config is checked
