@@ -23,7 +23,7 @@ def test_cutmix_paper_is_retrained_and_evaluated_whatever_the_study_picked(tmp_p
     assert list(retrain.variants) == ["baseline", "cutmix_paper", "cutmix_a0.3_p0.02"]
     assert retrain.winner == "cutmix_a0.3_p0.02" and "in effect the baseline" in retrain.notes[retrain.winner]
     assert set(retrain.comparisons) == {"cutmix_paper", "cutmix_a0.3_p0.02"}
-    report = retrain_stage.format_report(retrain)
+    report = retrain_stage.report(retrain)
     assert "cutmix_paper (α=1 p=0.5) - baseline" in report and "cutmix α=0.3 p=0.02 (study winner)" in report
     evaluation = evaluate_stage.run(cfg, out, tracker, source=retrain)
     assert set(evaluation.metrics) == set(retrain.variants)
