@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-SUBCOMMANDS = ("run", "study", "retrain", "evaluate", "export", "detect", "train")
+SUBCOMMANDS = ("run", "study", "retrain", "evaluate", "export", "detect", "train", "budget")
 
 
 # `--from` of each stage that has one: what it may name (pipelines.common.resolve_source resolves it for all).
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export": "export a detection-ready backbone (backbone.pt, safetensors, manifest.json)",
         "detect": "fine-tune Faster R-CNN (FPN) from an exported backbone; report mAP",
         "train": "one training run of a config",
+        "budget": "does CutMix pay at my budget? baseline vs cutmix_paper at each of budget.epochs, several seeds; "
+                  "the difference per budget and the crossover (not part of `run`; see configs/digits_budget.yaml)",
     }
     for name in SUBCOMMANDS:
         p = sub.add_parser(name, help=helps[name], description=helps[name])

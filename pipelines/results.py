@@ -114,6 +114,13 @@ class RetrainResult(StageResult):
     best_run_dir: str = ""
     best_checkpoint: str = ""
     cutmix_gain_top1_points: float | None = None  # baseline - cutmix mean test error: positive when CutMix helps
+    # Issue 15's references: variant -> the label a table shows ("cutmix α=0.12 p=0.02 (study winner)"), variant ->
+    # a flag ("mixes ~2 % of steps: in effect the baseline", "the study's winner"), the variant that is the study's
+    # winner (None: none was retrained) and the study race's verdict ("" when the study ran no race).
+    labels: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    winner: str | None = None
+    race_verdict: str = ""
 
     def seed_runs(self) -> list[tuple[str, int, Path]]:
         """(variant, seed index, run directory) of every retrained model."""
@@ -157,4 +164,22 @@ class DetectResult(StageResult):
     random_map_50: float | None = None
     random_map: float | None = None
     gain_map_50: float | None = None
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class BudgetResult(StageResult):
+    """`cutmix-study budget` (pipelines/budget_stage.py): baseline vs cutmix_paper at every training budget."""
+
+    STAGE: ClassVar[str] = "budget"
+    run_id: str = ""
+    num_test: int = 0
+    epochs: list[int] = field(default_factory=list)  # the budgets, increasing
+    seeds: int = 0
+    # One row per budget: {"epochs", "baseline": summarize(test err), "cutmix_paper": ..., "baseline_train",
+    # "cutmix_paper_train": summarize(clean train err), "diff": stats.compare(cutmix_paper, baseline)}
+    budgets: list[dict[str, Any]] = field(default_factory=list)
+    crossover: dict[str, Any] = field(default_factory=dict)  # study.stats.crossover
+    table: str = ""  # path of table.md
+    plot: str = ""  # path of test_error_vs_epochs.png
     wall_s: float = 0.0

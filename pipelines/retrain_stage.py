@@ -1,12 +1,17 @@
 """`cutmix-study retrain --from STUDY_DIR_OR_MLFLOW_RUN`: the winner, retrained before it is called better.
 
-The study's best configuration is trained for the full budget on train+val with `retrain.seeds` seeds and
-evaluated on the held-out test split; the figure reported is the mean ± sample std over seeds with a 95 %
-t-interval (Google's tuning playbook; KellerJordan's airbench reports n and spread the same way). The methods of
-`retrain.methods` (or the p=0 baseline with `retrain.compare_baseline`) run with the same seeds, and each one's
-difference to the baseline is given with Welch's t-interval and a verdict: better, worse or not resolved.
+Every retrain carries fixed references (study.training.references, issue 15): `baseline` (no mixing) and
+`cutmix_paper` (the paper's alpha = 1, p = 0.5), whatever the study found, beside the study's winner named by its
+parameters (e.g. `cutmix_a0.12_p0.02`, shown as "cutmix α=0.12 p=0.02"; flagged when it mixes under 5 % of its
+steps: in effect the baseline). The winner is the study's raced winner when it ran a race, and none when the race
+found no setting distinguishable (the references alone are retrained); otherwise its best trial. `retrain.methods`
+adds MixUp and Cutout at the paper's settings. All are trained for the full budget on train+val with the same
+`retrain.seeds` seeds and tested on the held-out test split: mean ± sample std over seeds with a 95 % t-interval
+(Google's tuning playbook; KellerJordan's airbench reports n and spread the same way), and each one's difference
+to the baseline with Welch's t-interval and a verdict: better, worse or not resolved. The clean train error of
+each model (`train/top1_err`) is reported beside its test error.
 
-Writes `<output>/retrain/`: one run directory per variant and seed (`cutmix/seed0/`, ..., `baseline/seed0/`, ...)
+Writes `<output>/retrain/`: one run directory per variant and seed (`baseline/seed0/`, `cutmix_paper/seed0/`, ...)
 and `summary.json` (RetrainResult). On train+val no split is left to pick an epoch by, so each seed's model is
 its final epoch; the seed with the lowest test error is the one `export` takes (the mean ± std stays the unbiased
 figure).
@@ -15,6 +20,7 @@ figure).
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,29 +29,23 @@ from pipelines.common import OutputError, Source, check_writable, open_stage
 from pipelines.results import RetrainResult, StudyResult
 from study.config.load import replace
 from study.config.schema import PipelineConfig, flatten, to_dict
-from study.training.runner import Progress
+from study.training.references import CUTMIX_PAPER, retrain_variants, winner_name
+from study.training.runner import Progress, log_seed_run, read_finished
 
-REPORTED = ("test/top1_err", "test/top5_err", "test/loss")
-# The paper's settings for the methods it compares CutMix with (Yun et al. 2019, section 4.1.1).
-METHOD_DEFAULTS = {"mixup": {"cutmix.alpha": 1.0, "cutmix.prob": 1.0},
-                   "cutout": {"cutmix.prob": 1.0, "cutmix.cutout_size": 0.5},
-                   "cutmix": {"cutmix.alpha": 1.0, "cutmix.prob": 0.5}}
+REPORTED = ("test/top1_err", "test/top5_err", "test/loss", "train/top1_err")
 
 
-def variants(cfg: PipelineConfig) -> list[tuple[str, PipelineConfig]]:
-    """(variant name, config) pairs retrained with the same seeds; `baseline` is the no-mixing one."""
-    methods = list(cfg.retrain.methods)
-    if not methods:
-        methods = [cfg.cutmix.method] + (["none"] if cfg.retrain.compare_baseline and cfg.cutmix.mixes else [])
-    out = []
-    for method in methods:
-        if method == "none":
-            out.append(("baseline", replace(cfg, {"cutmix.prob": 0.0})))
-        elif method == cfg.cutmix.method and cfg.cutmix.mixes:
-            out.append((method, cfg))  # the study's winner, as found
-        else:
-            out.append((method, replace(cfg, {"cutmix.method": method, **METHOD_DEFAULTS[method]})))
-    return out
+def study_winner(source: StudyResult | None) -> tuple[dict[str, Any] | None, str]:
+    """(the winner's params, the race's verdict) of a study: its raced winner when it ran a race
+    (`race_verdict` set; `winner_params` None when no setting was distinguishable: then only the references are
+    retrained), else its best trial's params; ({}, "") without a study (the config's own setting competes)."""
+    if source is None:
+        return {}, ""
+    verdict = getattr(source, "race_verdict", "") or ""
+    if verdict:
+        winner = getattr(source, "winner_params", None)
+        return (dict(winner) if winner is not None else None), verdict
+    return dict(source.best_params or {}), ""
 
 
 SOURCE_STAGES = ("study",)
@@ -81,15 +81,15 @@ def study_of(source: StudyResult | Source | None, out_dir: Path) -> StudyResult 
 
 def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: bool = False,
         overwrite: bool = False) -> RetrainResult:
-    """Train every variant with K seeds on train+val; test metrics with intervals. `source`: the study whose winner
-    is retrained (a StudyResult, or a resolved `--from`; its best parameters are applied to `cfg`), or None to
-    retrain `cfg` as it is."""
+    """Train every variant (study.training.references.retrain_variants) with K seeds on train+val; test metrics
+    with intervals. `source`: the study whose winner is retrained beside the references (a StudyResult, or a
+    resolved `--from`: its raced winner, else its best parameters; none when its race found no setting
+    distinguishable), or None to retrain `cfg`'s own setting beside them."""
     from study.stats import compare, summarize
     from study.training.runner import load_dataset
 
     source = study_of(source, Path(out_dir))
-    if source is not None and source.best_params:
-        cfg = replace(cfg, source.best_params)
+    winner, race_verdict = study_winner(source)
     study_run_id = source.parent_run_id if source is not None else None
     check_writable(out_dir)
     tracker.check()
@@ -99,8 +99,10 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         return done
     merged = data.merged_train_val()
     epochs = cfg.retrain.epochs or cfg.train.epochs
-    plan = [(variant, k, replace(vcfg, {"train.seed": vcfg.train.seed + k, "train.epochs": epochs}))
-            for variant, vcfg in variants(cfg) for k in range(cfg.retrain.seeds)]
+    # The references (baseline, cutmix_paper), the study's winner named by its parameters, the paper's methods.
+    chosen = retrain_variants(replace(cfg, {"train.epochs": epochs}), winner, cfg.retrain.methods)
+    plan = [(v.name, k, replace(v.cfg, {"train.seed": v.cfg.train.seed + k}))
+            for v in chosen for k in range(cfg.retrain.seeds)]
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
     with tracker.stage_run("retrain", cfg.tracking.experiment or cfg.name, reuse=resume,
                            tags={"cutmix.study_run_id": study_run_id or ""}) as parent:
@@ -109,11 +111,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         jobs = []
         for variant, k, scfg in plan:
             run_dir = out_dir / "retrain" / variant / f"seed{k}"
-            if resume and (run_dir / "metrics.json").is_file():  # a finished seed: read back, not retrained
-                from study.checkpoint import load_checkpoint
-
-                summary = json.loads((run_dir / "metrics.json").read_text())
-                summary["history"] = load_checkpoint(run_dir / "checkpoints" / "last.pt").get("history", [])
+            summary = read_finished(run_dir) if resume else None
+            if summary is not None:  # a finished seed: read back, not retrained
                 _log_seed(parent, variant, k, scfg, run_dir, summary, resume)  # what a killed driver did not log
                 summaries[variant, k] = summary
                 continue
@@ -147,19 +146,24 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             summary = summaries[variant, k]
             rows.setdefault(variant, []).append({"seed": scfg.train.seed, "method": scfg.cutmix.method,
                                                  "run_dir": str(out_dir / "retrain" / variant / f"seed{k}"),
-                                                 **{m: summary["final"][m] for m in REPORTED},
+                                                 **{m: summary["final"].get(m, math.nan) for m in REPORTED},
                                                  "task": summary.get("task")})  # when and where it ran
         stats = {v: {"seeds": r, **{m: summarize([x[m] for x in r]) for m in REPORTED}} for v, r in rows.items()}
         comparisons = {v: {m: compare([x[m] for x in r], [x[m] for x in rows["baseline"]]) for m in REPORTED}
                        for v, r in rows.items() if v != "baseline" and "baseline" in rows}
-        main_variant = next(v for v, _ in variants(cfg) if v != "baseline") if len(rows) > 1 else next(iter(rows))
+        # The model export takes: the study winner's best seed (its own row or the reference it coincides with),
+        # else the paper recipe's.
+        main_variant = winner_name(chosen) or CUTMIX_PAPER
         best = min(rows[main_variant], key=lambda r: r["test/top1_err"])
         gain = None
         if "baseline" in rows and main_variant in stats:
             gain = stats["baseline"]["test/top1_err"]["mean"] - stats[main_variant]["test/top1_err"]["mean"]
         result = RetrainResult(str(out_dir), str(out_dir / "best_config.yaml"), epochs, study_run_id, parent.run_id,
                                len(data.test), stats, comparisons,
-                               best["run_dir"], str(Path(best["run_dir"]) / "checkpoints" / "best.pt"), gain)
+                               best["run_dir"], str(Path(best["run_dir"]) / "checkpoints" / "best.pt"), gain,
+                               labels={v.name: v.label for v in chosen},
+                               notes={v.name: v.note for v in chosen if v.note}, winner=winner_name(chosen),
+                               race_verdict=race_verdict)
         result.to_json()
         flat: dict[str, float] = {"num_test": result.num_test}
         for variant, s in stats.items():
@@ -180,30 +184,26 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
 
 def _log_seed(parent, variant: str, k: int, cfg: PipelineConfig, run_dir: Path, summary: dict, resume: bool) -> None:
-    """A finished seed as a child run of the retrain run: params, every epoch's metrics (those a resumed run has
-    not logged yet), its files."""
-    tags = {"cutmix.stage": "retrain-seed", "cutmix.variant": variant, "cutmix.seed_index": str(k)}
-    with parent.child(f"retrain-{variant}-seed{k}", tags, reuse=resume) as child:
-        child.log_params({"train.seed": cfg.train.seed, "cutmix.method": cfg.cutmix.method,
-                          "cutmix.prob": cfg.cutmix.prob, "train.epochs": cfg.train.epochs})
-        logged = child.last_step("epoch") if child.reused else -1
-        for row in summary.get("history", []):
-            if int(row["epoch"]) > logged:
-                child.log_metrics(row, int(row["epoch"]))
-        child.set_tags({"cutmix.task_attempts": summary.get("attempt", 1)})
-        for name in ("metrics.json", "curves.png", "samples.png", "config.yaml"):
-            child.log_artifact(run_dir / name)
+    """A finished seed as a child run of the retrain run (study.training.runner.log_seed_run)."""
+    log_seed_run(parent, f"retrain-{variant}-seed{k}", {"cutmix.stage": "retrain-seed", "cutmix.variant": variant,
+                                                         "cutmix.seed_index": str(k)}, cfg, run_dir, summary, resume)
 
 
 def report(result: RetrainResult) -> str:
     from study.stats import format_ci, format_diff
 
     lines = [f"test top-1 error (%) on {result.num_test} test images, {result.epochs} epochs on train+val:"]
+    if result.race_verdict:
+        lines.append(f"study race: {result.race_verdict}")
+    if result.winner is None:
+        lines.append("no study winner retrained: the references only")
+    width = max(len(result.labels.get(v, v)) for v in result.variants)
     for variant, stats in result.variants.items():
         t = stats["test/top1_err"]
         values = ", ".join(f"{v:.2f}" for v in t["values"])
-        lines.append(f"{variant:>9}: {format_ci(t)} ({values})")
+        note = f"  [{result.notes[variant]}]" if variant in result.notes else ""
+        lines.append(f"{result.labels.get(variant, variant):>{width}}: {format_ci(t)} ({values}){note}")
     for variant, comp in result.comparisons.items():
-        lines.append(f"{variant} - baseline: {format_diff(comp['test/top1_err'])}")
+        lines.append(f"{result.labels.get(variant, variant)} - baseline: {format_diff(comp['test/top1_err'])}")
     lines.append(f"best checkpoint: {result.best_checkpoint}")
     return "\n".join(lines)

@@ -3,7 +3,9 @@
 Seeds are few (3 by default), so intervals use Student's t, and a difference between two methods uses Welch's
 t-interval (unequal variances; `scipy.stats.ttest_ind(equal_var=False).confidence_interval`). A difference is
 *resolved* only when its 95 % interval excludes zero; otherwise the run says "not resolved" rather than pick a
-winner from noise (Google's tuning playbook; KellerJordan's airbench reports n and spread the same way).
+winner from noise (Google's tuning playbook; KellerJordan's airbench reports n and spread the same way). Across
+training budgets, `crossover` finds where a regularizer turns from worse to no worse, with a seed-bootstrap
+interval (Efron & Tibshirani 1993, percentile method).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 CONFIDENCE = 0.95
 
@@ -98,3 +102,78 @@ def format_diff(stat: dict[str, Any], unit: str = " points") -> str:
     else:
         ci = "no interval with one seed" if min(stat["n"]) < 2 else "no interval: a value is not finite"
     return f"{stat['diff']:+.2f}{unit} ({ci}, Welch's t): {stat['verdict']}"
+
+
+def _first_turn(budgets: np.ndarray, diffs: np.ndarray) -> np.ndarray:
+    """Crossover of each row of `diffs` (float [R, N], treated - baseline error per budget) over `budgets` (int
+    [N], increasing): the first turn from > 0 (worse) to <= 0, linearly interpolated in log2(budget); -inf where
+    the smallest budget is already not worse, +inf where every budget is worse. float64 [R], in budget units."""
+    x = np.log2(budgets.astype(np.float64))
+    worse = diffs > 0
+    turn = worse[:, :-1] & ~worse[:, 1:]
+    i = np.argmax(turn, axis=1)  # the first turn (0 where there is none: masked below)
+    rows = np.arange(len(diffs))
+    d0, d1 = diffs[rows, i], diffs[rows, i + 1]
+    frac = np.divide(d0, d0 - d1, out=np.zeros_like(d0), where=d0 != d1)
+    at = np.exp2(x[i] + frac * (x[i + 1] - x[i]))
+    return np.where(~worse[:, 0], -np.inf, np.where(turn.any(axis=1), at, np.inf))
+
+
+def crossover(budgets: Sequence[int], treated: Sequence[Sequence[float]], baseline: Sequence[Sequence[float]], *,
+              resamples: int = 2000, confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
+    """The budget at which `treated` stops being worse than `baseline` (lower is better, e.g. top-1 error).
+
+    `treated[i]`, `baseline[i]`: the per-seed values at `budgets[i]` (increasing). The crossover is the first turn
+    of the mean difference from > 0 to <= 0, interpolated linearly in log2(budget) between the two budgets that
+    bracket it; it lies "before" the range when the smallest budget is already not worse, "after" it when no
+    budget is better. Its interval is a percentile bootstrap over seeds (each cell's seeds resampled with
+    replacement, `resamples` times, numpy's default_rng(`seed`)); resamples without a crossover in range count as
+    before/after it, so an interval can be open on one side (None there). With 3 seeds a cell has only 10
+    distinct resamples: the interval is coarse, and says so by its width.
+
+    Returns {"estimate": float | None, "position": "inside" | "before" | "after", "ci95": [lo | None, hi | None],
+    "bootstrap": {"inside", "before", "after": fractions of resamples}, "resamples", "budgets"} (JSON-safe).
+    """
+    b = np.asarray(budgets, dtype=np.int64)
+    if len(b) < 2 or np.any(np.diff(b) <= 0) or len(treated) != len(b) or len(baseline) != len(b):
+        raise ValueError(f"budgets={list(budgets)} is not allowed (two or more, strictly increasing, one list of "
+                         "values per budget and arm)")
+    rng = np.random.default_rng(seed)
+
+    def means(cells: Sequence[Sequence[float]]) -> np.ndarray:
+        """[resamples, N]: each cell's mean over a resample of its seeds."""
+        cols = []
+        for values in cells:
+            v = np.asarray(values, dtype=np.float64)
+            cols.append(v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1))
+        return np.stack(cols, axis=1)
+
+    point = _first_turn(b, np.array([[np.mean(t) - np.mean(c) for t, c in zip(treated, baseline)]]))[0]
+    boot = _first_turn(b, means(treated) - means(baseline))
+    q = (1 - confidence) / 2
+    ci = [float(np.quantile(boot, p, method="inverted_cdf")) for p in (q, 1 - q)]
+
+    def where(v: float) -> str:
+        return "before" if v == -np.inf else "after" if v == np.inf else "inside"
+
+    return {"estimate": float(point) if np.isfinite(point) else None, "position": where(point),
+            "ci95": [c if math.isfinite(c) else None for c in ci],
+            "bootstrap": {w: float(np.mean([where(v) == w for v in boot])) for w in ("inside", "before", "after")},
+            "resamples": int(resamples), "budgets": [int(x) for x in b]}
+
+
+def format_crossover(c: dict[str, Any], treated: str = "cutmix_paper", baseline: str = "baseline") -> str:
+    """One line for a `crossover` result: the budget with its bootstrap interval, or "no crossover in range"."""
+    lo, hi = c["ci95"]
+    first, last = c["budgets"][0], c["budgets"][-1]
+    span = (f"{lo:.0f}" if lo is not None else f"< {first}") + " to " + (f"{hi:.0f}" if hi is not None else
+                                                                         f"> {last}")
+    share = f"{100 * c['bootstrap']['inside']:.0f} % of {c['resamples']} seed resamples cross in range"
+    if c["position"] == "inside":
+        return (f"crossover: {treated} stops being worse than {baseline} at ~{c['estimate']:.0f} epochs "
+                f"(95 % bootstrap interval {span}; {share})")
+    if c["position"] == "after":
+        return (f"no crossover in range: {treated} is worse than {baseline} at every budget from {first} to {last} "
+                f"epochs (bootstrap interval of the crossover {span}; {share})")
+    return (f"no crossover in range: {treated} is already no worse than {baseline} at {first} epochs (bootstrap "
+            f"interval of the crossover {span}; {share})")

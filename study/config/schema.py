@@ -69,6 +69,9 @@ class ModelConfig:
     depth: int = 0  # pyramidnet only: 0 means the arch's default
     widen: float = 0.0  # pyramidnet alpha-tilde (total widening); 0 means the arch's default
     width: int = 32  # base width of the small `cnn`
+    # Stride of the `cnn`'s last feature map, the CAM's (study.models._cnn): 0 = 8 (three 2x2 pools: 3x3 at 24 px),
+    # 4 or 2 keep 6x6 or 12x12 with stride-1 pools after that. Ignored by the other architectures (paper shapes).
+    cam_stride: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ class CutMixConfig:
     mode: str = "batch"
     label_smoothing: float = 0.0
     cutout_size: float = 0.5  # cutout: square side as a fraction of the image side
+    # No mixing in the last N epochs of the schedule (timm's mixup_off_epoch; a searchable int dimension): the
+    # model ends on clean batches. 0 <= off_epochs < train.epochs.
+    off_epochs: int = 0
 
     @property
     def mixes(self) -> bool:
@@ -227,6 +233,17 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """`cutmix-study budget` (study.training.budget): baseline vs cutmix_paper at several training budgets."""
+
+    epochs: tuple[int, ...] = (6, 12, 24, 48, 96)  # each budget a full schedule of its own (>= 2 budgets, increasing)
+    seeds: int = 3  # per arm and budget
+    bootstrap: int = 2000  # seed resamples for the crossover's interval (study.stats.crossover)
+    bootstrap_seed: int = 0
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # per model (a Ray task each)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str = "digits"
     data: DataConfig = field(default_factory=DataConfig)
@@ -238,6 +255,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -64,6 +64,8 @@ def validate(cfg: PipelineConfig) -> None:
     _check(m.depth >= 0, f"model.depth={m.depth} is not allowed (0 for the default, or a positive depth)")
     _check(m.widen >= 0, f"model.widen={m.widen} is not allowed (0 for the default, or > 0)")
     _check(m.width >= 1, f"model.width={m.width} is not allowed (>= 1)")
+    _check(m.cam_stride in (0, 2, 4, 8), f"model.cam_stride={m.cam_stride} is not allowed (0 for the arch's own, 2, "
+                                         "4 or 8)")
 
     _one_of(c.method, METHODS, "cutmix.method")
     _check(_finite(c.alpha) and c.alpha > 0, f"cutmix.alpha={c.alpha} is not allowed (alpha > 0)")
@@ -71,6 +73,8 @@ def validate(cfg: PipelineConfig) -> None:
     _one_of(c.mode, MODES, "cutmix.mode")
     _check(0 <= c.label_smoothing < 1, f"cutmix.label_smoothing={c.label_smoothing} is not allowed (0 <= value < 1)")
     _check(0 < c.cutout_size <= 1, f"cutmix.cutout_size={c.cutout_size} is not allowed (0 < value <= 1)")
+    _check(0 <= c.off_epochs < t.epochs,
+           f"cutmix.off_epochs={c.off_epochs} is not allowed (0 <= value < train.epochs={t.epochs})")
 
     _check(t.epochs >= 1, f"train.epochs={t.epochs} is not allowed (>= 1)")
     _check(t.batch_size >= 2, f"train.batch_size={t.batch_size} is not allowed (>= 2; mixing needs partners)")
@@ -104,7 +108,13 @@ def validate(cfg: PipelineConfig) -> None:
     for name, dim in s.space.items():
         validate_dimension(cfg, name, dim)
 
-    for name, r in (("retrain", cfg.retrain.resources), ("detect", cfg.detect.resources)):
+    b = cfg.budget
+    _check(len(b.epochs) >= 2 and all(e >= 1 for e in b.epochs) and list(b.epochs) == sorted(set(b.epochs)),
+           f"budget.epochs={list(b.epochs)} is not allowed (two or more budgets >= 1 epoch, strictly increasing)")
+    _check(b.seeds >= 2, f"budget.seeds={b.seeds} is not allowed (>= 2: a difference needs a spread)")
+    _check(b.bootstrap >= 100, f"budget.bootstrap={b.bootstrap} is not allowed (>= 100 resamples)")
+    for name, r in (("retrain", cfg.retrain.resources), ("detect", cfg.detect.resources),
+                    ("budget", cfg.budget.resources)):
         _check(r.cpu > 0 and r.gpu >= 0, f"{name}.resources={{cpu: {r.cpu}, gpu: {r.gpu}}} is not allowed (cpu > 0, "
                                          "gpu >= 0)")
     e = cfg.evaluate

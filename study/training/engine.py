@@ -117,11 +117,23 @@ class Trainer:
         self.best_value: float | None = None
         self.best_metrics: dict[str, float] = {}
         self.history: list[dict[str, float]] = []
+        # Runs trained on train+val (retrain, budget: study.training.runner.train_seed) turn `eval_val` off, since
+        # their val images are training images and nothing selects on them, and `eval_train` on: the clean
+        # (unaugmented, unmixed) error on the training split after the schedule's last epoch, `train/top1_err`,
+        # which tells under- from over-fitting (a mixed batch's loss says little about it).
+        self.eval_val = True
+        self.eval_train = False
 
     # -- one epoch ------------------------------------------------------------------------------------------
 
     def _epoch_seed(self, epoch: int, stream: int) -> int:
         return (self.cfg.train.seed * 1_000_003 + epoch * 101 + stream) % (2**63)
+
+    def mixes_at(self, epoch: int) -> bool:
+        """Whether epoch `epoch` (0-based) mixes: always, but in the last `cutmix.off_epochs` of the schedule
+        (timm's `mixup_off_epoch`: train.py switches mixing off from that epoch on). A function of the epoch
+        alone, so a resumed run switches at the same step."""
+        return self.mixer is not None and epoch < self.cfg.train.epochs - self.cfg.cutmix.off_epochs
 
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The epoch's training batches after augmentation and mixing, on the device:
@@ -134,7 +146,7 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             x = self.augment(x, gen)
             targets = None
-            if self.mixer is not None:
+            if self.mixes_at(epoch):
                 x, targets = self.mixer(x, y, generator=gen)
             yield x.contiguous(memory_format=self.memory_format), y, targets
 
@@ -217,11 +229,15 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             metrics = self.train_one_epoch(epoch)
             self.scheduler.step()
-            metrics.update(self.evaluate("val"))
-            metrics.update(self.evaluation_metrics(epoch + 1 == total or (epoch + 1) % self.cfg.search.eval_every == 0))
+            if self.eval_val:
+                metrics.update(self.evaluate("val"))
+                metrics.update(self.evaluation_metrics(epoch + 1 == total or
+                                                       (epoch + 1) % self.cfg.search.eval_every == 0))
             t = self.cfg.train
             if t.eval_test and (epoch + 1 == total or (epoch + 1) % t.test_every == 0):
                 metrics.update(self.evaluate("test"))
+            if self.eval_train and epoch + 1 == t.epochs:
+                metrics.update(self.evaluate("train"))
             self.epoch = epoch + 1
             metrics.update({"epoch": float(self.epoch), "lr": lr, "epoch_s": time.perf_counter() - start})
             is_best = metric in metrics and better(metrics[metric], self.best_value, mode)

@@ -21,7 +21,7 @@ from study.config.load import dump_config
 from study.config.schema import DataConfig, PipelineConfig
 from study.data.registry import load_data
 
-SHOWN = ("train/loss", "val/loss", "val/top1_err", "test/top1_err")
+SHOWN = ("train/loss", "val/loss", "val/top1_err", "test/top1_err", "train/top1_err")
 
 
 @functools.lru_cache(maxsize=2)
@@ -74,11 +74,13 @@ def save_sample_grid_for(cfg: PipelineConfig, data, path: Path, n: int = 32) -> 
 
 
 def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = False, label: str = "train",
-              on_epoch: Callable[[Any], None] | None = None, select_last: bool = False) -> dict[str, Any]:
+              on_epoch: Callable[[Any], None] | None = None, select_last: bool = False,
+              eval_val: bool = True, eval_train: bool = False) -> dict[str, Any]:
     """Train `cfg` into `out_dir`; returns the metrics.json content. Resumes from checkpoints/last.pt if asked.
 
     `select_last`: the final epoch is the model (`checkpoints/best.pt` is a copy of `last.pt`), for training on
-    train+val where no held-out split is left to select an epoch by.
+    train+val where no held-out split is left to select an epoch by. `eval_val` / `eval_train`: the Trainer's
+    switches (study.training.engine.Trainer: val every epoch; the clean train error after the last).
     """
     import shutil
 
@@ -91,6 +93,7 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
     data = data if data is not None else load_dataset(cfg.data)
     dump_config(cfg, out_dir / "config.yaml")
     trainer = Trainer(cfg, data)
+    trainer.eval_val, trainer.eval_train = eval_val, eval_train
     last = out_dir / "checkpoints" / "last.pt"
     if resume and last.is_file():
         trainer.load_checkpoint(load_checkpoint(last))
@@ -120,10 +123,11 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
 
 def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str) -> dict[str, Any]:
     """One retrain seed as a Ray task (study.cluster.tasks.run_tasks): train `cfg` (plain data) into `run_dir` on
-    `data` (train+val merged), the final epoch being the model. Continues from `checkpoints/last.pt` when an
-    earlier attempt left one, so Ray's retry of a task whose worker died resumes it. Writes `task.json` (PID, start
-    time, attempt) first, for whoever watches the run, and adds the epoch it resumed from at the end. Returns
-    train_run's summary with the per-epoch history."""
+    `data` (train+val merged), the final epoch being the model; its val images are training images, so val is not
+    evaluated, and the clean error on the training split is (`train/top1_err`, after the last epoch). Continues
+    from `checkpoints/last.pt` when an earlier attempt left one, so Ray's retry of a task whose worker died
+    resumes it. Writes `task.json` (PID, start time, attempt) first, for whoever watches the run, and adds the
+    epoch it resumed from at the end. Returns train_run's summary with the per-epoch history."""
     import os
 
     from study.config.load import from_dict
@@ -133,8 +137,42 @@ def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str) -> dict[str,
     attempts = json.loads((out / "task.json").read_text()).get("attempt", 0) + 1 if (out / "task.json").is_file() else 1
     task = {"pid": os.getpid(), "started": time.time(), "attempt": attempts}
     atomic_write_text(out / "task.json", json.dumps(task))
-    summary = train_run(from_dict(cfg), out, data=data, resume=True, label=label, select_last=True)
+    summary = train_run(from_dict(cfg), out, data=data, resume=True, label=label, select_last=True, eval_val=False,
+                        eval_train=True)
     # The epoch this attempt started from: > 0 when a retry found the dead attempt's checkpoint, 0 when it had to
     # start again (the checkpoint was lost with a node's local disk, or none had been written).
     atomic_write_text(out / "task.json", json.dumps({**task, "resumed_from": summary["resumed_from"]}))
     return {**summary, "attempt": attempts}
+
+
+def read_finished(run_dir: str | Path) -> dict[str, Any] | None:
+    """A finished `train_seed` run read back (metrics.json with the per-epoch history of its last checkpoint), or
+    None when `run_dir` holds no finished run: what a resumed stage does instead of training it again."""
+    from study.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.json").is_file():
+        return None
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    summary["history"] = load_checkpoint(run_dir / "checkpoints" / "last.pt").get("history", [])
+    return summary
+
+
+def log_seed_run(parent: Any, name: str, tags: dict[str, str], cfg: PipelineConfig, run_dir: str | Path,
+                 summary: dict[str, Any], resume: bool) -> None:
+    """A finished `train_seed` run as an MLflow child run of `parent` (a study.tracking.store.StageRun): its
+    seed, mixing and budget parameters, every epoch's metrics that a resumed parent has not logged yet, and its
+    files. Only the tracker's run interface is used here, never MLflow itself."""
+    run_dir = Path(run_dir)
+    with parent.child(name, tags, reuse=resume) as child:
+        child.log_params({"train.seed": cfg.train.seed, "cutmix.method": cfg.cutmix.method,
+                          "cutmix.alpha": cfg.cutmix.alpha, "cutmix.prob": cfg.cutmix.prob,
+                          "cutmix.off_epochs": cfg.cutmix.off_epochs, "train.epochs": cfg.train.epochs})
+        logged = child.last_step("epoch") if child.reused else -1
+        for row in summary.get("history", []):
+            if int(row["epoch"]) > logged:
+                child.log_metrics(row, int(row["epoch"]))
+        child.set_tags({"cutmix.task_attempts": summary.get("attempt", 1)})
+        for file in ("metrics.json", "curves.png", "samples.png", "config.yaml"):
+            if (run_dir / file).is_file():
+                child.log_artifact(run_dir / file)

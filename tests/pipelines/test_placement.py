@@ -36,7 +36,7 @@ def test_retrain_seeds_run_concurrently_as_ray_tasks(tmp_path):
         kill_tree(proc.pid)
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads((tmp_path / "out" / "retrain" / "summary.json").read_text())
-    tasks = [row["task"] for row in summary["variants"]["cutmix"]["seeds"]]
+    tasks = [row["task"] for row in summary["variants"]["cutmix_paper"]["seeds"]]
     assert len(tasks) == 2 and tasks[0]["pid"] != tasks[1]["pid"]
     # Two intervals that overlap: each started before the other ended.
     assert tasks[0]["started"] < tasks[1]["ended"] and tasks[1]["started"] < tasks[0]["ended"], tasks
@@ -48,7 +48,7 @@ def test_a_killed_retrain_task_is_retried_and_resumed(tmp_path):
     overrides = TINY + ["name=kill", "data.image_size=16", "model.width=16", "train.epochs=40", "retrain.seeds=2",
                         "retrain.methods=[cutmix]"]
     proc = retrain_cli(out, overrides)
-    seed0 = out / "retrain" / "cutmix" / "seed0"
+    seed0 = out / "retrain" / "cutmix_paper" / "seed0"
     killed = None
     try:
         deadline = time.monotonic() + 300
@@ -65,14 +65,14 @@ def test_a_killed_retrain_task_is_retried_and_resumed(tmp_path):
         kill_tree(proc.pid)
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads((out / "retrain" / "summary.json").read_text())
-    rows = summary["variants"]["cutmix"]["seeds"]
-    assert summary["variants"]["cutmix"]["test/top1_err"]["n"] == 2 and [r["seed"] for r in rows] == [0, 1]
+    rows = summary["variants"]["cutmix_paper"]["seeds"]
+    assert summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 2 and [r["seed"] for r in rows] == [0, 1]
     retried = json.loads((seed0 / "task.json").read_text())
     assert retried["attempt"] == 2 and retried["pid"] != killed and rows[0]["task"]["pid"] == retried["pid"]
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     seeds = client.search_runs([client.get_run(summary["retrain_run_id"]).info.experiment_id],
                                filter_string=f"tags.`mlflow.parentRunId` = '{summary['retrain_run_id']}'")
-    assert len(seeds) == 2  # the retry is the same seed, not a third run
+    assert len(seeds) == 4  # baseline and cutmix_paper, 2 seeds each: the retry is the same seed, not a fifth run
     for run in seeds:  # every epoch logged exactly once, the killed seed's too
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(1, 41)), (run.data.tags, steps)

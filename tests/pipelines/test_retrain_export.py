@@ -36,14 +36,20 @@ def uri_of(study_dir):
 
 
 @pytest.mark.slow
-def test_retrain_reports_mean_and_std_over_seeds_with_baseline(study_dir, run_cli):
-    proc = run_cli("retrain", "--from", str(study_dir), "--set", "retrain.seeds=3", "--set",
-                   "retrain.compare_baseline=true", "--set", "cutmix.prob=0.5")
+def test_retrain_reports_mean_and_std_over_seeds_with_the_references(study_dir, run_cli):
+    proc = run_cli("retrain", "--from", str(study_dir), "--set", "retrain.seeds=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "± " in proc.stdout and "over 3 seeds" in proc.stdout and "cutmix - baseline: " in proc.stdout
+    assert "± " in proc.stdout and "over 3 seeds" in proc.stdout
+    assert "cutmix_paper (α=1 p=0.5) - baseline: " in proc.stdout
     assert "359 test images" in proc.stdout and "Welch's t" in proc.stdout
     summary = json.loads((study_dir / "retrain" / "summary.json").read_text())
-    for variant in ("cutmix", "baseline"):
+    study = json.loads((study_dir / "study" / "summary.json").read_text())
+    # The references are there whatever the study picked; the winner is its own row unless it is one of them.
+    assert list(summary["variants"])[:2] == ["baseline", "cutmix_paper"] and summary["winner"] in summary["variants"]
+    picked = study["best_params"]
+    assert (summary["winner"] in ("baseline", "cutmix_paper")) == (picked.get("cutmix.prob") == 0 or (
+        picked.get("cutmix.prob") == 0.5 and picked.get("cutmix.alpha") == 1.0))
+    for variant in summary["variants"]:
         stats = summary["variants"][variant]["test/top1_err"]
         assert stats["n"] == 3 and len(stats["values"]) == 3
         assert all(0 <= v <= 100 for v in stats["values"])
@@ -53,27 +59,33 @@ def test_retrain_reports_mean_and_std_over_seeds_with_baseline(study_dir, run_cl
         seeds = summary["variants"][variant]["seeds"]
         runs = [json.loads((Path(r["run_dir"]) / "metrics.json").read_text()) for r in seeds]
         assert stats["values"] == [m["final"]["test/top1_err"] for m in runs]
+        assert all(0 <= m["final"]["train/top1_err"] <= 100 for m in runs)  # the clean train error beside it
         half = scipy.stats.t.ppf(0.975, 2) * stats["std"] / 3 ** 0.5
         assert stats["ci95"] == pytest.approx([stats["mean"] - half, stats["mean"] + half])
     assert summary["num_test"] == 359
-    comp = summary["comparisons"]["cutmix"]["test/top1_err"]
-    means = {v: summary["variants"][v]["test/top1_err"]["mean"] for v in ("cutmix", "baseline")}
-    assert comp["diff"] == pytest.approx(means["cutmix"] - means["baseline"])
-    welch = scipy.stats.ttest_ind(summary["variants"]["cutmix"]["test/top1_err"]["values"],
+    comp = summary["comparisons"]["cutmix_paper"]["test/top1_err"]
+    means = {v: summary["variants"][v]["test/top1_err"]["mean"] for v in ("cutmix_paper", "baseline")}
+    assert comp["diff"] == pytest.approx(means["cutmix_paper"] - means["baseline"])
+    welch = scipy.stats.ttest_ind(summary["variants"]["cutmix_paper"]["test/top1_err"]["values"],
                                   summary["variants"]["baseline"]["test/top1_err"]["values"], equal_var=False)
     ci = welch.confidence_interval(0.95)
     assert comp["ci95"] == pytest.approx([ci.low, ci.high])
     assert comp["verdict"] == ("not resolved" if ci.low <= 0 <= ci.high else "better" if comp["diff"] < 0 else "worse")
-    assert [r["seed"] for r in summary["variants"]["cutmix"]["seeds"]] == [0, 1, 2]
-    assert torch.load(summary["best_checkpoint"], weights_only=True)["config"]["cutmix"]["prob"] == 0.5
+    assert [r["seed"] for r in summary["variants"]["cutmix_paper"]["seeds"]] == [0, 1, 2]
+    paper = torch.load(Path(summary["variants"]["cutmix_paper"]["seeds"][0]["run_dir"]) / "checkpoints" / "last.pt",
+                       weights_only=True)["config"]["cutmix"]
+    assert (paper["method"], paper["alpha"], paper["prob"]) == ("cutmix", 1.0, 0.5)
+    exported = torch.load(summary["best_checkpoint"], weights_only=True)["config"]["cutmix"]
+    if summary["winner"] not in ("baseline", "cutmix_paper"):
+        assert exported["prob"] == pytest.approx(picked["cutmix.prob"])
     client = MlflowClient(tracking_uri=uri_of(study_dir))
     run = client.get_run(summary["retrain_run_id"])
     study_run = json.loads((study_dir / "study_run.json").read_text())["run_id"]
     assert run.data.tags["cutmix.study_run_id"] == study_run and run.info.status == "FINISHED"
-    assert "cutmix/test/top1_err_mean" in run.data.metrics and "baseline/test/top1_err_std" in run.data.metrics
+    assert "cutmix_paper/test/top1_err_mean" in run.data.metrics and "baseline/test/top1_err_std" in run.data.metrics
     seeds = client.search_runs([run.info.experiment_id],
                                filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
-    assert len(seeds) == 6
+    assert len(seeds) == 3 * len(summary["variants"])
     assert all(len(client.get_metric_history(s.info.run_id, "test/top1_err")) == 2 for s in seeds)
 
 
@@ -85,7 +97,7 @@ def test_retrain_and_export_from_mlflow_run_ids(study_dir, tmp_path, run_cli):
                    "--set", "retrain.seeds=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "retrain" / "summary.json").read_text())
-    assert summary["study_run_id"] == study_run and summary["variants"]["cutmix"]["test/top1_err"]["n"] == 2
+    assert summary["study_run_id"] == study_run and summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 2
 
     proc = run_cli("export", "--from", summary["retrain_run_id"], "--tracking-uri", uri_of(study_dir), "--output",
                    str(tmp_path / "exported"))
