@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -298,25 +298,31 @@ def _pools(cfg: DataConfig) -> dict[str, torch.Tensor]:
     return {name: p[~torch.isin(labels[p], held)] for name, p in ids.items()}
 
 
-def clutter_only_images(cfg: DataConfig, n: int | None = None) -> torch.Tensor:
-    """Near-OOD set: the test split of ``cfg`` with the target digits left out, uint8 ``[n, 3, S, S]``.
+def _head(r: Rendered, n: int) -> Rendered:
+    return Rendered(*(getattr(r, f.name)[:n] for f in fields(Rendered)))
+
+
+def clutter_only_images(cfg: DataConfig, n: int | None = None) -> Rendered:
+    """Near-OOD set: the test split of ``cfg`` with the target digits left out (images uint8 ``[n, 3, S, S]``).
 
     Image i is test image i with the same background, the same fragments in the same inks and places (the same
     random stream: :func:`render_split` with ``with_target=False``), and no digit: it differs from test image i
     only where the target was painted. A classifier that scores these as confidently as the test images has not
-    learnt that the class lives in the digit. ``n``: the first n (default: all of the test split's images).
+    learnt that the class lives in the digit. ``n``: the first n (default: all of the test split's images). The
+    masks are empty; labels and identities name the digits that were left out.
     """
     total = cfg.synthetic_sizes[2]
     n = total if n is None else min(int(n), total)
     r = render_split(_pools(cfg)["test"], total, cfg.image_size, _stream_seed(cfg.split_seed, SPLITS.index("test")),
                      clutter=cfg.clutter, digit_scale=tuple(cfg.digit_scale), with_target=False)
-    return r.images[:n]
+    return _head(r, n)
 
 
-def held_out_class_images(cfg: DataConfig, n: int) -> torch.Tensor:
-    """Near-OOD set of ``data.ood_classes``: ``n`` images, uint8 ``[n, 3, S, S]``, of the held-out classes' *test*
-    identities (never trained on), drawn like the test split (same clutter, scale and inks) from their own stream.
-    Raises ValueError when ``cfg`` holds no class out."""
+def held_out_class_images(cfg: DataConfig, n: int) -> Rendered:
+    """Near-OOD set of ``data.ood_classes``: ``n`` images (uint8 ``[n, 3, S, S]``) of the held-out classes' *test*
+    identities (never trained on), drawn like the test split (same clutter, scale and inks; fragments from the
+    same held-out identities) from their own stream; labels are the original digits. Raises ValueError when
+    ``cfg`` holds no class out."""
     if not cfg.ood_classes:
         raise ValueError("held_out_class_images needs data.ood_classes (classes held out of training)")
     _, labels = _glyphs()
@@ -324,7 +330,7 @@ def held_out_class_images(cfg: DataConfig, n: int) -> torch.Tensor:
     pool = test[torch.isin(labels[test], torch.tensor(sorted(cfg.ood_classes), dtype=torch.int64))]
     r = render_split(pool, int(n), cfg.image_size, _stream_seed(cfg.split_seed, SPLITS.index("test"), 1),
                      clutter=cfg.clutter, digit_scale=tuple(cfg.digit_scale))
-    return r.images
+    return r
 
 
 # ---------------------------------------------------------------------------------------------------------------

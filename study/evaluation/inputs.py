@@ -39,9 +39,9 @@ def ood_sets(cfg: DataConfig, image_size: int, n: int, ood_root: str = "") -> tu
     if cfg.name == "cluttered_digits":
         from study.data.cluttered_digits import clutter_only_images, held_out_class_images
 
-        sets["clutter"], kinds["clutter"] = clutter_only_images(cfg, n), "near"
+        sets["clutter"], kinds["clutter"] = clutter_only_images(cfg, n).images, "near"
         if cfg.ood_classes:
-            sets["held_out"], kinds["held_out"] = held_out_class_images(cfg, n), "near"
+            sets["held_out"], kinds["held_out"] = held_out_class_images(cfg, n).images, "near"
     other = "shapes" if "digits" in cfg.name else "digits"
     ocfg = dataclasses.replace(cfg, name=other, image_size=image_size, synthetic_sizes=(64, 64, n), ood_classes=())
     sets[other], kinds[other] = load_data(ocfg).test.images, "far"
