@@ -18,7 +18,12 @@ ResNet-50/101; its public code is clovaai/CutMix-PyTorch. The models here follow
   additive widening by alpha-tilde / (3n) per block, BN-conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN blocks with
   4x output channels, zero-padded identity shortcuts with 2x2 average pooling when downsampling, no ReLU after
   the stem and a final BN-ReLU. depth = 9n + 2.
-* ``cnn``: a small fast plain CNN (conv-BN-ReLU stages with max-pooling) for CPU smoke runs.
+* ``cnn``: a small fast plain CNN (conv-BN-ReLU stages with max-pooling) for CPU runs; ``model.cam_stride``
+  sets the stride of its last feature map (8 by default; 4 keeps a 6x6 CAM at 24 px, the embedded default).
+
+:func:`cam_size` gives the CAM (last feature map) size of any built model at an input size: 3x3 for ``cnn`` and
+6x6 for ``cnn`` with cam_stride 4 at 24 px; 8x8 for the CIFAR ResNets and PyramidNets at 32 px (stride 4, their
+paper shapes); 7x7 for the torchvision ResNets at 224 px (stride 32; 32x32 inputs give 1x1, 4x4 for *_cifar).
 
 Every model is a :class:`Classifier` = ``head(backbone(x))``. The backbone maps an image batch to its last
 feature map and carries the pyramid metadata (``stage_names``, ``stage_channels``, ``stage_strides``) that
@@ -123,16 +128,34 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 
 def _cnn(cfg: ModelConfig, num_classes: int, in_channels: int) -> tuple[Backbone, Head]:
-    """stem conv(w) then three conv-BN-ReLU + 2x2 max-pool stages of 2w, 4w, 8w channels (strides 2, 4, 8)."""
+    """stem conv(w), then three conv-BN-ReLU stages of 2w, 4w, 8w channels, each followed by a max-pool.
+
+    The pools halve the map (2x2, stride 2) until the stride reaches ``cfg.cam_stride`` (0 means 8: three
+    halvings, a 3x3 map at 24 px); past it a pool is 3x3 with stride 1 and padding 1, which keeps the local max
+    but not the subsampling, in the manner of wsolevaluation's ``large_feature_map`` (the last ResNet stages at
+    stride 1 for CAMs: Choe et al., CVPR 2020). cam_stride 4 gives a 6x6 map at 24 px at the same conv cost
+    (the pool follows the last conv) and the same parameters, so every cam_stride loads the same state_dict.
+    """
     w = cfg.width
+    target = cfg.cam_stride or 8
+    pools: list[nn.Module] = []
+    strides: list[int] = []
+    stride = 1
+    for _ in range(3):
+        if stride < target:
+            pools.append(nn.MaxPool2d(2))
+            stride *= 2
+        else:
+            pools.append(nn.MaxPool2d(3, stride=1, padding=1))
+        strides.append(stride)
     layers = OrderedDict(
         stem=nn.Sequential(*_conv_bn_relu(in_channels, w)),
-        layer1=nn.Sequential(*_conv_bn_relu(w, 2 * w), nn.MaxPool2d(2)),
-        layer2=nn.Sequential(*_conv_bn_relu(2 * w, 4 * w), nn.MaxPool2d(2)),
-        layer3=nn.Sequential(*_conv_bn_relu(4 * w, 8 * w), nn.MaxPool2d(2)),
+        layer1=nn.Sequential(*_conv_bn_relu(w, 2 * w), pools[0]),
+        layer2=nn.Sequential(*_conv_bn_relu(2 * w, 4 * w), pools[1]),
+        layer3=nn.Sequential(*_conv_bn_relu(4 * w, 8 * w), pools[2]),
     )
     backbone = Backbone(layers, family="cnn", stage_names=["layer1", "layer2", "layer3"],
-                        stage_channels=[2 * w, 4 * w, 8 * w], stage_strides=[2, 4, 8])
+                        stage_channels=[2 * w, 4 * w, 8 * w], stage_strides=strides)
     for m in backbone.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -327,15 +350,33 @@ def _builders() -> dict[str, Callable[[ModelConfig, int, int], tuple[Backbone, H
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int = 3) -> Classifier:
     """Build ``cfg.arch`` for ``num_classes`` classes and ``in_channels``-channel images (float [B, C, H, W]).
 
-    ``cfg.depth`` and ``cfg.widen`` (alpha-tilde) apply to the PyramidNets, ``cfg.width`` to ``cnn``; the other
-    architectures have fixed shapes. Raises ValueError for an unknown arch or an impossible depth.
+    ``cfg.depth`` and ``cfg.widen`` (alpha-tilde) apply to the PyramidNets, ``cfg.width`` and ``cfg.cam_stride`` to
+    ``cnn``; the other architectures have fixed shapes (their paper's: :func:`cam_size` reports their CAM).
+    Raises ValueError for an unknown arch or an impossible depth.
     """
+
     if cfg.arch not in MODEL_NAMES:
         raise ValueError(f"model.arch={cfg.arch!r} is not allowed (one of: {', '.join(MODEL_NAMES)})")
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes={num_classes}, in_channels={in_channels} are not allowed (>= 1)")
     backbone, head = _builders()[cfg.arch](cfg, num_classes, in_channels)
     return Classifier(cfg.arch, backbone, head, in_channels, num_classes)
+
+
+def cam_size(model: Classifier, image_size: int | tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of the model's last feature map, the map CAMs are computed on, for an input of `image_size` pixels
+    (a side, or (H, W)). Measured with one forward pass of a zero image through the backbone (exact for any
+    padding and rounding), in eval mode and without gradients; the model's mode is restored."""
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.backbone(torch.zeros(1, model.in_channels, h, w, dtype=param.dtype, device=param.device))
+    finally:
+        model.train(was_training)
+    return int(out.shape[-2]), int(out.shape[-1])
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -72,6 +72,9 @@ class ModelConfig:
     depth: int = 0  # pyramidnet only: 0 means the arch's default
     widen: float = 0.0  # pyramidnet alpha-tilde (total widening); 0 means the arch's default
     width: int = 32  # base width of the small `cnn`
+    # Stride of the `cnn`'s last feature map, the CAM's (study.models._cnn): 0 = 8 (three 2x2 pools: 3x3 at 24 px),
+    # 4 or 2 keep 6x6 or 12x12 with stride-1 pools after that. Ignored by the other architectures (paper shapes).
+    cam_stride: int = 0
 
 
 @dataclass(frozen=True)

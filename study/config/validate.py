@@ -67,6 +67,8 @@ def validate(cfg: PipelineConfig) -> None:
     _check(m.depth >= 0, f"model.depth={m.depth} is not allowed (0 for the default, or a positive depth)")
     _check(m.widen >= 0, f"model.widen={m.widen} is not allowed (0 for the default, or > 0)")
     _check(m.width >= 1, f"model.width={m.width} is not allowed (>= 1)")
+    _check(m.cam_stride in (0, 2, 4, 8), f"model.cam_stride={m.cam_stride} is not allowed (0 for the arch's own, 2, "
+                                         "4 or 8)")
 
     _one_of(c.method, METHODS, "cutmix.method")
     _check(_finite(c.alpha) and c.alpha > 0, f"cutmix.alpha={c.alpha} is not allowed (alpha > 0)")

@@ -141,3 +141,46 @@ def test_in_channels(arch: str) -> None:
     model = small(arch, num_classes=3, in_channels=1).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 1, 32, 32)).shape == (2, 3)
+
+
+def test_default_model_cam_is_at_least_6x6_at_24px() -> None:
+    """Issue 16: the embedded default's CAM must be able to localize; three 2x2 pools left it 3x3 at 24 px."""
+    from study.config.load import load_config
+    from study.models import cam_size
+
+    cfg = load_config()
+    model = build_model(cfg.model, 10, 3)
+    h, w = cam_size(model, cfg.data.image_size)
+    assert cfg.data.image_size == 24 and h >= 6 and w >= 6, (h, w)
+    assert model.backbone.stage_strides[-1] == cfg.data.image_size // h
+
+
+def test_cam_stride_sets_the_cnn_map_and_keeps_its_weights() -> None:
+    from study.models import cam_size
+
+    sizes, states = {}, {}
+    for stride in (0, 8, 4, 2):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(arch="cnn", width=8, cam_stride=stride), 10, 3)
+        sizes[stride] = cam_size(model, 24)
+        states[stride] = model.state_dict()
+        assert model.backbone.stage_strides[-1] == (stride or 8)
+        assert model(torch.zeros(2, 3, 24, 24)).shape == (2, 10)
+    assert sizes == {0: (3, 3), 8: (3, 3), 4: (6, 6), 2: (12, 12)}
+    for stride in (4, 2):  # a pool holds no weights: a checkpoint loads whatever the cam_stride
+        assert {k: v.shape for k, v in states[stride].items()} == {k: v.shape for k, v in states[8].items()}
+        assert all(torch.equal(states[stride][k], states[8][k]) for k in states[8])
+    # the paper architectures ignore it, as they ignore `width`: a searched arch keeps its paper shape
+    from study.models import cam_size as size
+
+    assert size(build_model(ModelConfig(arch="resnet20", cam_stride=4), 10, 3), 32) == (8, 8)
+
+
+def test_paper_models_keep_their_shapes_and_report_their_cam_size() -> None:
+    from study.models import cam_size
+
+    assert cam_size(small("resnet20"), 32) == (8, 8)
+    assert cam_size(small("pyramidnet"), 32) == (8, 8)
+    assert cam_size(small("resnet18_cifar"), 32) == (4, 4)
+    assert cam_size(small("resnet18"), 224) == (7, 7)
+    assert cam_size(small("resnet18"), (64, 96)) == (2, 3)
