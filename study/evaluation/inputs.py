@@ -53,13 +53,11 @@ def ood_sets(cfg: DataConfig, image_size: int, n: int, ood_root: str = "") -> tu
 
 
 def cam_size(model: ModelConfig, num_classes: int, in_channels: int, image_size: int) -> tuple[int, int]:
-    """``(h, w)`` of the class activation maps of ``model`` at ``image_size`` px: its backbone's output on a zero
-    image (untrained weights: the size does not depend on them)."""
-    from study.models import build_model  # torch: at call time
+    """``(h, w)`` of the class activation maps of ``model`` at ``image_size`` px (``study.models.cam_size`` of an
+    untrained one: the size does not depend on the weights)."""
+    from study import models  # torch: at call time
 
-    net = build_model(model, num_classes, in_channels).eval()
-    with torch.no_grad():
-        return tuple(int(v) for v in net.backbone(torch.zeros(1, in_channels, image_size, image_size)).shape[-2:])
+    return models.cam_size(models.build_model(model, num_classes, in_channels), image_size)
 
 
 def localization_priors(boxes: torch.Tensor, image_size: int, cam: tuple[int, int], e: EvaluateConfig
