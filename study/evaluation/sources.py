@@ -136,7 +136,7 @@ def _from_run_id(run_id: str, tracker) -> list[ModelRef]:
         if ckpt is None:
             raise SourceError(f"MLflow run {run_id} is trial {trial_id or '?'} of a study whose Tune storage under "
                               f"{output} holds no checkpoint of it ({HINT})")
-        ref = _from_checkpoint(ckpt, f"trial {trial_id}", 0, "trial", run_id)
+        ref = _from_checkpoint(ckpt, f"trial_{trial_id}", 0, "trial", run_id)
         return [ref]
     if stage == "retrain-seed":
         d = output / RETRAIN_DIR / tags.get("cutmix.variant", "?") / f"seed{tags.get('cutmix.seed_index', '?')}"

@@ -146,4 +146,4 @@ def test_a_study_trial_by_its_mlflow_run_id(tmp_path, capsys):
     code, _, err = _evaluate(capsys, trial_run, tmp_path / "eval", "--tracking-uri", uri)
     assert code == 0, err
     table = (tmp_path / "eval" / "evaluate" / "table.md").read_text()
-    assert "| trial " in table and "no verdicts" in table
+    assert "| trial_" in table and "no verdicts" in table
