@@ -1,18 +1,21 @@
-"""`cutmix-study evaluate --from RUN_DIR_OR_RETRAIN_DIR_OR_MLFLOW_RUN`: the paper's evaluations of every retrained
-model, and the paper's method table.
+"""`cutmix-study evaluate --from SOURCE`: the paper's evaluations of trained models, and the method table.
 
-Every retrained variant and seed (pipelines/retrain_stage.py) is evaluated on the held-out test split with
-`study.evaluation.suite.evaluate_model`: top-1/top-5 error, NLL and calibration (ECE); CAM localization (MaxBoxAccV2 as
-clovaai/wsolevaluation defines it, and the paper's top-1 Loc) where the data has boxes; centre and boundary
-occlusion; in-between-class; FGSM; max-softmax OOD detection against ODIN's noise sets (Yun et al. 2019, sections
-4.1-4.3; Choe et al. 2020). Each metric is reported as mean ± std over seeds with a 95 % interval, and each method's
-difference to the baseline with Welch's t-interval and a verdict (better, worse, not resolved), the same rule as
-the retrain summary.
+SOURCE (`study.evaluation.sources.models_from_source`): a train run directory, a checkpoint file (`best.pt` /
+`last.pt` with its config), a retrain directory (a study output directory or its `retrain/`; the default is the
+output directory's), or an MLflow run id of a train, trial, retrain seed or retrain run. Every model is evaluated
+on the held-out test split of the data it was trained on with `study.evaluation.suite.evaluate_model`: top-1/top-5
+error, NLL and calibration (ECE); CAM localization (MaxBoxAccV2 as clovaai/wsolevaluation defines it, and the
+paper's top-1 Loc) beside the centre-Gaussian prior and random CAMs on the same boxes; centre and boundary
+occlusion; in-between-class; FGSM; max-softmax OOD detection per set, near-OOD sets from the generator in the
+headline and the noise sets as sanity rows (Yun et al. 2019, sections 4.1-4.3; Choe et al. 2020). The table
+(`study.evaluation.report`): top-1 error is the primary endpoint; the other columns' verdicts are Holm-corrected
+across the table; McNemar per seed pair and the minimum detectable difference beside them. One model: one row,
+no verdicts.
 
-Writes `<output>/evaluate/`: `<variant>/seed<k>.json` (metrics and curves per model; a resumed stage skips those
-that exist), `table.md` (the method table), PNGs (CAM grid, reliability diagram, occlusion, in-between and FGSM
-curves of each variant's first seed) and `summary.json` (EvaluateResult); an MLflow `evaluate` run with a child
-run per model.
+Writes `<output>/evaluate/`: `<variant>/seed<k>.json` (metrics, curves and info per model; a resumed stage skips
+those that exist), `<variant>/seed<k>_predictions.npz` (per-image labels, predictions, correctness, confidence),
+`table.md`, PNGs (CAM grid, reliability diagram, occlusion, in-between and FGSM curves of each variant's first
+seed) and `summary.json` (EvaluateResult); an MLflow `evaluate` run with a child run per model.
 """
 
 from __future__ import annotations
@@ -22,172 +25,112 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import check_writable, open_stage, resolve_source
-from pipelines.results import EvaluateResult, ResultError, RetrainResult
+from pipelines.common import Source, check_writable, open_stage
+from pipelines.results import EvaluateResult, RetrainResult
 from study.config.schema import PipelineConfig
+from study.evaluation.sources import HINT
 
-# Columns of the method table (the paper's Tables 9-12 in one row per method), in order, when measured.
-TABLE = (("top1_err", "top-1 err"), ("ece", "ECE"), ("maxboxacc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 Loc"),
-         ("occlusion_center_auc", "occl. centre AUC"), ("occlusion_boundary_auc", "occl. boundary AUC"),
-         ("in_between_cutmix", "in-between CutMix"), ("fgsm_acc_eps0.031", "FGSM acc ε=8/255"),
-         ("ood_mean_auroc", "OOD AUROC"), ("ood_mean_tnr95", "OOD TNR@95"))
-HINT = "give a study output directory after `retrain`, its retrain/ directory, or the retrain MLflow run id"
-SOURCE_STAGES = ("retrain",)
+# What `--from` may name as an MLflow run (its `cutmix.stage` tag); directories and checkpoint files are read as they
+# are (study.evaluation.sources.models_from_source).
+SOURCE_STAGES = ("retrain", "retrain-seed", "train", "trial")
 SOURCE_HINT = HINT
-
-
-def retrain_of(source, out_dir: Path, tracker) -> RetrainResult:
-    """The RetrainResult to evaluate: given, in a directory (a study dir or its retrain/), or named by the retrain
-    MLflow run's `cutmix.output` tag."""
-    if isinstance(source, RetrainResult):
-        return source
-    src = resolve_source(source, tracker, stages=("retrain",), hint=HINT)
-    if src is not None and src.run_id:
-        root = Path(src.tags.get("cutmix.output") or "")
-    else:
-        root = src.path if src is not None else Path(out_dir)
-        root = root.parent if root.name == RetrainResult.STAGE else root
-    if not RetrainResult.exists(root):
-        raise ResultError(f"no retrain summary under {root} ({HINT})")
-    return RetrainResult.from_dir(root)
-
-
-def ood_sets(cfg: PipelineConfig, data) -> dict[str, Any]:
-    """Out-of-distribution images besides ODIN's noise: another embedded dataset at this dataset's size (shapes for
-    digit data, digits otherwise; nothing to download), and `evaluate.ood_root`, a local image folder, if given
-    (a missing folder is bad input, exit 2)."""
-    import dataclasses
-
-    from study.data.registry import load_data
-
-    other = "shapes" if "digits" in cfg.data.name else "digits"
-    ocfg = dataclasses.replace(cfg.data, name=other, image_size=data.image_size, synthetic_sizes=(64, 64, 1000))
-    sets = {other: load_data(ocfg).test.images}
-    if cfg.evaluate.ood_root:
-        from study.data.cub import read_image_folder
-
-        sets["folder"] = read_image_folder(cfg.evaluate.ood_root, data.image_size, cfg.evaluate.robustness_images)
-    return sets
 
 
 def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: bool = False,
         overwrite: bool = False) -> EvaluateResult:
-    """Evaluate every model of `source` (a RetrainResult, a directory or a retrain run id; default the output
-    directory's retrain) on the test split."""
+    """Evaluate every model of `source` (a RetrainResult, a path or an MLflow run id: see the module docstring;
+    default the output directory's retrain) on its test split, with `cfg.evaluate`'s settings."""
+    import numpy as np
+
     from study.cluster.session import init_ray
     from study.cluster.tasks import put, run_tasks
+    from study.evaluation.inputs import test_split
     from study.evaluation.plots import save_evaluation_plots
-    from study.evaluation.suite import evaluate_checkpoint
-    from study.metric_names import metric_mode
-    from study.stats import compare, summarize
+    from study.evaluation.report import method_table, paired_tests
+    from study.evaluation.sources import models_from_source
+    from study.evaluation.suite import EvaluationResult, evaluate_checkpoint
     from study.training.runner import Progress, load_dataset
 
-    retrain = retrain_of(source, Path(out_dir), tracker)
+    if isinstance(source, RetrainResult):
+        source = source.stage_dir
+    elif isinstance(source, Source):  # a resolved --from: the run id or the path as given
+        source = source.run_id or source.path
+    refs = models_from_source(Path(out_dir) if source is None else source, tracker)
     check_writable(out_dir)
     tracker.check()
-    data = load_dataset(cfg.data)
+    e = cfg.evaluate
+    split, info, epochs = test_split(refs, e, load_dataset)  # before any output: a missing dataset is exit 2
     out_dir, done = open_stage(out_dir, ["evaluate"], resume=resume, overwrite=overwrite, result=EvaluateResult)
     if done is not None:
         return done
     edir = out_dir / "evaluate"
-    split = data.test
-    e = cfg.evaluate
-    options = {"cam_curve_interval": e.cam_curve_interval, "loc_sigma": e.loc_sigma,
-               "robustness_images": e.robustness_images, "fgsm_eps": tuple(e.fgsm_eps)}
+    options = {"cam_curve_interval": e.cam_curve_interval, "loc_sigma": e.loc_sigma, "random_cam_images": 0,
+               "robustness_images": e.robustness_images, "fgsm_eps": tuple(e.fgsm_eps), "ood_images": e.ood_images,
+               "ood_bootstrap": e.ood_bootstrap, "prior_sigma": e.prior_sigma}
     start = time.perf_counter()
-    models = retrain.seed_runs()
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     with tracker.stage_run("evaluate", cfg.tracking.experiment or cfg.name, reuse=resume,
-                           tags={"cutmix.retrain_run_id": retrain.retrain_run_id}) as stage:
+                           tags={"cutmix.source": str(source or out_dir)}) as stage:
         jobs = []
-        for variant, k, run_dir in models:
-            path = edir / variant / f"seed{k}.json"
+        for ref in refs:
+            path = edir / ref.variant / f"seed{ref.seed}.json"
             if resume and path.is_file():  # evaluated before the interruption
-                rows[variant, k] = {m: v for m, v in json.loads(path.read_text()).items() if m != "curves"}
+                rows[ref.variant, ref.seed] = {m: v for m, v in json.loads(path.read_text()).items() if m != "curves"}
             else:
-                jobs.append(((variant, k), {"run_dir": str(run_dir), "options": {**options, "seed": k}}))
+                jobs.append(((ref.variant, ref.seed), {"checkpoint": str(ref.checkpoint), "config": ref.config,
+                                                        "options": {**options, "seed": ref.seed}}))
         if jobs:
             init_ray()
-            shared = put({"images": split.images, "labels": split.labels, "boxes": getattr(split, "boxes", None),
-                          "mean": data.mean, "std": data.std, "ood_sets": ood_sets(cfg, data),
-                          "num_classes": data.num_classes, "in_channels": data.in_channels})
+            shared = put(split)
             jobs = [(key, {**kw, "split": shared}) for key, kw in jobs]
             progress = Progress(len(jobs), "evaluate")
-            runs = {(v, k): d for v, k, d in models}
+            by_key = {(r.variant, r.seed): r for r in refs}
 
             def finished(key: tuple[str, int], out: dict[str, Any]) -> None:
                 variant, k = key
-                row = {"seed": k, "run_dir": str(runs[key]), **out["metrics"], "seconds": out["seconds"]}
+                ref = by_key[key]
+                row = {"seed": k, "checkpoint": str(ref.checkpoint), "origin": ref.origin, "run_id": ref.run_id,
+                       **out["metrics"], "seconds": out["seconds"], "info": out["info"]}
                 path = edir / variant / f"seed{k}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps({**row, "curves": out["curves"]}, default=float))
-                if k == 0:
-                    from study.evaluation.suite import EvaluationResult
-
+                np.savez_compressed(path.with_name(f"seed{k}_predictions.npz"),
+                                    **{name: t.numpy() for name, t in out["predictions"].items()})
+                if k == min(r.seed for r in refs if r.variant == variant):
                     result = EvaluationResult(out["metrics"], out["curves"], out["seconds"], out["examples"])
                     for png in save_evaluation_plots(result, edir, prefix=f"{variant}_",
-                                                     class_names=data.class_names):
+                                                     class_names=split["class_names"]):
                         stage.log_artifact(png, "plots")
                 with stage.child(f"evaluate-{variant}-seed{k}", {"cutmix.stage": "evaluate-model",
                                                                   "cutmix.variant": variant}) as child:
                     child.log_metrics(out["metrics"])
                 rows[key] = row
-                progress.update(len(rows) - (len(models) - len(jobs)),
+                progress.update(len(rows) - (len(refs) - len(jobs)),
                                 f"{variant} seed {k}: top-1 err {row.get('top1_err', float('nan')):.2f}, "
                                 f"{sum(out['seconds'].values()):.0f} s")
 
             run_tasks(evaluate_checkpoint, jobs, cfg.retrain.resources, on_done=finished, what="an evaluate task",
                       key="retrain.resources", placement_timeout_s=cfg.search.placement_timeout_s)
         per_seed: dict[str, list[dict[str, Any]]] = {}
-        for variant, k, _ in models:
-            per_seed.setdefault(variant, []).append(rows[variant, k])
-        names = [m for m in per_seed[next(iter(per_seed))][0] if m not in ("seed", "run_dir", "seconds")]
-        metrics = {v: {m: summarize([r[m] for r in rows]) for m in names if all(m in r for r in rows)}
-                   for v, rows in per_seed.items()}
-        comparisons = {}
-        if "baseline" in per_seed:
-            base = per_seed["baseline"]
-            comparisons = {v: {m: compare([r[m] for r in rows], [r[m] for r in base],
-                                          lower_is_better=metric_mode(m) == "min")
-                               for m in metrics[v] if m in metrics["baseline"]}
-                           for v, rows in per_seed.items() if v != "baseline"}
-        table = write_table(edir / "table.md", metrics, comparisons, len(split), retrain.epochs)
-        result = EvaluateResult(str(out_dir), stage.run_id, len(split), metrics, comparisons, per_seed, str(table),
-                                time.perf_counter() - start)
+        for ref in refs:
+            per_seed.setdefault(ref.variant, []).append(rows[ref.variant, ref.seed])
+        info = {**info, **next(iter(rows.values())).get("info", {})}
+        priors = info.pop("priors", None) or {}
+        correct = {v: {r["seed"]: np.load(edir / v / f"seed{r['seed']}_predictions.npz")["correct"] for r in rs}
+                   for v, rs in per_seed.items()}
+        table = edir / "table.md"
+        report = method_table(table, per_seed, num_test=len(split["labels"]), epochs=epochs, info=info,
+                              priors=priors, paired=paired_tests(correct))
+        result = EvaluateResult(str(out_dir), stage.run_id, len(split["labels"]), report["metrics"],
+                                report["comparisons"], per_seed, str(table), time.perf_counter() - start)
         result.to_json()
-        stage.log_metrics({f"{v}/{m}_mean": s["mean"] for v, ms in metrics.items() for m, s in ms.items()})
+        stage.log_metrics({f"{v}/{m}_mean": s["mean"] for v, ms in report["metrics"].items() for m, s in ms.items()})
         stage.log_artifact(table)
         stage.log_artifact(result.path(out_dir))
     tracker.add_view_columns(cfg.tracking.experiment or cfg.name,
-                             metrics=[f"{v}/{m}_mean" for v in metrics for m in ("maxboxacc_v2", "top1_loc")
-                                      if m in metrics[v]])
+                             metrics=[f"{v}/{m}_mean" for v in report["metrics"] for m in ("maxboxacc_v2", "top1_loc")
+                                      if m in report["metrics"][v]])
     return result
-
-
-def write_table(path: Path, metrics: dict, comparisons: dict, num_test: int, epochs: int) -> Path:
-    """The paper's method table: a row per method, mean ± std over seeds, and the difference to the baseline with
-    its 95 % interval and verdict (percent; AUCs in percent·image-side units; see study.evaluation)."""
-    cols = [(k, label) for k, label in TABLE if any(k in m for m in metrics.values())]
-    lines = [f"Test split: {num_test} images; {epochs} training epochs; mean ± std over seeds, and for each method "
-             "its difference to the baseline with Welch's 95 % interval: better / worse / not resolved.", "",
-             "| method | seeds | " + " | ".join(label for _, label in cols) + " |",
-             "|---|---|" + "---|" * len(cols)]
-    for variant, ms in metrics.items():
-        n = next(iter(ms.values()))["n"]
-        cells = []
-        for key, _ in cols:
-            if key not in ms:
-                cells.append("–")
-                continue
-            cell = f"{ms[key]['mean']:.2f} ± {ms[key]['std']:.2f}"
-            comp = comparisons.get(variant, {}).get(key)
-            if comp is not None:
-                cell += f" ({comp['diff']:+.2f}, {comp['verdict']})"
-            cells.append(cell)
-        lines.append(f"| {variant} | {n} | " + " | ".join(cells) + " |")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def report(result: EvaluateResult) -> str:

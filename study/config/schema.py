@@ -61,6 +61,9 @@ class DataConfig:
     loader_workers: int = -1  # streaming decode processes per training process; -1: auto, 0: in-process
     clutter: int = 4  # cluttered_digits: distractor fragments (cut from other digits) per image
     digit_scale: tuple[float, float] = (0.4, 0.7)  # cluttered_digits: target digit side, fractions of image_size
+    # cluttered_digits: digit classes held out of every split (the rest relabelled 0..K-1); their test identities
+    # become the `held_out` near-OOD set of evaluate. It changes the classifier, so it needs training runs of its own.
+    ood_classes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,9 +203,14 @@ class EvaluateConfig:
 
     cam_curve_interval: float = 0.01  # MaxBoxAccV2 threshold step (wsolevaluation's paper setting: 0.001)
     loc_sigma: float = 0.15  # the paper's top-1 Loc threshold, a fraction of the CAM maximum
-    robustness_images: int = 1000  # occlusion, in-between, FGSM and OOD use the first this-many test images
+    robustness_images: int = 1000  # occlusion, in-between and FGSM use the first this-many test images
     fgsm_eps: tuple[float, ...] = (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255)  # in [0, 1] pixel units
-    ood_root: str = ""  # a local image folder used as one more out-of-distribution set
+    ood_root: str = ""  # a local image folder used as one more (far) out-of-distribution set
+    # Images per generated OOD set (clutter-only, held-out classes, the other embedded dataset, each noise set);
+    # the in-distribution side is always every test image.
+    ood_images: int = 2000
+    ood_bootstrap: int = 1000  # resamples of each OOD set's AUROC interval per model (0: no interval)
+    prior_sigma: float = 0.25  # the centre-Gaussian localization prior's std, a fraction of the image side
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ def validate(cfg: PipelineConfig) -> None:
     _check(0.0 < d.val_fraction < 1.0, f"data.val_fraction={d.val_fraction} is not allowed (0 < value < 1)")
     _check(0 <= d.pad < d.image_size, f"data.pad={d.pad} is not allowed (0 <= pad < image_size)")
     _check(d.clutter >= 0, f"data.clutter={d.clutter} is not allowed (>= 0 distractor fragments)")
+    _check(not d.ood_classes or (d.name == "cluttered_digits" and len(set(d.ood_classes)) == len(d.ood_classes)
+                                 and all(0 <= c <= 9 for c in d.ood_classes) and len(d.ood_classes) <= 8),
+           f"data.ood_classes={list(d.ood_classes)} is not allowed (cluttered_digits only: distinct digits 0-9, at "
+           "most 8 held out)")
     _check(_finite(d.digit_scale[0]) and _finite(d.digit_scale[1]) and 0 < d.digit_scale[0] <= d.digit_scale[1] <= 1,
            f"data.digit_scale={list(d.digit_scale)} is not allowed (0 < low <= high <= 1, fractions of image_size)")
 
@@ -122,6 +126,9 @@ def validate(cfg: PipelineConfig) -> None:
            f"evaluate.cam_curve_interval={e.cam_curve_interval} is not allowed (0 < value < 1)")
     _check(0 < e.loc_sigma < 1, f"evaluate.loc_sigma={e.loc_sigma} is not allowed (0 < value < 1)")
     _check(e.robustness_images >= 1, f"evaluate.robustness_images={e.robustness_images} is not allowed (>= 1)")
+    _check(e.ood_images >= 1, f"evaluate.ood_images={e.ood_images} is not allowed (>= 1)")
+    _check(e.ood_bootstrap >= 0, f"evaluate.ood_bootstrap={e.ood_bootstrap} is not allowed (>= 0; 0: no interval)")
+    _check(e.prior_sigma > 0, f"evaluate.prior_sigma={e.prior_sigma} is not allowed (> 0, a fraction of the side)")
     _check(all(0 <= x <= 1 for x in e.fgsm_eps) and len(e.fgsm_eps) >= 1,
            f"evaluate.fgsm_eps={list(e.fgsm_eps)} is not allowed (one or more values in [0, 1], pixel units)")
     _check(cfg.retrain.seeds >= 1, f"retrain.seeds={cfg.retrain.seeds} is not allowed (>= 1)")

@@ -15,7 +15,8 @@ from study.data.readers import (  # noqa: F401
 from study.data.shapes import (  # noqa: F401
     BACKGROUNDS, CLASSES_SYNTHETIC, SyntheticShapes)
 from study.data.cluttered_digits import (  # noqa: F401
-    CLASSES_DIGITS, SPLIT_FRACTIONS, DigitScenes, Rendered, load_cluttered_digits, render_split, split_identities)
+    CLASSES_DIGITS, SPLIT_FRACTIONS, DigitScenes, Rendered, clutter_only_images, held_out_class_images,
+    load_cluttered_digits, render_split, split_identities)
 from study.data.cub import (  # noqa: F401
     BoxSplit, read_cub, read_image_folder, read_imagenet_val, resize_box)
 from study.data.voc import (  # noqa: F401

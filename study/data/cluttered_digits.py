@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -48,8 +48,8 @@ from torch.utils.data import Dataset
 from study.config.schema import DataConfig
 from study.data.bundle import DataBundle, Split, boxes_from_masks, stratified_split
 
-__all__ = ["CLASSES_DIGITS", "SPLIT_FRACTIONS", "DigitScenes", "Rendered", "load_cluttered_digits", "render_split",
-           "split_identities"]
+__all__ = ["CLASSES_DIGITS", "SPLIT_FRACTIONS", "DigitScenes", "Rendered", "clutter_only_images",
+           "held_out_class_images", "load_cluttered_digits", "render_split", "split_identities"]
 
 CLASSES_DIGITS = tuple(str(i) for i in range(10))
 SPLITS = ("train", "val", "test")
@@ -223,11 +223,14 @@ def _chunks(n: int, s: int) -> list[tuple[int, int]]:
 
 
 def render_split(pool: torch.Tensor, n: int, image_size: int, seed: int, *, clutter: int = 4,
-                 digit_scale: tuple[float, float] = (0.4, 0.7)) -> Rendered:
+                 digit_scale: tuple[float, float] = (0.4, 0.7), with_target: bool = True) -> Rendered:
     """``n`` classification images of side ``image_size`` from the sklearn identities ``pool`` (int64 [P]).
 
     Targets cycle through ``pool`` in random orders (each identity appears ``n / P`` times, up to one), so classes
     stay as balanced as the pool; fragments come from ``pool`` too. Deterministic in ``seed``.
+    ``with_target=False`` draws everything the same (the same random stream) but does not paint the target: image
+    i is then image i of the same call with the target left out (empty masks, boxes ``-1``; labels and identities
+    still name the digit that was left out). The clutter-only OOD set (:func:`clutter_only_images`).
     """
     if n < 0 or image_size < 8 or clutter < 0 or len(pool) == 0:
         raise ValueError(f"render_split(n={n}, image_size={image_size}, clutter={clutter}, pool of {len(pool)}) "
@@ -246,8 +249,10 @@ def render_split(pool: torch.Tensor, n: int, image_size: int, seed: int, *, clut
         target = _draw(glyphs[pool[own]], centre, half, angle, s)  # [m, s, s]
         frag, frag_ids = _fragments(m, clutter, s, digit_scale, pool, own, g)
         alpha = torch.cat([frag, target[:, None]], dim=1)  # the target is painted last: always whole
-        out["images"].append(_paint(background, alpha, _colours(background, alpha, g)))
-        out["masks"].append(_half_max(target))
+        colours = _colours(background, alpha, g)  # drawn for the target too, so with_target keeps the stream
+        keep = alpha.shape[1] if with_target else alpha.shape[1] - 1
+        out["images"].append(_paint(background, alpha[:, :keep], colours[:, :keep]))
+        out["masks"].append(_half_max(target) if with_target else torch.zeros(m, s, s, dtype=torch.bool))
         out["frag"].append(frag_ids)
     ids = pool[position]
     masks = torch.cat(out["masks"]) if n else torch.zeros(0, s, s, dtype=torch.bool)
@@ -260,17 +265,72 @@ def load_cluttered_digits(cfg: DataConfig) -> DataBundle:
     """The ``cluttered_digits`` dataset: ``data.synthetic_sizes`` (train, val, test) images of ``data.image_size``
     pixels from disjoint identities (:func:`split_identities` of ``data.split_seed``), ``data.clutter`` fragments
     each, targets of side ``data.digit_scale`` x image_size. Splits carry boxes and masks; mean/std are the train
-    split's per-channel statistics."""
-    ids = split_identities(cfg.split_seed)
+    split's per-channel statistics. ``data.ood_classes`` holds those digit classes out of every split (their
+    identities are dropped from the pools, the other classes are relabelled 0..K-1 in order): the held-out test
+    identities are then a near-OOD set (:func:`held_out_class_images`)."""
+    ids = _pools(cfg)
+    kept = [c for c in range(len(CLASSES_DIGITS)) if c not in set(cfg.ood_classes)]
+    relabel = torch.full((len(CLASSES_DIGITS),), -1, dtype=torch.int64)
+    relabel[kept] = torch.arange(len(kept))  # held-out classes leave a gap: labels stay 0..K-1
     splits = []
     for stream, (name, n) in enumerate(zip(SPLITS, cfg.synthetic_sizes)):
         r = render_split(ids[name], n, cfg.image_size, _stream_seed(cfg.split_seed, stream), clutter=cfg.clutter,
                          digit_scale=tuple(cfg.digit_scale))
-        splits.append(Split(r.images, r.labels, r.boxes, r.masks))
+        splits.append(Split(r.images, relabel[r.labels], r.boxes, r.masks))
     x = splits[0].images.float() / 255.0
     mean = tuple(float(v) for v in x.mean((0, 2, 3)))
     std = tuple(float(v) for v in x.std((0, 2, 3)))
-    return DataBundle("cluttered_digits", *splits, 10, mean, std, CLASSES_DIGITS)
+    return DataBundle("cluttered_digits", *splits, len(kept), mean, std, tuple(CLASSES_DIGITS[c] for c in kept))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Near out-of-distribution sets (issue 16): the same generator, something missing or unseen
+
+
+def _pools(cfg: DataConfig) -> dict[str, torch.Tensor]:
+    """The identity pools of the in-distribution splits: :func:`split_identities`, less the identities of the
+    classes ``cfg.ood_classes`` holds out."""
+    ids = split_identities(cfg.split_seed)
+    if not cfg.ood_classes:
+        return ids
+    _, labels = _glyphs()
+    held = torch.tensor(sorted(cfg.ood_classes), dtype=torch.int64)
+    return {name: p[~torch.isin(labels[p], held)] for name, p in ids.items()}
+
+
+def _head(r: Rendered, n: int) -> Rendered:
+    return Rendered(*(getattr(r, f.name)[:n] for f in fields(Rendered)))
+
+
+def clutter_only_images(cfg: DataConfig, n: int | None = None) -> Rendered:
+    """Near-OOD set: the test split of ``cfg`` with the target digits left out (images uint8 ``[n, 3, S, S]``).
+
+    Image i is test image i with the same background, the same fragments in the same inks and places (the same
+    random stream: :func:`render_split` with ``with_target=False``), and no digit: it differs from test image i
+    only where the target was painted. A classifier that scores these as confidently as the test images has not
+    learnt that the class lives in the digit. ``n``: the first n (default: all of the test split's images). The
+    masks are empty; labels and identities name the digits that were left out.
+    """
+    total = cfg.synthetic_sizes[2]
+    n = total if n is None else min(int(n), total)
+    r = render_split(_pools(cfg)["test"], total, cfg.image_size, _stream_seed(cfg.split_seed, SPLITS.index("test")),
+                     clutter=cfg.clutter, digit_scale=tuple(cfg.digit_scale), with_target=False)
+    return _head(r, n)
+
+
+def held_out_class_images(cfg: DataConfig, n: int) -> Rendered:
+    """Near-OOD set of ``data.ood_classes``: ``n`` images (uint8 ``[n, 3, S, S]``) of the held-out classes' *test*
+    identities (never trained on), drawn like the test split (same clutter, scale and inks; fragments from the
+    same held-out identities) from their own stream; labels are the original digits. Raises ValueError when
+    ``cfg`` holds no class out."""
+    if not cfg.ood_classes:
+        raise ValueError("held_out_class_images needs data.ood_classes (classes held out of training)")
+    _, labels = _glyphs()
+    test = split_identities(cfg.split_seed)["test"]
+    pool = test[torch.isin(labels[test], torch.tensor(sorted(cfg.ood_classes), dtype=torch.int64))]
+    r = render_split(pool, int(n), cfg.image_size, _stream_seed(cfg.split_seed, SPLITS.index("test"), 1),
+                     clutter=cfg.clutter, digit_scale=tuple(cfg.digit_scale))
+    return r
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,8 +2,13 @@
 
 Expected calibration error (ECE) follows Guo et al. 2017, "On Calibration of Modern Neural Networks" (arXiv
 1706.04599), Eq. 3: ``M = 15`` equal-width confidence bins over [0, 1], ``ECE = sum_m |B_m|/n * |acc(B_m) -
-conf(B_m)|`` where the confidence of a sample is its top-1 softmax probability. Bins are right-closed, ``(l, u]``,
-the convention of torchmetrics' ``multiclass_calibration_error`` (checked against it in the tests). Mixing methods
+conf(B_m)|`` where the confidence of a sample is its top-1 softmax probability.
+
+Bins are right-closed, ``(l, u]``: Guo et al.'s ``B_m = ((m - 1)/M, m/M]``, as in their code (gpleiss/
+temperature_scaling's ``_ECELoss``: ``conf > lower & conf <= upper``), so a confidence of exactly 1.0 falls in the
+last bin. torchmetrics' ``multiclass_calibration_error`` is *not* this convention: its bins are ``[l, u)``
+(``torch.bucketize(right=True)`` over the M + 1 edges) with a bin of its own for a confidence of exactly 1.0. The
+two agree except for confidences on an inner edge and saturated ones (the tests pin both edges). Mixing methods
 change calibration (Mixup and CutMix are often found less over-confident), which is why the stage reports it.
 """
 

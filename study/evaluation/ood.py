@@ -15,6 +15,11 @@ outside [0, 1] through a sigmoid per call; softmax probabilities are inside, so 
 against scikit-learn). OOD sets that need no download: ODIN's noise sets, Uniform U[0, 1] and Gaussian N(0.5, 1)
 clamped to [0, 1], drawn per pixel in pixel space (then normalised like any input), and any image tensor (other
 datasets, a local folder read by ``study.data.cub.read_image_folder``), resized to the in-distribution size.
+
+Each set is reported on its own, with a percentile bootstrap interval of its AUROC (:func:`bootstrap_auroc`): a
+ReLU network maps far-from-data inputs such as noise to one confident cluster (Hein et al., CVPR 2019), so a
+noise set's AUROC says where that cluster landed and belongs among sanity checks, not beside near-OOD sets (the
+generator's clutter-only images and held-out classes, ``study.evaluation.inputs``).
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from torchmetrics.functional.classification import binary_auroc, binary_roc
 from study.evaluation.common import check_images, predict_logits, to_unit
 from study.metric_names import EvaluationError
 
-__all__ = ["NOISE_SETS", "max_softmax", "noise_images", "ood_metrics", "ood_scores", "prepare_ood_images"]
+__all__ = ["NOISE_SETS", "bootstrap_auroc", "max_softmax", "noise_images", "ood_metrics", "ood_scores",
+           "prepare_ood_images", "softmax_confidence"]
 
 NOISE_SETS = ("uniform", "gaussian")
+_BOOT_CHUNK = 100  # bootstrap resamples per step: [100, distinct scores] float64 tensors
 
 
 def noise_images(kind: str, n: int, shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
@@ -68,8 +75,14 @@ def prepare_ood_images(images: torch.Tensor, shape: tuple[int, int, int]) -> tor
 
 def max_softmax(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
                 batch_size: int = 256, device: str | torch.device | None = None) -> torch.Tensor:
-    """Maximum softmax probability float32 ``[N]`` of pixel-space images."""
-    return torch.softmax(predict_logits(model, images, mean, std, batch_size=batch_size, device=device), 1).amax(1)
+    """Maximum softmax probability float64 ``[N]`` of pixel-space images (float64, so that confident predictions
+    keep distinct scores instead of tying at float32's 1.0)."""
+    return softmax_confidence(predict_logits(model, images, mean, std, batch_size=batch_size, device=device))
+
+
+def softmax_confidence(logits: torch.Tensor) -> torch.Tensor:
+    """Max-softmax score float64 ``[N]`` of logits ``[N, K]``, computed in float64."""
+    return torch.softmax(logits.double(), dim=1).amax(dim=1)
 
 
 def ood_metrics(in_scores: torch.Tensor, out_scores: torch.Tensor) -> dict[str, float]:
@@ -100,8 +113,8 @@ def ood_metrics(in_scores: torch.Tensor, out_scores: torch.Tensor) -> dict[str, 
 def ood_scores(model: nn.Module, in_images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
                ood_sets: Mapping[str, torch.Tensor] | None = None, noise: Sequence[str] = NOISE_SETS,
                noise_count: int | None = None, seed: int = 0, batch_size: int = 256,
-               device: str | torch.device | None = None, in_scores: torch.Tensor | None = None
-               ) -> dict[str, dict[str, float]]:
+               device: str | torch.device | None = None, in_scores: torch.Tensor | None = None,
+               bootstrap: int = 0) -> dict[str, dict[str, float]]:
     """Max-softmax OOD metrics of ``model`` for every OOD set: ``{set name: {"auroc", "tnr95", "detacc"}}``.
 
     Args:
@@ -111,6 +124,7 @@ def ood_scores(model: nn.Module, in_images: torch.Tensor, mean: Sequence[float],
         noise: which of ODIN's noise sets to add ("uniform", "gaussian"); ``noise_count`` images each (default:
             as many as ``in_images``), drawn from ``seed``.
         in_scores: the in-distribution max-softmax scores if already computed (saves a forward pass).
+        bootstrap: resamples of :func:`bootstrap_auroc` for each set's ``auroc_lo`` / ``auroc_hi`` (0: none).
     """
     check_images(in_images)
     shape = tuple(in_images.shape[1:])
@@ -126,5 +140,38 @@ def ood_scores(model: nn.Module, in_images: torch.Tensor, mean: Sequence[float],
     out = {}
     for name, imgs in sets.items():
         x = prepare_ood_images(imgs, shape)
-        out[name] = ood_metrics(in_scores, max_softmax(model, x, mean, std, batch_size=batch_size, device=device))
+        scores = max_softmax(model, x, mean, std, batch_size=batch_size, device=device)
+        out[name] = ood_metrics(in_scores, scores)
+        if bootstrap:
+            lo, hi = bootstrap_auroc(in_scores, scores, n_boot=bootstrap, seed=seed)
+            out[name].update({"auroc_lo": lo, "auroc_hi": hi})
     return out
+
+
+def bootstrap_auroc(in_scores: torch.Tensor, out_scores: torch.Tensor, *, n_boot: int = 1000, seed: int = 0,
+                    confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval (percent) of the AUROC of ``in_scores`` (positives) against ``out_scores``:
+    both sets resampled with replacement, ``n_boot`` times, all at once.
+
+    AUROC = P(in > out) + P(in = out) / 2 (Mann-Whitney), computed per resample from multinomial counts over the
+    sorted distinct scores, so ties count half as in torchmetrics' exact AUROC: float64 ``[n_boot, U]`` work, no
+    loop over resamples.
+    """
+    if in_scores.ndim != 1 or out_scores.ndim != 1 or not len(in_scores) or not len(out_scores) or n_boot < 1:
+        raise EvaluationError(f"OOD scores of shapes {tuple(in_scores.shape)}, {tuple(out_scores.shape)} with "
+                              f"n_boot={n_boot} are not allowed (two non-empty 1-D tensors, n_boot >= 1)")
+    values, inverse = torch.unique(torch.cat([in_scores, out_scores]).double(), return_inverse=True)
+    u, n_in, n_out = len(values), len(in_scores), len(out_scores)
+    g = torch.Generator().manual_seed(seed)
+    auc = []
+    for b in range(0, n_boot, _BOOT_CHUNK):  # chunks of resamples bound the [chunk, U] memory
+        k = min(_BOOT_CHUNK, n_boot - b)
+        c_in, c_out = (torch.zeros(k, u, dtype=torch.float64).scatter_add_(
+            1, ids[torch.randint(0, n, (k, n), generator=g)], torch.ones(k, n, dtype=torch.float64))
+            for ids, n in ((inverse[:n_in], n_in), (inverse[n_in:], n_out)))
+        below = c_out.cumsum(1) - c_out  # OOD draws strictly below each distinct score
+        auc.append((c_in * (below + 0.5 * c_out)).sum(1) / (n_in * n_out))
+    auc = torch.cat(auc)
+    q = torch.tensor([(1 - confidence) / 2, (1 + confidence) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(auc, q).tolist()
+    return 100.0 * lo, 100.0 * hi

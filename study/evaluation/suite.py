@@ -13,8 +13,11 @@ Metric names (percent unless said; ``study.metric_names.metric_mode`` gives each
 (nats), ``ece``; ``maxboxacc_v2``, ``maxboxacc_iou0.3/0.5/0.7``, ``top1_loc``, ``gt_known_loc``,
 ``random_cam_maxboxacc_v2`` (the random-CAM baseline on the same boxes); ``occlusion_center_auc``,
 ``occlusion_boundary_auc``; ``in_between_mixup``, ``in_between_cutmix`` (mean rate of predicting neither class);
-``fgsm_acc_eps{e:.3f}`` per eps (``fgsm_acc_eps0.031`` is 8/255); ``ood_{set}_{auroc|tnr95|detacc}`` per OOD set
-and ``ood_mean_{...}`` over sets. Names avoid characters MLflow rejects (such as ``@``).
+``fgsm_acc_eps{e:.3f}`` per eps (``fgsm_acc_eps0.031`` is 8/255); ``ood_{set}_{auroc|tnr95|detacc}`` per OOD set,
+with ``ood_{set}_auroc_lo|hi``, its bootstrap 95 % interval (no mean over sets: a noise set and a near-OOD set
+answer different questions, see ``study.evaluation.ood``); ``maxboxacc_v2_centre_prior`` (the centre-Gaussian
+prior on the same boxes) and ``maxboxacc_v2_over_prior`` (the model minus it). Names avoid characters MLflow rejects
+(such as ``@``).
 """
 
 from __future__ import annotations
@@ -24,19 +27,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from study.evaluation.calibration import classification_metrics
 from study.evaluation.common import check_images, check_labels, predict_logits, resolve
-from study.evaluation.ood import NOISE_SETS, ood_scores
+from study.evaluation.ood import NOISE_SETS, ood_scores, softmax_confidence
 from study.evaluation.robustness import DEFAULT_FGSM_EPS, fgsm_curve, in_between_curves, occlusion_curves
 from study.evaluation.wsol import (
+    CENTRE_SIGMA,
     DEFAULT_IOU_THRESHOLDS,
     cam_head,
+    centre_gaussian_map,
     class_activation_maps,
     max_box_acc,
+    prior_max_box_acc,
     random_cam_baseline,
     scoremaps,
     top1_loc,
@@ -50,12 +55,18 @@ class EvaluationResult:
     """``metrics``: flat name -> float. ``curves``: JSON-ready data behind the pictures (``reliability``,
     ``maxboxacc``, ``occlusion``, ``in_between``, ``fgsm``, ``ood``). ``seconds``: wall time per evaluation.
     ``examples``: tensors for the CAM grid (``images`` uint8, ``scoremaps`` float [n, H, W], ``gt_boxes``,
-    ``pred_boxes`` int64 [n, 4] or [n, M, 4], ``labels``, ``preds``), empty without localization."""
+    ``pred_boxes`` int64 [n, 4] or [n, M, 4], ``labels``, ``preds``), empty without localization.
+    ``predictions``: per image, ``labels`` and ``preds`` int64 [N], ``correct`` bool [N], ``confidence`` float64 [N]
+    (max softmax), for paired tests between models. ``info``: ``cam_size`` [h, w] (absent without localization),
+    ``image_size`` [H, W], ``num_in`` (in-distribution images of the OOD scores), ``ood_kinds`` (set -> near / far /
+    noise), ``prior_sigma``."""
 
     metrics: dict[str, float]
     curves: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     examples: dict[str, torch.Tensor] = field(default_factory=dict)
+    predictions: dict[str, torch.Tensor] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _supports_cam(model: nn.Module) -> bool:
@@ -73,7 +84,8 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    hole_sizes: Sequence[int] | None = None, mix_steps: int = 6, cam_curve_interval: float = 0.01,
                    iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS, loc_sigma: float = 0.15,
                    n_bins: int = 15, robustness_images: int | None = 1000, random_cam_images: int | None = 2000,
-                   n_examples: int = 16, seed: int = 0,
+                   ood_kinds: Mapping[str, str] | None = None, ood_images: int | None = 2000,
+                   ood_bootstrap: int = 1000, prior_sigma: float = CENTRE_SIGMA, n_examples: int = 16, seed: int = 0,
                    batch_size: int = 256, device: str | torch.device | None = None) -> EvaluationResult:
     """Run the paper's evaluations on one split.
 
@@ -84,13 +96,18 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         boxes: int64 ``[N, 4]`` / ``[N, M, 4]`` inclusive pixel boxes; needed for localization.
         evaluations: subset of :data:`EVALUATIONS`. Default: all, except localization when there are no boxes
             or the model has no GAP + linear head. Naming localization explicitly without them raises.
-        ood_sets / ood_noise: extra named OOD image tensors and the ODIN noise sets to add.
+        ood_sets / ood_noise: extra named OOD image tensors and the ODIN noise sets to add. ``ood_kinds``: each
+            extra set's kind ("near" or "far", default "far"; the noise sets are "noise"), recorded in ``info``.
+            All ``images`` are the in-distribution side; ``ood_images`` noise images per noise set (None: as many
+            as ``images``); ``ood_bootstrap`` resamples for each set's AUROC interval (0: none).
         fgsm_eps: FGSM step sizes in [0, 1] pixel units. hole_sizes: occlusion sides (default 9 from 0 to side).
         mix_steps: lam values for the in-between curves. cam_curve_interval: MaxBoxAcc threshold step
             (wsolevaluation's paper setting is 0.001: the same 8-bit binarisations, 2.5x the work of 0.01).
-        robustness_images: occlusion, in-between, FGSM and OOD use the first this-many images (None: all), as
+        robustness_images: occlusion, in-between and FGSM use the first this-many images (None: all), as
             their curves cost one forward pass per point (1000 images: about +-1.5 points of error).
-        random_cam_images: the random-CAM baseline uses the boxes of the first this-many images (None: all).
+        random_cam_images: the random-CAM baseline uses the boxes of the first this-many images (None: all; 0:
+            skip it, as the evaluate stage does: it computes the baseline once for all models of one CAM size).
+        prior_sigma: the centre-Gaussian prior's standard deviation, a fraction of the image side.
         seed: in-between pairs, noise sets and the random-CAM baseline.
     Returns:
         EvaluationResult (metric names in the module docstring).
@@ -125,6 +142,10 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         cams, logits = None, predict_logits(model, images, mean, std, batch_size=batch_size, device=dev)
     check_labels(labels, n, logits.shape[1])
     preds = logits.argmax(dim=1)
+    confidence = softmax_confidence(logits)
+    out.predictions = {"labels": labels.cpu(), "preds": preds, "correct": preds == labels.cpu(),
+                       "confidence": confidence}
+    out.info["image_size"] = list(images.shape[-2:])
     if "classification" in todo:
         metrics, rel = classification_metrics(logits, labels, n_bins)
         out.metrics.update(metrics)
@@ -136,12 +157,19 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         maps = scoremaps(cams, size)
         mba = max_box_acc(maps, boxes, cam_curve_interval=cam_curve_interval, iou_thresholds=iou_thresholds)
         loc, pred_boxes = top1_loc(maps, boxes, preds == labels, sigma=loc_sigma)
-        nr = n if random_cam_images is None else min(n, int(random_cam_images))
-        rnd = random_cam_baseline(boxes[:nr], size, tuple(cams.shape[-2:]), seed=seed,
-                                  cam_curve_interval=cam_curve_interval, iou_thresholds=iou_thresholds)
+        prior = prior_max_box_acc(centre_gaussian_map(size, prior_sigma), boxes, cam_curve_interval=cam_curve_interval,
+                                  iou_thresholds=iou_thresholds)
         out.metrics.update(mba.metrics())
         out.metrics.update(loc)
-        out.metrics["random_cam_maxboxacc_v2"] = rnd.value
+        out.metrics["maxboxacc_v2_centre_prior"] = prior.value
+        out.metrics["maxboxacc_v2_over_prior"] = mba.value - prior.value
+        nr = n if random_cam_images is None else min(n, int(random_cam_images))
+        if nr:
+            rnd = random_cam_baseline(boxes[:nr], size, tuple(cams.shape[-2:]), seed=seed,
+                                      cam_curve_interval=cam_curve_interval, iou_thresholds=iou_thresholds)
+            out.metrics["random_cam_maxboxacc_v2"] = rnd.value
+        out.info.update({"cam_size": list(cams.shape[-2:]), "prior_sigma": float(prior_sigma)})
+        out.curves["centre_prior"] = {f"iou{d:g}": v for d, v in prior.per_iou.items()}
         out.curves["maxboxacc"] = {"threshold": mba.thresholds,
                                    **{f"iou{d:g}": v for d, v in mba.curves.items()},
                                    "best_threshold": {f"iou{d:g}": v for d, v in mba.best_threshold.items()}}
@@ -169,14 +197,15 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         out.curves["fgsm"] = fg.to_dict()
         tick = _lap(out, "fgsm", tick)
     if "ood" in todo:
-        in_scores = torch.softmax(logits[:r], dim=1).amax(dim=1)
-        res = ood_scores(model, rx, mean, std, ood_sets=ood_sets, noise=ood_noise, seed=seed, in_scores=in_scores,
-                         **common)
+        # Every image is the in-distribution side: its scores come with the logits above, at no extra cost.
+        count = n if ood_images is None else int(ood_images)
+        res = ood_scores(model, images, mean, std, ood_sets=ood_sets, noise=ood_noise, noise_count=count, seed=seed,
+                         in_scores=confidence, bootstrap=ood_bootstrap, **common)
         for name, m in res.items():
             out.metrics.update({f"ood_{name}_{k}": v for k, v in m.items()})
-        if res:
-            for k in ("auroc", "tnr95", "detacc"):
-                out.metrics[f"ood_mean_{k}"] = float(np.mean([m[k] for m in res.values()]))
+        kinds = dict(ood_kinds or {})
+        out.info.update({"num_in": n, "ood_kinds": {name: "noise" if name in ood_noise else kinds.get(name, "far")
+                                                    for name in res}})
         out.curves["ood"] = res
         _lap(out, "ood", tick)
     return out
@@ -237,21 +266,22 @@ def epoch_metrics(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return {m: out[m] for m in names}
 
 
-def evaluate_checkpoint(run_dir: str, split: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """`evaluate_model` on the model of a run directory (its `checkpoints/best.pt`), as one Ray task of the
-    evaluate stage. `split`: images, labels, boxes (or None), mean, std, ood_sets, num_classes, in_channels;
-    `options`: evaluate_model keywords. Returns metrics, curves, seconds and the CAM-grid examples."""
-    from pathlib import Path
-
+def evaluate_checkpoint(checkpoint: str, split: Mapping[str, Any], options: Mapping[str, Any],
+                        config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`evaluate_model` on the model of a ``study.checkpoint`` file (``best.pt``, ``last.pt``, a trial's
+    ``checkpoint.pt``), as one Ray task of the evaluate stage. `split`: images, labels, boxes (or None), mean, std,
+    ood_sets, ood_kinds, num_classes, in_channels; `options`: evaluate_model keywords; `config`: the model's config
+    dict (default: the checkpoint's own). Returns metrics, curves, seconds, the CAM-grid examples, per-image
+    predictions and info."""
     from study.checkpoint import load_checkpoint
     from study.config.load import from_dict
     from study.models import build_model
 
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")
-    model = build_model(from_dict(ckpt["config"]).model, split["num_classes"], split["in_channels"])
+    ckpt = load_checkpoint(checkpoint)
+    model = build_model(from_dict(config or ckpt["config"]).model, split["num_classes"], split["in_channels"])
     model.load_state_dict(ckpt["model"])
     result = evaluate_model(model.eval(), split["images"], split["labels"], split["mean"], split["std"],
-                            boxes=split.get("boxes"), ood_sets=split.get("ood_sets"),
+                            boxes=split.get("boxes"), ood_sets=split.get("ood_sets"), ood_kinds=split.get("ood_kinds"),
                             device="cuda" if torch.cuda.is_available() else "cpu", **options)
     return {"metrics": result.metrics, "curves": result.curves, "seconds": result.seconds,
-            "examples": result.examples}
+            "examples": result.examples, "predictions": result.predictions, "info": result.info}

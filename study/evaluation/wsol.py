@@ -17,6 +17,10 @@
   largest 8-connected region (by pixel count, as Zhou et al.'s connected components), correct when the inclusive
   IoU is ``> 0.5`` **and** the top-1 class is right (``gt_known_loc`` drops the class condition).
 
+* Priors on the same boxes, what a localizer must beat: the **centre-Gaussian** map (one map for every image;
+  wsolevaluation's journal version, Choe et al. TPAMI 2022, arXiv 2007.04178, reports such a baseline) and
+  **random CAMs** at the model's CAM size through the same resize and normalisation.
+
 Two implementations of the box protocol are kept:
 
 * ``reference_*``: the wsolevaluation algorithm as written there, one ``cv2.findContours`` per image and
@@ -24,14 +28,16 @@ Two implementations of the box protocol are kept:
 * ``component_boxes`` / ``max_box_acc``: the fast path. RETR_TREE returns one contour per 8-connected foreground
   component and one per hole (a 4-connected background region not touching the border). Their bounding rects are
   the component's box and the hole's box grown by one pixel, both available from
-  ``cv2.connectedComponentsWithStats``. All (image, threshold) binary maps of a chunk are laid out as one tall
-  image with zero separators, so each connectivity costs one C call per chunk: no Python loop over thresholds or
-  images. The tests check that both paths give identical box sets and accuracies on real CAMs and on random masks.
+  ``cv2.connectedComponentsWithStats``. All (image, threshold) binary maps of a chunk (only their rows that
+  hold foreground) are laid out as one tall image with zero separators, so each connectivity costs one C call per
+  chunk: no Python loop over thresholds or images. The tests check that both paths give identical box sets and
+  accuracies on real CAMs and on random masks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import cv2
@@ -44,12 +50,14 @@ from study.evaluation.common import Normalise, batch_ranges, check_images, eval_
 from study.metric_names import CAMError, EvaluationError
 
 __all__ = [
-    "DEFAULT_IOU_THRESHOLDS", "MaxBoxAcc", "cam_head", "class_activation_maps", "component_boxes", "iou_inclusive",
-    "largest_component_boxes", "max_box_acc", "normalise_boxes", "random_cam_baseline", "reference_boxes",
-    "reference_max_box_acc", "scoremaps", "threshold_list", "to_uint8_maps", "top1_loc",
+    "CENTRE_SIGMA", "DEFAULT_IOU_THRESHOLDS", "MaxBoxAcc", "cam_head", "centre_gaussian_map", "class_activation_maps",
+    "component_boxes", "iou_inclusive", "largest_component_boxes", "max_box_acc", "normalise_boxes",
+    "prior_max_box_acc", "random_cam_baseline", "reference_boxes", "reference_max_box_acc", "scoremaps",
+    "threshold_list", "to_uint8_maps", "top1_loc",
 ]
 
 DEFAULT_IOU_THRESHOLDS = (0.3, 0.5, 0.7)
+CENTRE_SIGMA = 0.25  # the centre prior's standard deviation, a fraction of the image side (see centre_gaussian_map)
 _CANVAS_PIXELS = 1 << 25  # pixels of one tall binary image handed to OpenCV (32 MiB as uint8)
 
 
@@ -118,16 +126,22 @@ def scoremaps(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def to_uint8_maps(maps: torch.Tensor | np.ndarray) -> np.ndarray:
-    """``uint8(s * 255)`` (truncation, in float32) of float score maps in [0, 1]; uint8 maps pass through."""
+    """``uint8(s * 255)`` (truncation) of float score maps in [0, 1], computed in float64; uint8 maps pass through.
+
+    wsolevaluation multiplies its map in the map's own dtype. Casting a float64 map to float32 first rounds values
+    just below a level up onto it (0.99999999 becomes 1.0, level 255 instead of 254), which moves whole curves on
+    maps with a near-maximum plateau; float64 keeps float64 maps exact, and for float32 maps it gives the float32
+    product's truncation on every value (float32 x 255 is never rounded across an integer; checked exhaustively
+    near every level in the tests)."""
     a = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
     if a.ndim != 3:
         raise EvaluationError(f"score maps of shape {a.shape} are not allowed ([N, H, W])")
     if a.dtype == np.uint8:
         return a
-    a = a.astype(np.float32, copy=False)
+    a = a.astype(np.float64, copy=False)
     if a.size and (np.isnan(a).any() or a.min() < 0 or a.max() > 1):
         raise EvaluationError("score maps outside [0, 1] are not allowed (min-max normalise them: wsol.scoremaps)")
-    return (a * np.float32(255)).astype(np.uint8)
+    return (a * 255.0).astype(np.uint8)
 
 
 def threshold_list(interval: float) -> np.ndarray:
@@ -248,14 +262,47 @@ def _tall_canvas(b: int, t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray
     return canvas, canvas[:-1].reshape(b, t, h + 1, w + 2)[:, :, 1:, 1:w + 1]
 
 
-def _stats_boxes(canvas: np.ndarray, h: int, connectivity: int, grow: int) -> tuple[np.ndarray, np.ndarray]:
-    """Block index and ``[x, y, x+w, y+h]`` boxes (block coordinates, ``grow`` pixels out on every side, before
-    clipping) of the non-zero components of a tall canvas from :func:`_tall_canvas`."""
-    _, _, stats, _ = cv2.connectedComponentsWithStats(canvas, connectivity=connectivity, ltype=cv2.CV_32S)
+@contextmanager
+def _sequential_opencv() -> Iterator[None]:
+    """OpenCV's labelling single-threaded for the block: its parallel statistics pass, on our tall canvases of
+    many small components, ran 4-10x slower on 2 cores than the sequential one (bench/evaluation.py)."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
+
+
+def _packed_canvas(rows_any: np.ndarray, w: int) -> tuple[np.ndarray, ...]:
+    """A zero uint8 canvas ``[R, w + 2]`` holding, for every slice s whose binary map has foreground, only the rows
+    ``y0[s]..y1[s]`` between its first and last foreground rows (``rows_any``: bool ``[S, H]``), each block under
+    one zero row and between two zero columns, so no component crosses blocks and every block's border touches
+    zero. Returns ``(canvas, slices, y0, start, dst, which, src)``: the slices laid out, their first rows, the
+    canvas row of each block's separator, and for every interior canvas row ``dst[i]`` its block ``which[i]`` and
+    the source row ``src[i]`` of that slice's map."""
+    h = rows_any.shape[1]
+    slices = np.flatnonzero(rows_any.any(axis=1))
+    sub = rows_any[slices]
+    y0 = sub.argmax(axis=1)
+    heights = h - sub[:, ::-1].argmax(axis=1) - y0
+    start = np.concatenate([[0], np.cumsum(heights + 1)[:-1]]).astype(np.int64)
+    which = np.repeat(np.arange(len(slices)), heights)
+    within = np.arange(len(which)) - np.repeat(start - np.arange(len(slices)), heights)
+    canvas = np.zeros((int(heights.sum()) + len(slices) + 1, w + 2), dtype=np.uint8)
+    return canvas, slices, y0, start, start[which] + 1 + within, which, y0[which] + within
+
+
+def _packed_boxes(canvas: np.ndarray, start: np.ndarray, y0: np.ndarray, connectivity: int, grow: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Block index and ``[x, y, x+w, y+h]`` boxes (map coordinates, ``grow`` pixels out on every side, before
+    clipping) of the non-zero components of a canvas from :func:`_packed_canvas`."""
+    with _sequential_opencv():
+        _, _, stats, _ = cv2.connectedComponentsWithStats(canvas, connectivity=connectivity, ltype=cv2.CV_32S)
     x, y, rw, rh = (stats[1:, i].astype(np.int64) for i in range(4))  # label 0 is the zero pixels
-    block = y // (h + 1)
-    x0, y0 = x - 1, y - block * (h + 1) - 1
-    return block, np.stack([x0 - grow, y0 - grow, x0 + rw + grow, y0 + rh + grow], axis=1)
+    block = np.searchsorted(start, y, side="right") - 1
+    x0, top = x - 1, y - start[block] - 1 + y0[block]
+    return block, np.stack([x0 - grow, top - grow, x0 + rw + grow, top + rh + grow], axis=1)
 
 
 def hole_levels(u8: np.ndarray) -> np.ndarray:
@@ -295,9 +342,13 @@ def component_boxes(u8: np.ndarray, levels: np.ndarray, holes: bool = True) -> t
     b, h, w = u8.shape
     lv = np.asarray(levels, dtype=np.int16)
     t = len(lv)
-    canvas, inner = _tall_canvas(b, t, h, w)
-    np.greater(u8[:, None], lv[None, :, None, None], out=inner)
-    parts = [_stats_boxes(canvas, h, 8, 0)]
+    # Only the rows holding foreground are laid out (a high threshold keeps a few rows of a map): OpenCV's labelling
+    # with statistics costs per pixel, so this halves the work on CAMs.
+    rows_any = (u8.max(axis=2)[:, None, :] > lv[None, :, None]).reshape(b * t, h)  # [B*T, H]
+    canvas, slices, y0, start, dst, which, src = _packed_canvas(rows_any, w)
+    canvas[dst, 1:w + 1] = u8[slices[which] // t, src] > lv[slices[which] % t][:, None]
+    block, boxes = _packed_boxes(canvas, start, y0, 8, 0)
+    parts = [(slices[block], boxes)]
     if holes:
         # Only the (image, level) pairs that have a hole get a second, 4-connected pass over their hole pixels
         # {u8 <= k < F}: smooth CAMs rarely have holes, so this pass is small.
@@ -309,11 +360,13 @@ def component_boxes(u8: np.ndarray, levels: np.ndarray, holes: bool = True) -> t
         has_hole = diff.reshape(b, 257).cumsum(axis=1)[:, lv] > 0  # [B, T]
         ib, it = np.nonzero(has_hole)
         if len(ib):
-            hcanvas, hinner = _tall_canvas(len(ib), 1, h, w)
             k = lv[it][:, None, None]
-            np.logical_and(u8[ib] <= k, fill[ib] > k, out=hinner[:, 0])
-            block, boxes = _stats_boxes(hcanvas, h, 4, 1)  # a hole's border: one pixel out on every side
-            parts.append((ib[block] * t + it[block], boxes))
+            hole = (u8[ib] <= k) & (fill[ib] > k)  # [P, H, W]
+            hcanvas, hs, hy0, hstart, hdst, hwhich, hsrc = _packed_canvas(hole.any(axis=2), w)
+            hcanvas[hdst, 1:w + 1] = hole[hs[hwhich], hsrc]
+            hblock, hboxes = _packed_boxes(hcanvas, hstart, hy0, 4, 1)  # a hole's border: one pixel out
+            pair = hs[hblock]
+            parts.append((ib[pair] * t + it[pair], hboxes))
     sl = np.concatenate([p[0] for p in parts])
     boxes = np.concatenate([p[1] for p in parts])
     np.minimum(boxes[:, 2], w - 1, out=boxes[:, 2])
@@ -353,6 +406,13 @@ class MaxBoxAcc:
         return out
 
 
+def _deltas(iou_thresholds: Sequence[float]) -> np.ndarray:
+    deltas = np.asarray(iou_thresholds, dtype=np.float64)
+    if not len(deltas) or (deltas <= 0).any() or (deltas > 1).any():
+        raise EvaluationError(f"iou_thresholds={list(iou_thresholds)} are not allowed (values in (0, 1])")
+    return deltas
+
+
 def max_box_acc(maps: torch.Tensor | np.ndarray, boxes: torch.Tensor | np.ndarray, *,
                 cam_curve_interval: float = 0.001, iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
                 holes: bool = True) -> MaxBoxAcc:
@@ -369,9 +429,7 @@ def max_box_acc(maps: torch.Tensor | np.ndarray, boxes: torch.Tensor | np.ndarra
     n, h, w = u8.shape
     gt = normalise_boxes(boxes, n, (h, w))
     taus = threshold_list(cam_curve_interval)
-    deltas = np.asarray(iou_thresholds, dtype=np.float64)
-    if not len(deltas) or (deltas <= 0).any() or (deltas > 1).any():
-        raise EvaluationError(f"iou_thresholds={list(iou_thresholds)} are not allowed (values in (0, 1])")
+    deltas = _deltas(iou_thresholds)
     peak = u8.reshape(n, -1).max(axis=1).astype(np.float64) if n else np.zeros(0)
     level = np.floor(taus[None, :] * peak[:, None]).astype(np.int64)  # int(tau * max(u8)), per image, [N, T]
     levels = np.unique(level)  # distinct binarisations to compute
@@ -417,7 +475,8 @@ def largest_component_boxes(maps: torch.Tensor | np.ndarray, sigma: float = 0.15
         thr = np.floor(sigma * part.reshape(len(part), -1).max(axis=1).astype(np.float64)).astype(np.int16)
         canvas, inner = _tall_canvas(len(part), 1, h, w)
         np.greater(part[:, None], thr[:, None, None, None], out=inner)
-        _, _, stats, _ = cv2.connectedComponentsWithStats(canvas, connectivity=8, ltype=cv2.CV_32S)
+        with _sequential_opencv():
+            _, _, stats, _ = cv2.connectedComponentsWithStats(canvas, connectivity=8, ltype=cv2.CV_32S)
         st = stats[1:].astype(np.int64)
         sl = st[:, 1] // (h + 1)
         order = np.lexsort((np.arange(len(st)), -st[:, 4], sl))  # by slice, then area descending, then label
@@ -458,3 +517,55 @@ def random_cam_baseline(boxes: torch.Tensor | np.ndarray, image_size: tuple[int,
     cams = torch.randn(b.shape[0], *feature_size, generator=g)
     return max_box_acc(scoremaps(cams, image_size), b, cam_curve_interval=cam_curve_interval,
                        iou_thresholds=iou_thresholds)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Priors: what a localizer must beat on these boxes
+
+
+def centre_gaussian_map(size: tuple[int, int], sigma: float = CENTRE_SIGMA) -> np.ndarray:
+    """The centre-Gaussian prior: float64 ``[H, W]`` score map ``exp(-d^2 / (2 (sigma * side)^2))`` of the distance
+    ``d`` (pixels) from the image centre ``((W - 1) / 2, (H - 1) / 2)``, ``side = min(H, W)``, min-max normalised.
+
+    The same map for every image: it knows nothing of the image, only that objects tend to sit near the middle.
+    wsolevaluation's journal paper (Choe et al., TPAMI 2022, arXiv 2007.04178) reports such a centre-Gaussian
+    baseline beside CAM; its public code has none, so ``sigma`` is ours. The threshold sweep of MaxBoxAcc picks
+    the box size, so ``sigma`` hardly matters as long as the map spans the levels from the centre to the border
+    (at 0.25 the border's midpoints are at exp(-2) = 0.14 of the peak): on the default's 5,000 test boxes it
+    scores 33.16 at every sigma from 0.1 to 0.6 of the side.
+    """
+    h, w = (int(v) for v in size)
+    if h < 1 or w < 1 or not sigma > 0:
+        raise EvaluationError(f"centre prior of size {size}, sigma {sigma} is not allowed (H, W >= 1, sigma > 0)")
+    y = np.arange(h, dtype=np.float64) - (h - 1) / 2
+    x = np.arange(w, dtype=np.float64) - (w - 1) / 2
+    g = np.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * (sigma * min(h, w)) ** 2))
+    span = g.max() - g.min()
+    return (g - g.min()) / span if span > 0 else np.zeros_like(g)
+
+
+def prior_max_box_acc(scoremap: np.ndarray | torch.Tensor, boxes: torch.Tensor | np.ndarray, *,
+                      cam_curve_interval: float = 0.001, iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS
+                      ) -> MaxBoxAcc:
+    """MaxBoxAccV2 of one score map ``[H, W]`` (a prior) used for every image of ``boxes`` (``[N, 4]`` or
+    ``[N, M, 4]``): the same protocol as :func:`max_box_acc` on N copies of it, at the cost of one map's boxes."""
+    u8 = to_uint8_maps(np.asarray(scoremap)[None])
+    h, w = u8.shape[1:]
+    n = len(boxes)
+    gt = normalise_boxes(boxes, n, (h, w))
+    taus = threshold_list(cam_curve_interval)
+    deltas = _deltas(iou_thresholds)
+    level = np.floor(taus * float(u8.max())).astype(np.int64)  # int(tau * max(u8)), one peak for all images
+    levels = np.unique(level)
+    slice_id, pred = component_boxes(u8, levels)
+    # Best IoU of each image's ground truth against each level's boxes: [N, P] then max per level.
+    iou = iou_inclusive(pred[None, :, None, :], gt[:, None, :, :])  # [N, P, M]
+    iou = np.where((gt == -1).all(axis=2)[:, None, :], -1.0, iou).max(axis=2)
+    best = np.full((n, len(levels)), -1.0)
+    if len(slice_id):
+        np.maximum.at(best.T, slice_id, iou.T)  # best.T is a view: [levels, N], one row per box's level
+    none = _best_iou(np.zeros((n, 4), dtype=np.int64), gt)[:, None]  # no contour: the [0, 0, 0, 0] box
+    best = np.where(best < 0, none, best)
+    at_tau = best[:, np.searchsorted(levels, level)]  # [N, T]
+    correct = (at_tau[None] >= deltas[:, None, None]).sum(axis=1)
+    return MaxBoxAcc.from_counts(correct, n, taus, iou_thresholds)

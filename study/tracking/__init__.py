@@ -1,5 +1,5 @@
-"""MLflow: the tracking policy (`store`: experiments, stage runs, reconciliation) and the batching background
-logger (`async_logger`).
+"""MLflow: the tracking policy (`store`: experiments, stage runs, reconciliation), finding runs again by their
+tags (`lookup`) and the batching background logger (`async_logger`).
 
 Each name is re-exported from its leaf module; inside `study/`, import the leaf module itself.
 """
@@ -11,3 +11,5 @@ from study.tracking.store import (  # noqa: F401
     VIEW_KEY, VIEW_TAG, TrackingError, check_tracking_uri, client_for, is_local_store, get_experiment, find_run,
     start_run, log_params, metric_entities, log_metrics, set_tags, last_step, log_artifact, end_run, register_model,
     run_info, download_artifacts, StageRun, Tracker, child_run_ids, reconcile_runs)
+from study.tracking.lookup import (  # noqa: F401
+    find_stage_run, stop_open_children)

@@ -1,6 +1,7 @@
 """The embedded default measures something: its p=0 baseline has headroom (test error between 5 % and 35 % on
 thousands of test images, issue 10), and a model trained on it localizes the target digit far above a random-CAM
-baseline (issue 11: CutMix's "localizable features" claim is measurable on the default)."""
+baseline (issue 11: CutMix's "localizable features" claim is measurable on the default) and beyond the
+centre-Gaussian prior on the same boxes (issue 16)."""
 
 from __future__ import annotations
 
@@ -26,3 +27,8 @@ def test_default_baseline_has_headroom_and_its_cams_localize_the_digit():
                          boxes=data.test.boxes[:n], evaluations=["classification", "localization"])
     m = out.metrics
     assert m["maxboxacc_v2"] > m["random_cam_maxboxacc_v2"] + 20, m
+    # Beyond the centre prior (MaxBoxAccV2 33.1 on these 1,000 boxes) by 8 points. Measured with the 6x6 CAM of the
+    # default: +17.2 (train.seed 0) and +18.5 (seed 1); the sampling s.e. of MaxBoxAccV2 on 1,000 images is about
+    # 1.2 points. The 3x3 CAM of the earlier default stayed within +4.7 of the prior (same training, 5,000 test
+    # images): the resolution, not the prior, is what this margin checks.
+    assert m["maxboxacc_v2_over_prior"] > 8.0, m

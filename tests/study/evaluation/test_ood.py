@@ -82,3 +82,19 @@ def test_ood_scores_end_to_end():
     assert res["other"] == ood_metrics(s_in, s_out)
     with pytest.raises(EvaluationError, match="reserved"):
         ood_scores(model, images, (0.5,) * 3, (0.25,) * 3, ood_sets={"uniform": other})
+
+
+def test_bootstrap_auroc_interval():
+    from study.evaluation.ood import bootstrap_auroc
+
+    g = torch.Generator().manual_seed(0)
+    inside = (torch.rand(3000, generator=g) ** 0.5 * 50).round() / 50  # ties, as saturated softmax scores have
+    outside = (torch.rand(1000, generator=g) * 50).round() / 50
+    exact = ood_metrics(inside, outside)["auroc"]
+    lo, hi = bootstrap_auroc(inside, outside, n_boot=400, seed=1)
+    assert lo < exact < hi and hi - lo < 6  # about 4 standard errors of an AUROC on these counts
+    assert bootstrap_auroc(inside, outside, n_boot=400, seed=1) == (lo, hi)  # seeded
+    assert bootstrap_auroc(torch.full((50,), 0.7), torch.full((20,), 0.7), n_boot=50) == (50.0, 50.0)  # ties: half
+    assert bootstrap_auroc(torch.ones(30), torch.zeros(10), n_boot=50) == (100.0, 100.0)
+    with pytest.raises(EvaluationError):
+        bootstrap_auroc(inside, outside[:0])

@@ -41,10 +41,18 @@ def test_evaluate_model_reports_every_metric():
     expected = {"top1_err", "top5_err", "nll", "ece", "maxboxacc_v2", "maxboxacc_iou0.3", "maxboxacc_iou0.5",
                 "maxboxacc_iou0.7", "top1_loc", "gt_known_loc", "random_cam_maxboxacc_v2", "occlusion_center_auc",
                 "occlusion_boundary_auc", "in_between_mixup", "in_between_cutmix", "fgsm_acc_eps0.000",
-                "fgsm_acc_eps0.031", "ood_mean_auroc", "ood_mean_tnr95", "ood_mean_detacc"}
-    expected |= {f"ood_{s}_{k}" for s in ("flat", "uniform", "gaussian") for k in ("auroc", "tnr95", "detacc")}
+                "fgsm_acc_eps0.031", "maxboxacc_v2_centre_prior", "maxboxacc_v2_over_prior"}
+    expected |= {f"ood_{s}_{k}" for s in ("flat", "uniform", "gaussian")
+                 for k in ("auroc", "tnr95", "detacc", "auroc_lo", "auroc_hi")}
     assert set(m) == expected
     assert all(isinstance(v, float) for v in m.values())
+    assert m["maxboxacc_v2_over_prior"] == pytest.approx(m["maxboxacc_v2"] - m["maxboxacc_v2_centre_prior"])
+    assert res.info["cam_size"] == [2, 2] and res.info["num_in"] == 40  # every image is in-distribution
+    assert res.info["ood_kinds"] == {"flat": "far", "uniform": "noise", "gaussian": "noise"}
+    assert all(0 <= m[f"ood_{s}_auroc_lo"] <= m[f"ood_{s}_auroc_hi"] <= 100 for s in ("flat", "uniform", "gaussian"))
+    p = res.predictions
+    assert p["preds"].shape == p["correct"].shape == (40,) and p["confidence"].dtype == torch.float64
+    assert 100 * (1 - p["correct"].double().mean()) == pytest.approx(m["top1_err"])
     # identities across evaluations on the same images
     assert m[fgsm_name(0.0)] == pytest.approx(100 - m["top1_err"])
     assert res.curves["occlusion"]["center_err"][0] == pytest.approx(m["top1_err"])
