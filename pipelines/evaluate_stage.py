@@ -32,7 +32,7 @@ from pipelines.common import (
     tracker_for,
 )
 from pipelines.results import EvaluateResult, ResultError, RetrainResult
-from study.config.schema import PipelineConfig
+from study.config.schema import PipelineConfig, to_dict
 
 # Columns of the method table (the paper's Tables 9-12 in one row per method), in order, when measured.
 TABLE = (("top1_err", "top-1 err"), ("ece", "ECE"), ("maxboxacc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 Loc"),
@@ -103,8 +103,12 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     start = time.perf_counter()
     models = retrain.seed_runs()
     rows: dict[tuple[str, int], dict[str, Any]] = {}
+    from study.tracking.context import dataset_specs  # late: MLflow's import, like the tracker's
+
     with tracker.stage_run("evaluate", cfg.tracking.experiment or cfg.name, reuse=resume,
-                           tags={"cutmix.retrain_run_id": retrain.retrain_run_id}) as stage:
+                           tags={"cutmix.retrain_run_id": retrain.retrain_run_id},
+                           datasets=dataset_specs(to_dict(cfg)["data"], {"test": len(split)}),
+                           system_metrics=cfg.tracking.system_metrics) as stage:
         jobs = []
         for variant, k, run_dir in models:
             path = edir / variant / f"seed{k}.json"

@@ -182,7 +182,11 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     earlier = json.loads(run_file.read_text()).get("run_id") if resuming and run_file.is_file() else None
 
     experiment = cfg.tracking.experiment or cfg.name
-    with tracker.stage_run("study", experiment, run_id=earlier) as parent:
+    from study.tracking.context import dataset_specs  # late: MLflow's import, like the tracker's
+
+    datasets = dataset_specs(to_dict(cfg)["data"], {"train": len(data.train), "val": len(data.val)})
+    with tracker.stage_run("study", experiment, run_id=earlier, datasets=datasets,
+                           system_metrics=cfg.tracking.system_metrics) as parent:
         if earlier is None:
             run_file.write_text(json.dumps({"run_id": parent.run_id, "experiment_id": parent.experiment_id,
                                             "tracking_uri": tracker.uri}))
@@ -205,7 +209,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         search.init_ray(dashboard=cfg.train.workers > 1)  # Ray Train frees killed runs' resources through it
         total = len(search.grid_points(cfg)) if cfg.search.algorithm == "grid" else cfg.search.num_samples
         callbacks = [MlflowTrialCallback(tracker.uri, parent.experiment_id, parent.run_id, to_dict(cfg),
-                                                trial_artifacts),
+                                         trial_artifacts, datasets=datasets),
                      search.ProgressCallback(total, cfg.train.epochs, cfg.search.primary_metric)]
         records = search.run_search(cfg, data, out_dir, callbacks=callbacks, resume=resuming)
 
@@ -258,8 +262,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         result.to_json()
         parent.log_artifact(result.path(out_dir), "study")
     tracker.add_view_columns(experiment, metrics=[f"best/{cfg.search.primary_metric}", cfg.search.primary_metric],
-                             params=[f"best.{n}" for n in cfg.search.space] + list(cfg.search.space),
-                             order_by=f"best/{cfg.search.primary_metric}")
+                             params=[f"best.{n}" for n in cfg.search.space] + list(cfg.search.space))
     return result
 
 

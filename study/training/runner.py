@@ -18,6 +18,7 @@ from typing import Any
 
 from study.config.load import dump_config
 from study.config.schema import DataConfig, PipelineConfig
+from study.console import quiet
 
 SHOWN = ("train/loss", "val/loss", "val/top1_err", "test/top1_err")
 
@@ -39,6 +40,8 @@ class Progress:
         self.stream = stream or sys.stderr
 
     def update(self, done: int, text: str) -> None:
+        if quiet():  # --quiet: only the final summary and errors
+            return
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(done, 1) * (self.total - done)
         prefix = f"{self.label} " if self.label else ""
