@@ -80,6 +80,26 @@ def tune_run(cfg, data, out: Path, tracking_uri: str | None, system_metrics_s: f
     return time.perf_counter() - start, records
 
 
+def sample_cost(uri: str, samples: int = 20) -> tuple[float, float]:
+    """(wall ms, CPU ms) of one system-metrics sample: what the monitor's thread does every interval (read psutil's
+    counters, log them in one batch). CPU time is the calling thread's own, so it does not depend on the load."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from study.tracking import store as tracking
+
+    client = tracking.client_for(uri)
+    exp = tracking.get_experiment(client, "bench-sample-cost")
+    run_id, _ = tracking.start_run(client, exp, "sample-cost", {"cutmix.stage": "bench"}, reuse=False)
+    monitor = SystemMetricsMonitor(run_id, tracking_uri=uri)  # not started: sampled by hand below
+    monitor.collect_metrics()  # the first psutil call initialises its counters
+    wall, cpu = time.perf_counter(), time.thread_time()
+    for _ in range(samples):
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    return (1000 * (time.perf_counter() - wall) / samples, 1000 * (time.thread_time() - cpu) / samples)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=4, help=f"trials per variant (at most {len(ALPHAS)})")
@@ -132,6 +152,7 @@ def main() -> None:
                 walls[key].append(runners[key](r))
                 print(f"round {r + 1}/{args.repeats} {LABELS[key]}: {walls[key][-1]:.1f} s", flush=True)
 
+        sample_wall_ms, sample_cpu_ms = sample_cost(uri)
         asha_cfg = make_config(args.trials, args.epochs, args.threads, [
             "search.algorithm=random", f"search.num_samples={args.asha_trials}", "search.scheduler=asha",
             "search.grace_period=2", "search.reduction_factor=2", "search.space={}",
@@ -155,6 +176,9 @@ def main() -> None:
     print(f"MLflow tracking overhead: {med['c'] / med['b']:.3f} (target <= 1.05; rounds {per_round('c', 'b')})")
     print(f"system metrics overhead (every {args.system_metrics_interval:g} s): {med['d'] / med['c']:.3f} "
           f"(target <= 1.02; rounds {per_round('d', 'c')})")
+    print(f"one system-metrics sample: {sample_wall_ms:.1f} ms wall, {sample_cpu_ms:.1f} ms CPU of the sampling thread "
+          f"({100 * sample_cpu_ms / (1000 * args.system_metrics_interval):.3f}% of one core at one sample every "
+          f"{args.system_metrics_interval:g} s)")
     print(f"ASHA: {len(records)} trials trained {trained} of {full} epochs ({100 * trained / full:.0f}% of the full "
           f"budget, {asha_wall:.1f} s); epochs per trial {[r.epochs for r in records]}")
 

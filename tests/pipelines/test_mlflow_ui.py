@@ -33,20 +33,22 @@ TUNE_NOISE = ("Configuration for experiment", "View detailed results here", "ten
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """(working directory, output directory, stdout) of a finished tiny pipeline started from an empty directory."""
+    """(working directory, output directory, stdout, the git commit it ran at or None) of a finished tiny pipeline
+    started from an empty directory."""
     cwd = tmp_path_factory.mktemp("cwd")
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)  # as a user runs it: Tune adds its loggers unless told
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", *set_args(PIPE), "--output", f"runs/{NAME}"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd, cwd / "runs" / NAME, proc.stdout
+    return cwd, cwd / "runs" / NAME, proc.stdout, head.stdout.strip() if head.returncode == 0 else None
 
 
 @pytest.fixture(scope="module")
 def runs(finished):
-    _, out, _ = finished
+    _, out, _, _ = finished
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name(NAME)
     return client, exp, client.search_runs([exp.experiment_id], max_results=1000)
@@ -58,7 +60,7 @@ def by_stage(runs, stage: str) -> list:
 
 @pytest.mark.slow
 def test_a_default_run_writes_nothing_outside_its_output_directory(finished, runs):
-    cwd, out, _ = finished
+    cwd, out, _, _ = finished
     assert sorted(p.name for p in cwd.iterdir()) == ["runs"] and sorted(p.name for p in out.parent.iterdir()) == [NAME]
     assert not (cwd / "mlruns").exists()
     client, exp, all_runs = runs
@@ -96,16 +98,16 @@ def test_the_pipeline_is_one_tree_of_uniquely_named_runs(runs):
 
 
 @pytest.mark.slow
-def test_every_run_carries_source_tags(runs):
+def test_every_run_carries_source_tags(finished, runs):
+    commit = finished[3]
     _, _, all_runs = runs
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     for run in all_runs:
         tags = run.data.tags
         assert tags["mlflow.user"] == getpass.getuser(), run.info.run_name
         assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"].endswith("cli.py")
         assert tags["mlflow.project.entryPoint"] == "cutmix-study run"
-        if commit.returncode == 0:  # a git checkout (a source tarball has no commit to record)
-            assert tags["mlflow.source.git.commit"] == commit.stdout.strip()
+        if commit:  # a git checkout (a source tarball has no commit to record)
+            assert tags["mlflow.source.git.commit"] == commit
 
 
 @pytest.mark.slow
@@ -151,7 +153,7 @@ def test_the_champion_classifier_loads_and_predicts_the_test_images(finished, ru
     from study.data import load_data
     from study.models import build_model
 
-    _, out, _ = finished
+    _, out, _, _ = finished
     client, _, _ = runs
     mlflow.set_tracking_uri(client.tracking_uri)
     try:
@@ -185,7 +187,7 @@ def test_the_champion_classifier_loads_and_predicts_the_test_images(finished, ru
 
 @pytest.mark.slow
 def test_stdout_has_our_summaries_and_none_of_tunes_banners(finished):
-    _, _, stdout = finished
+    _, _, stdout, _ = finished
     for noise in TUNE_NOISE:
         assert noise not in stdout, noise
     assert "best val/top1_err" in stdout and "detector mAP@0.5" in stdout
@@ -210,7 +212,7 @@ ROWS = """[...document.querySelectorAll('.ag-row')].map(row => {
 @pytest.mark.slow
 def test_mlflow_ui_renders_the_tree_with_the_trials_under_their_study(finished, runs, tmp_path):
     assert chromium_path(), "headless Chromium is needed (.ci/system-deps.sh installs Debian's chromium)"
-    _, out, _ = finished
+    _, out, _, _ = finished
     client, exp, all_runs = runs
     view = exp.tags[VIEW_TAG + VIEW_KEY]
     assert '"orderByKey": "attributes.start_time"' in view and "params.`best.cutmix.alpha`" in view
