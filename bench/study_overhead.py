@@ -5,10 +5,12 @@ The same N trials (CutMix at p=1 with N values of alpha: identical work in every
   (b) the study's Ray Tune path (`study.search.tune.run_search`, grid, one trial at a time) with no tracking,
   (c) the same with our MLflow tracking (driver-side `log_batch` on a background thread; SQLite, or a local
       `mlflow server` with --server),
-and then (d) a random search with ASHA, counting epochs trained against the full budget.
+  (d) (c) with `tracking.system_metrics`: MLflow's SystemMetricsMonitor sampling the study run (CPU, memory, disk,
+      network; GPU where present) every --system-metrics-interval seconds (10: the pipeline's setting),
+and then a random search with ASHA, counting epochs trained against the full budget.
 
-Targets (2 CPUs, one trial at a time, ~30 s trials): (c)/(a) <= 1.15 and (c)/(b) <= 1.05. Ray's start-up is
-timed separately (it happens once per driver, not per trial).
+Targets (2 CPUs, one trial at a time, ~30 s trials): (c)/(a) <= 1.15, (c)/(b) <= 1.05 and (d)/(c) <= 1.02. Ray's
+start-up is timed separately (it happens once per driver, not per trial).
 
     python bench/study_overhead.py                  # 4 trials of ~30 s, 2 rounds: about 13 minutes (quiet machine)
     python bench/study_overhead.py --trials 2 --epochs 3 --repeats 1 --asha-trials 4
@@ -29,7 +31,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 LABELS = {"a": "(a) plain loop over fit()", "b": "(b) Ray Tune study, no tracking",
-          "c": "(c) Ray Tune study + MLflow"}
+          "c": "(c) Ray Tune study + MLflow", "d": "(d) (c) + system metrics"}
 ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0, 0.1, 0.75, 1.5)
 
 
@@ -55,21 +57,47 @@ def plain_loop(cfg, data) -> tuple[float, int]:
     return time.perf_counter() - start, epochs
 
 
-def tune_run(cfg, data, out: Path, tracking_uri: str | None):
-    """(wall seconds, trial records) of run_search, with or without our MLflow callback."""
+def tune_run(cfg, data, out: Path, tracking_uri: str | None, system_metrics_s: float = 0.0):
+    """(wall seconds, trial records) of run_search, with or without our MLflow callback, and with system metrics
+    sampled on the study run every `system_metrics_s` seconds (0: none)."""
     from study.config.schema import to_dict
     from study.search import tune as search
+    from study.search.trial_callback import MlflowTrialCallback
     from study.tracking import store as tracking
 
-    callbacks = []
+    callbacks, monitor = [], None
+    start = time.perf_counter()  # set again below: the store's set-up (SQLite schema) is not the study's cost
     if tracking_uri is not None:
         client = tracking.client_for(tracking_uri)
         exp = tracking.get_experiment(client, f"bench-{out.name}")
         parent, _ = tracking.start_run(client, exp, "study", {"cutmix.stage": "study"}, reuse=False)
-        callbacks.append(search.MlflowTrialCallback(tracking_uri, exp, parent, to_dict(cfg), str(out)))
-    start = time.perf_counter()
+        callbacks.append(MlflowTrialCallback(tracking_uri, exp, parent, to_dict(cfg)))
+        start = time.perf_counter()
+        if system_metrics_s:
+            monitor = tracking.start_system_metrics(client, parent, system_metrics_s)
     records = search.run_search(cfg, data, out, callbacks=callbacks, resume=False)
+    tracking.stop_system_metrics(monitor)
     return time.perf_counter() - start, records
+
+
+def sample_cost(uri: str, samples: int = 20) -> tuple[float, float]:
+    """(wall ms, CPU ms) of one system-metrics sample: what the monitor's thread does every interval (read psutil's
+    counters, log them in one batch). CPU time is the calling thread's own, so it does not depend on the load."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from study.tracking import store as tracking
+
+    client = tracking.client_for(uri)
+    exp = tracking.get_experiment(client, "bench-sample-cost")
+    run_id, _ = tracking.start_run(client, exp, "sample-cost", {"cutmix.stage": "bench"}, reuse=False)
+    monitor = SystemMetricsMonitor(run_id, tracking_uri=uri)  # not started: sampled by hand below
+    monitor.collect_metrics()  # the first psutil call initialises its counters
+    wall, cpu = time.perf_counter(), time.thread_time()
+    for _ in range(samples):
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    return (1000 * (time.perf_counter() - wall) / samples, 1000 * (time.thread_time() - cpu) / samples)
 
 
 def main() -> None:
@@ -80,6 +108,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--asha-trials", type=int, default=8)
     parser.add_argument("--server", action="store_true", help="track to a local `mlflow server`, not SQLite")
+    parser.add_argument("--system-metrics-interval", type=float, default=10.0,
+                        help="seconds between system-metrics samples in (d) (10: what tracking.system_metrics uses)")
     args = parser.parse_args()
 
     import ray
@@ -113,14 +143,16 @@ def main() -> None:
             "a": lambda r: plain_loop(cfg, data)[0],
             "b": lambda r: tune_run(cfg, data, work / f"tune-only-{r}", None)[0],
             "c": lambda r: tune_run(cfg, data, work / f"tracked-{r}", uri)[0],
+            "d": lambda r: tune_run(cfg, data, work / f"sysmetrics-{r}", uri, args.system_metrics_interval)[0],
         }
         walls: dict[str, list[float]] = {k: [] for k in runners}
         for r in range(args.repeats):
-            order = list(runners)[r % 3:] + list(runners)[:r % 3]
+            order = list(runners)[r % len(runners):] + list(runners)[:r % len(runners)]
             for key in order:
                 walls[key].append(runners[key](r))
                 print(f"round {r + 1}/{args.repeats} {LABELS[key]}: {walls[key][-1]:.1f} s", flush=True)
 
+        sample_wall_ms, sample_cpu_ms = sample_cost(uri)
         asha_cfg = make_config(args.trials, args.epochs, args.threads, [
             "search.algorithm=random", f"search.num_samples={args.asha_trials}", "search.scheduler=asha",
             "search.grace_period=2", "search.reduction_factor=2", "search.space={}",
@@ -142,6 +174,11 @@ def main() -> None:
     per_round = lambda x, y: " ".join(f"{p / q:.3f}" for p, q in zip(walls[x], walls[y]))  # noqa: E731
     print(f"\nstudy / plain loop: {med['c'] / med['a']:.3f} (target <= 1.15; rounds {per_round('c', 'a')})")
     print(f"MLflow tracking overhead: {med['c'] / med['b']:.3f} (target <= 1.05; rounds {per_round('c', 'b')})")
+    print(f"system metrics overhead (every {args.system_metrics_interval:g} s): {med['d'] / med['c']:.3f} "
+          f"(target <= 1.02; rounds {per_round('d', 'c')})")
+    print(f"one system-metrics sample: {sample_wall_ms:.1f} ms wall, {sample_cpu_ms:.1f} ms CPU of the sampling thread "
+          f"({100 * sample_cpu_ms / (1000 * args.system_metrics_interval):.3f}% of one core at one sample every "
+          f"{args.system_metrics_interval:g} s)")
     print(f"ASHA: {len(records)} trials trained {trained} of {full} epochs ({100 * trained / full:.0f}% of the full "
           f"budget, {asha_wall:.1f} s); epochs per trial {[r.epochs for r in records]}")
 

@@ -1,7 +1,11 @@
-"""`cutmix-study SUBCOMMAND [--config FILE] [--set key=value ...] [--output DIR]`.
+"""`cutmix-study SUBCOMMAND [--config FILE] [--set key=value ...] [--output DIR]`; `cutmix-study --version`.
 
 Exit codes (DESIGN.md section 3): 0 success, 2 bad input (config, paths, data) with one line
 `error: <what> (<allowed>)` on stderr and no traceback, 1 a failure while running.
+
+Output: stdout holds results and summaries, stderr progress lines, warnings and errors. `--quiet` keeps only the
+final summary and errors (warnings too: they are logged at WARNING). `--ray-dashboard` starts the local Ray
+cluster with its dashboard on 127.0.0.1 and prints its URL (inside a Ray job, the cluster's own dashboard URL).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ FROM_HELP = {
     "export": "a study output directory after retrain, a run directory, or a retrain MLflow run id",
     "detect": "an export directory, an output directory holding export/, or an export MLflow run id",
 }
+VERSIONS = ("ray", "optuna", "mlflow", "torch")  # the libraries whose behaviour the pipeline is pinned to
 
 
 class UsageError(ValueError):
@@ -35,9 +40,50 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+def pinned() -> dict[str, str]:
+    """The pins of constraints.txt beside the package (a source checkout), else {}."""
+    path = Path(__file__).resolve().parents[1] / "constraints.txt"
+    pins = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            name, sep, version = line.split("#")[0].strip().partition("==")
+            if sep:
+                pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def version_text() -> str:
+    """`cutmix-study 0.1.0` and the installed Ray, Optuna, MLflow and torch, each marked where it differs from the
+    pin in constraints.txt. Read from the package metadata: nothing is imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    pins = pinned()
+    lines = [f"cutmix-study {installed('cutmix-study')}"]
+    for name in VERSIONS:
+        have = installed(name)
+        pin = pins.get(name)
+        note = "" if pin is None or have.split("+")[0] == pin else f" (constraints.txt pins {pin})"
+        lines.append(f"{name} {have}{note}")
+    return "\n".join(lines)
+
+
+class _Version(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 - argparse's API
+        print(version_text())
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cutmix-study", description="CutMix hyperparameter studies: study, retrain, export, "
                      "detect. With no --config the embedded digits default runs on the CPU.")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print the version and those of Ray, Optuna, MLflow and torch, then exit")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", parser_class=_Parser)
     helps = {
         "run": "all stages: study -> retrain -> evaluate -> export -> detect",
@@ -61,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the output dir)")
         p.add_argument("--resume", action="store_true", help="continue the run stored in the output directory")
         p.add_argument("--overwrite", action="store_true", help="replace earlier results in the output directory")
+        p.add_argument("--quiet", action="store_true", help="print only the final summary and errors")
+        p.add_argument("--ray-dashboard", action="store_true",
+                       help="start the local Ray cluster with its dashboard (127.0.0.1) and print its URL")
         if name in FROM_HELP:
             flags = ("--from", "--backbone") if name == "detect" else ("--from",)  # --backbone: the old name
             p.add_argument(*flags, dest="source", default=None, help=FROM_HELP[name])
@@ -97,6 +146,29 @@ def dispatch(args: argparse.Namespace) -> int:
     return int(module.main(args) or 0) if args.command == "run" else stage_main(module, args)
 
 
+def configure(args: argparse.Namespace) -> None:
+    """What the library reads from the environment (study.console): the subcommand, for MLflow's entry-point tag,
+    and --quiet, which also lowers MLflow's own logging to warnings (its INFO lines: database set-up, system
+    metrics). Set for every command, so an in-process caller's earlier --quiet does not stick."""
+    from study.console import ENTRY_POINT_ENV, QUIET_ENV
+
+    os.environ[ENTRY_POINT_ENV] = f"cutmix-study {args.command}"
+    os.environ[QUIET_ENV] = "1" if args.quiet else ""
+    if args.quiet:
+        import logging
+
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read when mlflow is first imported
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # and if it already is
+
+
+def start_dashboard() -> None:
+    """--ray-dashboard: Ray with its dashboard before any stage starts it; the URL on stderr."""
+    from study.cluster.session import dashboard_url, init_ray
+
+    init_ray(dashboard=True)
+    print(f"Ray dashboard: {dashboard_url() or 'not served by this cluster'}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Around it (study.cluster): SIGINT/SIGTERM stop it cleanly (`signals`: exit 130/143, Ray
     shut down if the command started it), and every output directory it writes is locked for its life (`lock`)."""
@@ -107,6 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
+        configure(args)
+        if args.ray_dashboard:
+            start_dashboard()
         stopping = _start_command()
         return dispatch(args)
     except KeyboardInterrupt as exc:

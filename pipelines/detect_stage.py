@@ -92,7 +92,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                               "classes": list(datasets[2]), "runs": {}}
     with tracker.stage_run("detect", cfg.tracking.experiment or cfg.name,
                            tags={"cutmix.export_run_id": manifest.get("mlflow_run_id") or "",
-                                 "cutmix.backbone": str(export_dir)}) as stage:
+                                 "cutmix.backbone": str(export_dir)},
+                           system_metrics=cfg.tracking.system_metrics) as stage:
         stage.log_params({f"detect.{k}": v for k, v in vars(cfg.detect).items()}
                          | {"backbone.arch": manifest["arch"], "backbone.dataset": manifest.get("dataset")})
         _log_scene_grid(datasets[0], datasets[2], ddir / "scenes.png", stage)

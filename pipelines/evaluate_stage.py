@@ -27,7 +27,7 @@ from typing import Any
 
 from pipelines.common import Source, check_writable, open_stage
 from pipelines.results import EvaluateResult, RetrainResult
-from study.config.schema import PipelineConfig
+from study.config.schema import PipelineConfig, to_dict
 from study.evaluation.sources import HINT
 
 # What `--from` may name as an MLflow run (its `cutmix.stage` tag); directories and checkpoint files are read as they
@@ -69,8 +69,12 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                "ood_bootstrap": e.ood_bootstrap, "prior_sigma": e.prior_sigma}
     start = time.perf_counter()
     rows: dict[tuple[str, int], dict[str, Any]] = {}
+    from study.tracking.context import dataset_specs  # late: MLflow's import, like the tracker's
+
     with tracker.stage_run("evaluate", cfg.tracking.experiment or cfg.name, reuse=resume,
-                           tags={"cutmix.source": str(source or out_dir)}) as stage:
+                           tags={"cutmix.source": str(source or out_dir)},
+                           datasets=dataset_specs(to_dict(cfg)["data"], {"test": len(split["labels"])}),
+                           system_metrics=cfg.tracking.system_metrics) as stage:
         jobs = []
         for ref in refs:
             path = edir / ref.variant / f"seed{ref.seed}.json"

@@ -2,8 +2,12 @@
 
 `--from` takes a study output directory (its retrain summary names the best seed), a `retrain/` directory, a
 `train`/seed run directory, or an MLflow run id of a `retrain` run (its checkpoint is downloaded). Writes
-`<output>/export/` (DESIGN.md section 3) and `export/summary.json` (ExportResult), and registers the backbone as a
-new version of the MLflow model `<name>-backbone`, with the manifest as tags.
+`<output>/export/` (DESIGN.md section 3) and `export/summary.json` (ExportResult). In MLflow the export run holds
+the classifier and its backbone as MLflow models (`mlflow.pytorch.log_model`: MLmodel, signature, input example;
+both take images as float [B, C, H, W] in [0, 1]), registered as new versions of `export.registered_model` (default:
+the study name) and `<that>-backbone` with the alias `champion` and the manifest as version tags, so
+`mlflow.pytorch.load_model("models:/<name>@champion")` loads the classifier; the torchvision-strict files and the
+manifest stay beside them as the run's `backbone/` artifacts.
 """
 
 from __future__ import annotations
@@ -67,20 +71,34 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             return done
         # Export first: a bad checkpoint is refused before anything is logged.
         manifest = export.export_backbone(run_dir, edir, extra={"source_run_id": source_run_id})
+        serving = export.serving_models(run_dir)  # the classifier and backbone as MLflow models take [0, 1] images
     config = manifest.get("config") or {}
     study_name = config.get("name") or cfg.name
     experiment = (config.get("tracking") or {}).get("experiment") or study_name
+    registered = ((cfg.export.registered_model if cfg is not None else "")
+                  or (config.get("export") or {}).get("registered_model") or study_name)
+    system_metrics = bool(cfg.tracking.system_metrics) if cfg is not None else False
     with tracker.stage_run("export", experiment, tags={"cutmix.source_run_id": source_run_id or "",
-                                                       "cutmix.source": str(run_dir)}) as stage:
+                                                       "cutmix.source": str(run_dir)},
+                           system_metrics=system_metrics) as stage:
         manifest["mlflow_run_id"] = stage.run_id  # the manifest is not among the hashed files: updating it is safe
         (edir / export.MANIFEST).write_text(json.dumps(manifest, indent=2))
         stage.log_params({f"manifest.{k}": manifest.get(k) for k in MANIFEST_TAGS})
         stage.log_metrics({k: v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, int | float)})
-        stage.log_artifact(edir, "backbone")
+        stage.log_artifact(edir, "backbone")  # the torchvision-strict files and the manifest, beside the models
         tags = {k: manifest.get(k) for k in MANIFEST_TAGS}
         tags.update({f"sha256.{f}": info["sha256"] for f, info in manifest["files"].items()})
-        version = tracker.register_model(f"{study_name}-backbone", stage.run_id, "backbone", tags)
-        result = ExportResult(str(out_dir), manifest, {"name": f"{study_name}-backbone", "version": version})
+        models = {}
+        for key, name in (("classifier", registered), ("backbone", f"{registered}-backbone")):
+            m = serving[key]
+            # "backbone_model": the run's `backbone/` artifacts are the strict files (MLflow 3 resolves a run's
+            # artifact path that equals a logged model's name to that model)
+            logged = stage.log_model(m.module, f"{key}_model" if key == "backbone" else key, m.example,
+                                     registered_name=name,
+                                     tags={**tags, "cutmix.model": m.description})
+            models[key] = {"name": logged.name, "version": logged.version, "alias": logged.alias,
+                           "uri": logged.alias_uri, "model_uri": logged.model_uri}
+        result = ExportResult(str(out_dir), manifest, {**models["classifier"], "backbone": models["backbone"]})
         result.to_json()
     return result
 
@@ -89,7 +107,7 @@ def report(result: ExportResult) -> str:
     m = result.manifest
     lines = [f"backbone: {result.backbone.resolve()} ({m['arch']}, channels {m['channels']}, "
              f"strides {m['feature_strides']})"]
-    if result.registered_model:
-        lines.append(f"registered in MLflow as {result.registered_model['name']} version "
-                     f"{result.registered_model['version']}")
+    for m in (result.registered_model, result.registered_model.get("backbone") or {}):
+        if m:
+            lines.append(f"registered in MLflow as {m['name']} version {m['version']}: {m.get('uri', '')}")
     return "\n".join(lines)

@@ -104,8 +104,12 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     plan = [(v.name, k, replace(v.cfg, {"train.seed": v.cfg.train.seed + k}))
             for v in chosen for k in range(cfg.retrain.seeds)]
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
+    from study.tracking.context import dataset_specs  # late: MLflow's import, like the tracker's
+
+    datasets = dataset_specs(to_dict(cfg)["data"], {"train+val": len(merged.train), "test": len(data.test)})
     with tracker.stage_run("retrain", cfg.tracking.experiment or cfg.name, reuse=resume,
-                           tags={"cutmix.study_run_id": study_run_id or ""}) as parent:
+                           tags={"cutmix.study_run_id": study_run_id or ""}, datasets=datasets,
+                           system_metrics=cfg.tracking.system_metrics) as parent:
         parent.log_params({**{k: v for k, v in flatten(cfg).items() if k != "search.space"},
                            "retrain.epochs_used": epochs})
         jobs = []

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pipelines import detect_stage, evaluate_stage, export_stage, retrain_stage, study_stage
 from pipelines.common import check_writable, config_from_args, default_output, tracker_for
+from study.config.schema import flatten
+from study.console import quiet
 
 
 def main(args: argparse.Namespace) -> int:
@@ -23,26 +25,34 @@ def main(args: argparse.Namespace) -> int:
     check_writable(out)
     tracker = tracker_for(args, out)
     flags = {"resume": args.resume, "overwrite": args.overwrite}
+    say = print if not quiet() else (lambda *a, **k: None)  # --quiet: the final summary only
 
-    print(f"== study: {cfg.search.algorithm} search over {', '.join(cfg.search.space)} ==", flush=True)
-    study = study_stage.run(cfg, out, tracker, **flags)
-    print(study_stage.report(study))
+    # One MLflow run for the whole pipeline: every stage run nests under it (found again by --resume).
+    with tracker.pipeline_run(cfg.tracking.experiment or cfg.name, reuse=args.resume,
+                              system_metrics=cfg.tracking.system_metrics) as pipeline:
+        pipeline.log_params({k: v for k, v in flatten(cfg).items() if k != "search.space"})
+        say(f"== study: {cfg.search.algorithm} search over {', '.join(cfg.search.space)} ==", flush=True)
+        study = study_stage.run(cfg, out, tracker, **flags)
+        say(study_stage.report(study))
 
-    print("\n== retrain: best config and baselines, several seeds, held-out test ==", flush=True)
-    retrain = retrain_stage.run(cfg, out, tracker, source=study, **flags)
-    print(retrain_stage.report(retrain))
+        say("\n== retrain: best config and baselines, several seeds, held-out test ==", flush=True)
+        retrain = retrain_stage.run(cfg, out, tracker, source=study, **flags)
+        say(retrain_stage.report(retrain))
 
-    print("\n== evaluate: the paper's evaluations of every retrained model ==", flush=True)
-    evaluation = evaluate_stage.run(cfg, out, tracker, source=retrain, **flags)
-    print(evaluate_stage.report(evaluation))
+        say("\n== evaluate: the paper's evaluations of every retrained model ==", flush=True)
+        evaluation = evaluate_stage.run(cfg, out, tracker, source=retrain, **flags)
+        say(evaluate_stage.report(evaluation))
 
-    print("\n== export: detection-ready backbone ==", flush=True)
-    export = export_stage.run(cfg, out, tracker, source=retrain, **flags)
-    print(export_stage.report(export))
+        say("\n== export: detection-ready backbone ==", flush=True)
+        export = export_stage.run(cfg, out, tracker, source=retrain, **flags)
+        say(export_stage.report(export))
 
-    print("\n== detect: Faster R-CNN (FPN) fine-tuned from the backbone ==", flush=True)
-    detect = detect_stage.run(cfg, out, tracker, source=export, **flags)
-    print(detect_stage.report(detect))
+        say("\n== detect: Faster R-CNN (FPN) fine-tuned from the backbone ==", flush=True)
+        detect = detect_stage.run(cfg, out, tracker, source=export, **flags)
+        say(detect_stage.report(detect))
+        pipeline.log_metrics({f"best/{study.metric}": study.best_value, "detect/map_50": detect.map_50,
+                              **({"cutmix_gain_top1_points": retrain.cutmix_gain_top1_points}
+                                 if retrain.cutmix_gain_top1_points is not None else {})})
 
     print(f"\n== done in {time.perf_counter() - start:.0f} s ==")
     print(f"best config: {study.best_params} ({study.metric} {study.best_value:.2f})")
@@ -52,6 +62,8 @@ def main(args: argparse.Namespace) -> int:
     print(retrain_stage.report(retrain))
     print(f"method table: {evaluation.table}")
     print(f"backbone: {export.backbone}")
+    if export.registered_model:
+        print(f"registered model: {export.registered_model.get('uri', export.registered_model['name'])}")
     control = f" (random-init control {detect.random_map_50:.3f})" if detect.random_map_50 is not None else ""
     print(f"detector mAP@0.5: {detect.map_50:.3f}{control}")
     print(f"results: {out.resolve()}")

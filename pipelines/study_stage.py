@@ -193,7 +193,11 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     search.init_ray(dashboard=cfg.train.workers > 1)  # Ray Train frees killed runs' resources through it
     demand = capacity.trial_demand(cfg)
     capacity.check_placeable(demand)  # a trial a local Ray can never place: exit 2 before the study's run opens
-    with tracker.stage_run("study", experiment, run_id=earlier) as parent:
+    from study.tracking.context import dataset_specs  # late: MLflow's import, like the tracker's
+
+    datasets = dataset_specs(to_dict(cfg)["data"], {"train": len(data.train), "val": len(data.val)})
+    with tracker.stage_run("study", experiment, run_id=earlier, datasets=datasets,
+                           system_metrics=cfg.tracking.system_metrics) as parent:
         if not run_file.is_file():
             atomic_write_text(run_file, json.dumps({"run_id": parent.run_id, "experiment_id": parent.experiment_id,
                                                     "tracking_uri": tracker.uri}))
@@ -216,7 +220,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
         total = len(search.grid_points(cfg)) if cfg.search.algorithm == "grid" else cfg.search.num_samples
         callbacks = [MlflowTrialCallback(tracker.uri, parent.experiment_id, parent.run_id, to_dict(cfg),
-                                                trial_artifacts),
+                                         trial_artifacts, datasets=datasets),
                      search.ProgressCallback(total, cfg.train.epochs, cfg.search.primary_metric)]
         try:
             with capacity.watch(demand, cfg.search.placement_timeout_s):
@@ -276,8 +280,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         result.to_json()
         parent.log_artifact(result.path(out_dir), "study")
     tracker.add_view_columns(experiment, metrics=[f"best/{cfg.search.primary_metric}", cfg.search.primary_metric],
-                             params=[f"best.{n}" for n in cfg.search.space] + list(cfg.search.space),
-                             order_by=f"best/{cfg.search.primary_metric}")
+                             params=[f"best.{n}" for n in cfg.search.space] + list(cfg.search.space))
     return result
 
 

@@ -19,7 +19,8 @@ weights strictly and wraps the network in torchvision's ``BackboneWithFPN`` (Lin
 torchvision ``models/detection/backbone_utils.py``) with frozen BatchNorm, exactly like ``resnet_fpn_backbone``
 does for torchvision's own weights. Every failure a user can cause (a missing, truncated or corrupted file, a
 directory that is not an export) raises :class:`ExportError` with a one-line message. No MLflow or Ray here:
-the pipeline's export stage registers the model.
+the pipeline's export stage logs :func:`serving_models` (the classifier and the backbone as ``nn.Module``s that take
+[0, 1] images) with ``mlflow.pytorch.log_model`` and registers them, through ``study.tracking``.
 """
 
 from __future__ import annotations
@@ -448,3 +449,65 @@ def load_backbone(path: str | Path, trainable_layers: int | None = None,
     fpn = BackboneWithFPN(backbone, return_layers, in_channels_list, FPN_CHANNELS, extra_blocks=extra_blocks)
     fpn.manifest = manifest
     return fpn
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Serving models (what the export stage logs with mlflow.pytorch.log_model through study.tracking)
+
+
+class Normalised(nn.Module):
+    """``module((x - mean) / std)``: a trained network that takes images as they are stored, scaled to [0, 1].
+
+    Input: float32 ``[B, C, H, W]`` in [0, 1] (uint8 pixels / 255). The mean and std (C values each, [0, 1] units)
+    are the training normalisation from the checkpoint; identity when the checkpoint does not record one.
+    """
+
+    def __init__(self, module: nn.Module, mean: list[float] | None, std: list[float] | None) -> None:
+        super().__init__()
+        self.module = module
+        self.register_buffer("mean", torch.tensor(mean or [0.0], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std or [1.0], dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module((x - self.mean) / self.std)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingModel:
+    """A module to log as an MLflow model, and the input example its signature is inferred from."""
+
+    module: nn.Module  # eval mode, CPU
+    example: Any  # numpy float32 [2, C, H, W] in [0, 1]
+    description: str
+
+
+def serving_models(source: str | Path) -> dict[str, ServingModel]:
+    """The classifier and its backbone from a run directory or checkpoint, each wrapped in :class:`Normalised`:
+
+    * ``classifier``: float ``[B, C, S, S]`` in [0, 1] -> logits float ``[B, num_classes]``;
+    * ``backbone``: the same input -> the last stage's feature map float ``[B, channels[-1], S / stride, S / stride]``
+      (``backbone.pt`` beside it is the torchvision-strict state_dict a detector loads).
+
+    ``S`` is the training input size. The input example is a fixed pseudo-random image pair (seed 0), enough for
+    MLflow to infer the signature and check that the logged model serves. Raises ExportError on a bad source.
+    """
+    ckpt_path, _ = _resolve_source(Path(source))
+    ckpt = _load_checkpoint(ckpt_path)
+    try:
+        cfg = from_dict(ckpt["config"])
+        model = build_model(cfg.model, int(ckpt["num_classes"]), int(ckpt["in_channels"]))
+        model.load_state_dict(_strip_prefixes(ckpt["model"]), strict=True)
+    except (ConfigError, ValueError, RuntimeError) as exc:
+        raise ExportError(f"checkpoint {ckpt_path} cannot be rebuilt ({_first_line(exc)})") from None
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    norm = _normalisation(ckpt, cfg.data.name) or {}
+    mean, std = norm.get("mean"), norm.get("std")
+    size = int(ckpt.get("input_size") or cfg.data.image_size)
+    example = torch.rand(2, model.in_channels, size, size, generator=torch.Generator().manual_seed(0)).numpy()
+    return {
+        "classifier": ServingModel(Normalised(model, mean, std).eval(), example,
+                                   f"{model.arch} classifier: images float [B, C, {size}, {size}] in [0, 1] -> logits"),
+        "backbone": ServingModel(Normalised(model.backbone, mean, std).eval(), example,
+                                 f"{model.arch} backbone: images float [B, C, {size}, {size}] in [0, 1] -> last "
+                                 "feature map"),
+    }

@@ -6,7 +6,7 @@ Each name is re-exported from its leaf module; inside `study/`, import the leaf 
 """
 
 from study.cluster.session import (  # noqa: F401
-    started_locally, init_ray, shutdown_if_started, has_dashboard)
+    started_locally, init_ray, shutdown_if_started, has_dashboard, dashboard_url)
 from study.cluster.tasks import (  # noqa: F401
     MAX_RETRIES, DEFAULT_PLACEMENT_TIMEOUT_S, run_tasks, put)
 from study.cluster.capacity import (  # noqa: F401

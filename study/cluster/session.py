@@ -39,7 +39,10 @@ def init_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
             return
         ray.shutdown()
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)  # passing num_cpus to an existing cluster raises
+        # passing num_cpus to an existing cluster raises. log_to_driver: the workers' stdout/stderr (trials, Ray
+        # tasks) reach the driver's output, which is what `ray job logs` shows; a local run keeps them out of the
+        # terminal (our progress lines say what happens).
+        ray.init(log_to_driver=True)
     else:
         # address="local": a new cluster of our own. Without it ray.init() joins the machine's latest `ray start`
         # cluster (/tmp/ray/ray_current_cluster), which may be another user's or already gone.
@@ -71,3 +74,14 @@ def has_dashboard() -> bool:
         return bool(ray._private.worker.get_dashboard_url())
     except Exception:  # noqa: BLE001 - unknown: assume the cluster has one (KubeRay heads do)
         return True
+
+
+def dashboard_url() -> str | None:
+    """`http://host:port` of the connected cluster's dashboard, or None when it serves none."""
+    import ray._private.worker
+
+    try:
+        url = ray._private.worker.get_dashboard_url()
+    except Exception:  # noqa: BLE001 - not connected, or a client without the address
+        return None
+    return None if not url else (url if "://" in url else f"http://{url}")

@@ -7,8 +7,8 @@ Each name is re-exported from its leaf module; inside `study/`, import the leaf 
 from study.config.schema import (  # noqa: F401
     MODEL_NAMES, DATASETS, METHODS, MODES, SCHEDULES, ALGORITHMS, SCHEDULERS, DIM_TYPES, DETECT_DATA, ConfigError,
     DataConfig, ModelConfig, CutMixConfig, TrainConfig, Dimension, ResourcesConfig, SearchConfig, RetrainConfig,
-    EvaluateConfig, DetectConfig, TrackingConfig, BudgetConfig, PipelineConfig, hints, build, to_dict, flatten,
-    with_params)
+    EvaluateConfig, DetectConfig, TrackingConfig, ExportConfig, BudgetConfig, PipelineConfig, hints, build, to_dict,
+    flatten, with_params)
 from study.config.load import (  # noqa: F401
     DEFAULT_CONFIG, from_dict, parse_value, apply_overrides, load_config, dump_config, replace)
 from study.config.validate import (  # noqa: F401

@@ -238,6 +238,16 @@ class DetectConfig:
 class TrackingConfig:
     uri: str = ""  # empty: sqlite:///<output>/mlflow.db
     experiment: str = ""  # empty: the study name
+    # MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) on every run the pipeline opens,
+    # sampled every 10 s by a thread of the process that opened it (bench/study_overhead.py measures the cost)
+    system_metrics: bool = False
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    # MLflow registered model of the exported classifier (`<name>-backbone`: its backbone), both aliased
+    # `champion`; empty: the study name
+    registered_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -262,6 +272,7 @@ class PipelineConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 from study.config.schema import (
@@ -47,6 +48,10 @@ def validate(cfg: PipelineConfig) -> None:
     """Raise ConfigError on the first bad value. Architecture names are checked against the model registry."""
     d, m, c, t, s = cfg.data, cfg.model, cfg.cutmix, cfg.train, cfg.search
     _check(bool(cfg.name) and "/" not in cfg.name, f"name={cfg.name!r} is not allowed (a non-empty name without '/')")
+    model_name = cfg.export.registered_model
+    _check(not model_name or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", model_name) is not None,
+           f"export.registered_model={model_name!r} is not allowed (empty for the study name, or letters, digits, '.', "
+           "'_', '-'; `models:/<name>@champion` must parse)")
     _one_of(d.name, DATASETS, "data.name")
     _check(d.image_size >= 8, f"data.image_size={d.image_size} is not allowed (>= 8)")
     _check(d.num_classes >= 2, f"data.num_classes={d.num_classes} is not allowed (>= 2)")

@@ -14,3 +14,5 @@ from study.search.tune import (  # noqa: F401
     experiment_path, train_storage_path, can_resume, delete_experiment, run_search)
 from study.search.trial_callback import (  # noqa: F401
     MlflowTrialCallback)
+from study.search.output import (  # noqa: F401
+    QuietReporter, quiet_callbacks)

@@ -39,8 +39,10 @@ class MlflowTrialCallback(tune.Callback):
     re-attaches it to the restored callback with `reattach`."""
 
     def __init__(self, uri: str, experiment_id: str, parent_run_id: str, base: dict[str, Any],
-                 artifacts: Callable[[PipelineConfig, Path], list[Path]] | None = None):
+                 artifacts: Callable[[PipelineConfig, Path], list[Path]] | None = None,
+                 datasets: list[dict[str, Any]] | None = None):
         self.uri, self.experiment_id, self.parent_run_id, self.base = uri, experiment_id, parent_run_id, base
+        self.datasets = list(datasets or [])  # study.tracking.context.dataset_specs: each trial run's inputs
         self._init_runtime()
         self.artifacts = artifacts
 
@@ -59,7 +61,7 @@ class MlflowTrialCallback(tune.Callback):
         self.artifacts = fresh.artifacts
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("uri", "experiment_id", "parent_run_id", "base")}
+        return {k: self.__dict__.get(k) for k in ("uri", "experiment_id", "parent_run_id", "base", "datasets")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -97,6 +99,7 @@ class MlflowTrialCallback(tune.Callback):
         cfg = replace(from_dict(self.base), params)
         tracking.log_params(client, run_id, flatten(cfg), skip_existing=False)  # the same values again: accepted
         tracking.set_tags(client, run_id, {"cutmix.trial_status": "running"})
+        tracking.log_datasets(client, run_id, self.datasets or [])
         with tempfile.TemporaryDirectory() as d:
             dump_config(cfg, Path(d) / "config.yaml")
             tracking.log_artifact(client, run_id, Path(d) / "config.yaml")

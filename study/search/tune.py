@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import tempfile
 import time
 import warnings
@@ -43,6 +44,8 @@ from study.cluster import signals
 from study.cluster.session import has_dashboard, init_ray
 from study.config.load import from_dict, replace
 from study.config.schema import ConfigError, PipelineConfig, to_dict
+from study.console import progress
+from study.search.output import quiet_callbacks
 from study.search.space import (
     DefineByRun,
     default_points,
@@ -198,10 +201,12 @@ class ProgressCallback(tune.Callback):
         self.__dict__.update(state)
         self.start = time.perf_counter()
 
-    def _line(self, text: str) -> None:
-        import sys
-
-        print(f"[study {time.perf_counter() - self.start:6.0f}s] {text}", file=sys.stderr, flush=True)
+    def _line(self, text: str, *, error: bool = False) -> None:
+        line = f"[study {time.perf_counter() - self.start:6.0f}s] {text}"
+        if error:  # errors are printed even with --quiet
+            print(line, file=sys.stderr, flush=True)
+        else:
+            progress(line)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         value = result.get(self.metric)
@@ -217,7 +222,7 @@ class ProgressCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
-        self._line(f"ERROR in {trial} ({self.done}/{self.total}): see {trial.local_path or trial.path}")
+        self._line(f"ERROR in {trial} ({self.done}/{self.total}): see {trial.local_path or trial.path}", error=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -362,7 +367,8 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
                                         max_concurrent_trials=concurrent if searcher is None else None,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(name=EXPERIMENT_NAME, storage_path=storage_path(cfg, out_dir), verbose=0,
-                                      callbacks=callbacks,
+                                      # first: Tune's banner and status table silenced (study.search.output)
+                                      callbacks=[*quiet_callbacks(), *callbacks],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                       # a trial whose process dies restarts from its last checkpoint
                                       failure_config=tune.FailureConfig(max_failures=s.max_failures)),

@@ -8,8 +8,13 @@ from study.tracking.async_logger import (  # noqa: F401
     TrackingUnavailable, AsyncLogger, unreachable)
 from study.tracking.store import (  # noqa: F401
     CLIENT_ENV_DEFAULTS, apply_client_defaults, MAX_PARAMS_PER_BATCH, MAX_PARAM_LEN, ARTIFACTS_DIR, EXPERIMENT_TAGS,
-    VIEW_KEY, VIEW_TAG, TrackingError, check_tracking_uri, client_for, is_local_store, get_experiment, find_run,
-    start_run, log_params, metric_entities, log_metrics, set_tags, last_step, log_artifact, end_run, register_model,
-    run_info, download_artifacts, StageRun, Tracker, child_run_ids, reconcile_runs)
+    VIEW_KEY, VIEW_TAG, VIEW_ORDER, PIPELINE, KEY_TAG, SYSTEM_METRICS_INTERVAL_S, TrackingError, check_tracking_uri,
+    client_for, is_local_store, get_experiment, find_run, start_run, new_key, log_params, metric_entities,
+    log_metrics, set_tags, last_step, log_artifact, end_run, register_model, run_info, download_artifacts, StageRun,
+    start_system_metrics, stop_system_metrics, Tracker, child_run_ids, reconcile_runs)
+from study.tracking.context import (  # noqa: F401
+    NOT_IDENTITY, CONTEXTS, source_tags, settings_digest, dataset_specs, dataset_inputs, log_datasets)
 from study.tracking.lookup import (  # noqa: F401
     find_stage_run, stop_open_children)
+from study.tracking.models import (  # noqa: F401
+    CHAMPION, RegisteredModel, requirements, log_torch_model, load_torch_model)

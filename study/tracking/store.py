@@ -1,9 +1,17 @@
-"""MLflow at the edge: the only module that imports mlflow.
+"""MLflow at the edge: this package (store, context, models) is the only code that imports mlflow.
 
-Layout (DESIGN.md section 3): an experiment named after the study, tagged for MLflow's model-training view; one
-parent run per stage (`study`, `retrain`, `evaluate`, `export`, `detect`), opened and closed by
-`Tracker.stage_run`; trials as child runs of `study` (tag `mlflow.parentRunId`); params under dotted config names;
-per-epoch metrics with `step=epoch`. With a local store (SQLite, the default) the experiment's artifacts live in
+Layout (DESIGN.md section 3): an experiment named after the study, tagged for MLflow's model-training view; the
+pipeline as one tree of runs (tag `mlflow.parentRunId`): `cutmix-study run` opens a `pipeline` run
+(`Tracker.pipeline_run`), the stage runs (`study`, `retrain`, `evaluate`, `export`, `detect`; `Tracker.stage_run`)
+nest under it, trials under `study`, seeds under `retrain`, models under `evaluate`. A stage run alone is a top-level
+run. Names are readable and unique: `<stage>-<experiment>-<key>` (`study-digits-3f2a`), where the 4-hex key is the
+pipeline's (kept by a resumed pipeline, tag `cutmix.run_key`), so every run of one pipeline carries the same key;
+children append it too (`retrain-cutmix-seed0-3f2a`). Params under dotted config names; per-epoch metrics with
+`step=epoch`. Every run carries MLflow's source tags (study.tracking.context), a run that trained or measured
+something its datasets (`log_inputs`), and with `tracking.system_metrics` MLflow's system metrics (CPU, memory,
+disk, network; GPU with nvidia-ml-py and a GPU), sampled by a thread of the process that opened the run.
+
+With a local store (SQLite, the default) the experiment's artifacts live in
 `<output>/mlartifacts`, so an output directory is the whole record; a tracking server keeps its own artifact store.
 
 Speed: Ray's stock `MLflowLoggerCallback` makes one HTTP call per metric. Here every epoch of a trial is one
@@ -19,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -48,6 +57,9 @@ def apply_client_defaults() -> None:
         os.environ.setdefault(name, value)
 
 
+from study.tracking.context import log_datasets, source_tags  # noqa: E402
+from study.tracking.models import RegisteredModel, log_torch_model  # noqa: E402
+
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 MAX_PARAM_LEN = 6000
 ARTIFACTS_DIR = "mlartifacts"  # under the output directory, for local stores
@@ -57,6 +69,12 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # names it) opens it on what a study is about: the best metric and the searched parameters.
 VIEW_KEY = "cutmix-study"
 VIEW_TAG = "mlflow.sharedViewState."
+# MLflow 3.17's runs table nests child runs under their parents only while it is sorted by start time ("Created")
+# and unfiltered; sorted by a metric it shows a flat list. The shared view therefore keeps that order, newest first.
+VIEW_ORDER = {"orderByKey": "attributes.start_time", "orderByAsc": False}
+PIPELINE = "pipeline"
+KEY_TAG = "cutmix.run_key"
+SYSTEM_METRICS_INTERVAL_S = 10.0  # MLflow's default sampling interval
 
 
 class TrackingError(ValueError):
@@ -132,14 +150,20 @@ def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) 
 
 def start_run(client: MlflowClient, experiment_id: str, name: str, tags: Mapping[str, str],
               reuse: bool = True) -> tuple[str, bool]:
-    """A run with `tags` (found again when `reuse` and one exists). Returns (run_id, reused)."""
+    """A run with `tags` (found again when `reuse` and one exists), created with MLflow's source tags (user, source,
+    entry point, git commit; study.tracking.context). Returns (run_id, reused)."""
     if reuse:
         run_id = find_run(client, experiment_id, tags)
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
             return run_id, True
-    run = client.create_run(experiment_id, run_name=name, tags=dict(tags))
+    run = client.create_run(experiment_id, run_name=name, tags={**source_tags(), **tags})
     return run.info.run_id, False
+
+
+def new_key() -> str:
+    """The 4-hex suffix that makes a pipeline's run names unique (`study-digits-3f2a`)."""
+    return secrets.token_hex(2)
 
 
 def _param_value(v: Any) -> str:
@@ -227,8 +251,11 @@ def download_artifacts(client: MlflowClient, run_id: str, path: str, dst: str | 
 class StageRun:
     """One MLflow run bound to its client: what a stage logs, without passing (client, run_id) around."""
 
-    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, reused: bool = False):
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str, reused: bool = False, *,
+                 key: str = "", datasets: list[dict[str, Any]] | None = None):
         self.client, self.run_id, self.experiment_id, self.reused = client, run_id, experiment_id, reused
+        self.key = key  # the pipeline's name suffix, appended to the names of child runs
+        self.datasets = list(datasets or [])  # study.tracking.context.dataset_specs: logged on every child too
 
     def log_params(self, params: Mapping[str, Any], skip_existing: bool = True) -> None:
         log_params(self.client, self.run_id, params, skip_existing)
@@ -245,28 +272,77 @@ class StageRun:
     def last_step(self, key: str = "epoch") -> int:
         return last_step(self.client, self.run_id, key)
 
+    def log_model(self, model: Any, name: str, input_example: Any, *, registered_name: str,
+                  tags: Mapping[str, Any] | None = None) -> RegisteredModel:
+        """`model` as an MLflow model of this run, registered as a new version of `registered_name` with the alias
+        `champion` (study.tracking.models.log_torch_model)."""
+        return log_torch_model(self.client, self.run_id, self.experiment_id, model, name, input_example,
+                               registered_name=registered_name, tags=tags)
+
+    def log_datasets(self, specs: list[dict[str, Any]]) -> None:
+        """The run's inputs (study.tracking.context.dataset_specs)."""
+        log_datasets(self.client, self.run_id, specs)
+
     @contextlib.contextmanager
     def child(self, name: str, tags: Mapping[str, str], *, reuse: bool = False) -> Iterator[StageRun]:
-        """A nested run (a retrain seed, an evaluated model) with the same lifecycle as its parent."""
-        run_id, reused = start_run(self.client, self.experiment_id, name,
+        """A nested run (a retrain seed, an evaluated model) with the same lifecycle and datasets as its parent,
+        named `<name>-<key>`. Children are opened when their work has finished (a Ray task's results are logged as
+        they arrive), so system metrics stay on the stage run, which spans the work."""
+        run_id, reused = start_run(self.client, self.experiment_id, f"{name}-{self.key}" if self.key else name,
                                    {"mlflow.parentRunId": self.run_id, **tags}, reuse=reuse)
+        if self.datasets:
+            log_datasets(self.client, run_id, self.datasets)
         with _lifecycle(self.client, run_id):
-            yield StageRun(self.client, run_id, self.experiment_id, reused)
+            yield StageRun(self.client, run_id, self.experiment_id, reused, key=self.key, datasets=self.datasets)
 
 
 @contextlib.contextmanager
-def _lifecycle(client: MlflowClient, run_id: str) -> Iterator[None]:
+def _lifecycle(client: MlflowClient, run_id: str, system_metrics: bool = False) -> Iterator[None]:
     """FINISHED when the block ends, KILLED when a signal stops it (KeyboardInterrupt: SIGINT, or SIGTERM through
-    study.cluster.signals), FAILED when it raises anything else (SystemExit too)."""
+    study.cluster.signals), FAILED when it raises anything else (SystemExit too); with `system_metrics`, MLflow's
+    system metrics sampled while the block runs."""
+    monitor = start_system_metrics(client, run_id) if system_metrics else None
     try:
         yield
     except KeyboardInterrupt:
+        stop_system_metrics(monitor)
         end_run(client, run_id, "KILLED")
         raise
     except BaseException:
+        stop_system_metrics(monitor)
         end_run(client, run_id, "FAILED")
         raise
+    stop_system_metrics(monitor)
     end_run(client, run_id)
+
+
+def start_system_metrics(client: MlflowClient, run_id: str, interval_s: float | None = None) -> Any:
+    """MLflow's SystemMetricsMonitor on `run_id` (a daemon thread; `system/...` metrics every `interval_s`, default
+    $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL or 10 s). GPU metrics need nvidia-ml-py and an NVIDIA GPU."""
+    import logging
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # The monitor announces itself at INFO ("Started monitoring system metrics.", "Skip logging GPU metrics.").
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=interval_s or SYSTEM_METRICS_INTERVAL_S,
+                                   resume_logging=True, tracking_uri=client.tracking_uri)
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor: Any) -> None:
+    """Stop the monitor. One last sample is logged first: the monitor publishes only after a whole interval, so a
+    run shorter than that would otherwise have none."""
+    if monitor is None:
+        return
+    monitor.finish()  # stops and joins the sampling thread, flushes what it queued
+    try:
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception:  # noqa: BLE001 - system metrics never fail a run
+        pass
 
 
 class Tracker:
@@ -281,6 +357,8 @@ class Tracker:
         self.uri = uri
         self.out_dir = Path(out_dir).resolve() if out_dir is not None else None
         self._client: MlflowClient | None = None
+        self.key = new_key()  # the name suffix of this process's runs; a resumed pipeline's key replaces it
+        self.parent_run_id: str | None = None  # the open pipeline run: stage runs nest under it
 
     @property
     def client(self) -> MlflowClient:
@@ -299,23 +377,58 @@ class Tracker:
     def experiment(self, name: str) -> str:
         return get_experiment(self.client, name, self.artifact_location())
 
+    def _base_tags(self, stage: str) -> dict[str, str]:
+        return {"cutmix.stage": stage, **({"cutmix.output": str(self.out_dir)} if self.out_dir else {})}
+
+    @contextlib.contextmanager
+    def pipeline_run(self, experiment: str, *, reuse: bool = False, system_metrics: bool = False,
+                     tags: Mapping[str, str] | None = None) -> Iterator[StageRun]:
+        """The run of a whole `cutmix-study run` (tag `cutmix.stage=pipeline`, named `pipeline-<experiment>-<key>`):
+        while the block runs, every stage run opened by this tracker nests under it. Found again when `reuse`
+        (--resume), with its key, so the resumed stages keep their names."""
+        experiment_id = self.experiment(experiment)
+        run_id, reused = start_run(self.client, experiment_id, f"{PIPELINE}-{experiment}-{self.key}",
+                                   {**self._base_tags(PIPELINE)}, reuse=reuse)
+        if reused:
+            self.key = self.client.get_run(run_id).data.tags.get(KEY_TAG) or self.key
+        run = StageRun(self.client, run_id, experiment_id, reused, key=self.key)
+        run.set_tags({KEY_TAG: self.key, **(tags or {})})
+        self.parent_run_id = run_id
+        try:
+            with _lifecycle(self.client, run_id, system_metrics):
+                yield run
+        finally:
+            self.parent_run_id = None
+
     @contextlib.contextmanager
     def stage_run(self, stage: str, experiment: str, *, tags: Mapping[str, str] | None = None, reuse: bool = False,
-                  run_id: str | None = None) -> Iterator[StageRun]:
-        """The parent run of a stage (tag `cutmix.stage`): found again when `reuse` (or given by `run_id`), else
-        new; marked FAILED if the block raises, FINISHED when it ends."""
+                  run_id: str | None = None, datasets: list[dict[str, Any]] | None = None,
+                  system_metrics: bool = False) -> Iterator[StageRun]:
+        """The run of a stage (tag `cutmix.stage`, named `<stage>-<experiment>-<key>`), nested under the open
+        pipeline run if there is one: found again when `reuse` (or given by `run_id`), else new; marked FAILED if
+        the block raises, FINISHED when it ends. `datasets` (study.tracking.context.dataset_specs) are logged on it
+        and on each of its child runs; `system_metrics` samples MLflow's system metrics on it while the block runs."""
         experiment_id = self.experiment(experiment)
-        base = {"cutmix.stage": stage, **({"cutmix.output": str(self.out_dir)} if self.out_dir else {})}
-        reused = False
-        if run_id is not None:
+        base = self._base_tags(stage)
+        if run_id is None and reuse:
+            run_id = find_run(self.client, experiment_id, base)
+        reused = run_id is not None
+        if reused:
             self.client.update_run(run_id, status="RUNNING")
-            reused = True
         else:
-            run_id, reused = start_run(self.client, experiment_id, stage, base, reuse=reuse)
-        run = StageRun(self.client, run_id, experiment_id, reused)
+            parent = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {}
+            run_id, _ = start_run(self.client, experiment_id, f"{stage}-{experiment}-{self.key}",
+                                  {**base, KEY_TAG: self.key, **parent}, reuse=False)
+        run = StageRun(self.client, run_id, experiment_id, reused, key=self.key, datasets=datasets)
+        if reused:
+            run.key = self.client.get_run(run_id).data.tags.get(KEY_TAG, "")
         if tags:
             run.set_tags(tags)
-        with _lifecycle(self.client, run_id):
+        if self.parent_run_id and reused:
+            run.set_tags({"mlflow.parentRunId": self.parent_run_id})
+        if datasets:
+            run.log_datasets(datasets)
+        with _lifecycle(self.client, run_id, system_metrics):
             yield run
 
     def run_info(self, run_id: str) -> tuple[Mapping[str, str], Mapping[str, str], Mapping[str, float]]:
@@ -327,10 +440,10 @@ class Tracker:
     def register_model(self, name: str, run_id: str, artifact_path: str, tags: Mapping[str, Any]) -> str:
         return register_model(self.client, name, run_id, artifact_path, tags)
 
-    def add_view_columns(self, experiment: str, metrics: list[str] = (), params: list[str] = (),
-                         order_by: str | None = None) -> None:
+    def add_view_columns(self, experiment: str, metrics: list[str] = (), params: list[str] = ()) -> None:
         """Add columns to the experiment's shared runs-table view (created on first use): metrics and params by
-        name, in the UI's canonical keys (`metrics.`name``). `order_by` (a metric) sorts the table ascending."""
+        name, in the UI's canonical keys (`metrics.`name``). The table is sorted by start time, newest first: the
+        only order in which MLflow 3.17 keeps child runs under their parents (VIEW_ORDER)."""
         import json
 
         experiment_id = self.experiment(experiment)
@@ -344,9 +457,7 @@ class Tracker:
         for key in [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]:
             if key not in columns:
                 columns.append(key)
-        state.update({"selectedColumns": columns, "runsExpanded": state.get("runsExpanded", {})})
-        if order_by is not None:
-            state.update({"orderByKey": f"metrics.`{order_by}`", "orderByAsc": True})
+        state.update({"selectedColumns": columns, **VIEW_ORDER})
         self.client.set_experiment_tag(experiment_id, tag, json.dumps(state))
         self._view_experiment = experiment_id
 

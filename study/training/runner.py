@@ -19,6 +19,7 @@ from typing import Any
 from study.atomic import atomic_write_text
 from study.config.load import dump_config
 from study.config.schema import DataConfig, PipelineConfig
+from study.console import quiet
 from study.data.registry import load_data
 
 SHOWN = ("train/loss", "val/loss", "val/top1_err", "test/top1_err", "train/top1_err")
@@ -40,6 +41,8 @@ class Progress:
         self.stream = stream or sys.stderr
 
     def update(self, done: int, text: str) -> None:
+        if quiet():  # --quiet: only the final summary and errors
+            return
         elapsed = time.perf_counter() - self.start
         eta = elapsed / max(done, 1) * (self.total - done)
         prefix = f"{self.label} " if self.label else ""

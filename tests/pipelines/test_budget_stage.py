@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY, set_args
+from tests.helpers.cli import TINY, set_args
 
 BUDGET = TINY + ["name=budget", "budget.epochs=[1,2]", "budget.seeds=2", "budget.bootstrap=200"]
 

@@ -17,7 +17,7 @@ from study.config.load import dump_config, load_config
 from study.evaluation.sources import SourceError, default_output_for, models_from_source
 from study.tracking.store import Tracker
 from study.training.runner import train_run
-from tests.conftest import assert_one_line_error, run_main, set_args
+from tests.helpers.cli import assert_one_line_error, run_main, set_args
 
 # Cluttered digits at 16 px (boxes: the localization rows and priors appear), one epoch: seconds per model.
 SMALL = ["data.name=cluttered_digits", "data.image_size=16", "data.pad=1", "data.synthetic_sizes=[300,60,300]",

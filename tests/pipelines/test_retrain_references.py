@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 
 
 @pytest.mark.slow

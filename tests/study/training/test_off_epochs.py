@@ -10,7 +10,7 @@ from study.config.load import load_config
 from study.config.schema import ConfigError
 from study.data.registry import load_data
 from study.training.engine import Trainer, fit
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 
 OFF = TINY + ["train.epochs=4", "cutmix.prob=1.0", "cutmix.off_epochs=2"]
 

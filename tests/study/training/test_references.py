@@ -10,7 +10,7 @@ import pytest
 from pipelines.retrain_stage import study_winner
 from study.config.load import load_config
 from study.training.references import mixed_fraction, retrain_variants, variant_name, winner_name
-from tests.conftest import TINY
+from tests.helpers.cli import TINY
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,46 @@
+"""Tune's console output, reduced to what the study does not already say.
+
+What Ray 2.60 prints on its own (read from `ray/tune/tune.py`, `ray/tune/experimental/output.py`,
+`ray/tune/utils/callback.py`), and how each is switched off here:
+
+- The "Configuration for experiment" box, "View detailed results here: ..." and the TensorBoard hint are printed by
+  `TuneTerminalReporter.experiment_started`, and the final trial-status table by its `print_heartbeat(force=True)`,
+  whatever `RunConfig(verbose=0)` says. Tune calls both on the first `ray.tune.experimental.output.ProgressReporter`
+  among the run's callbacks; `_create_default_callbacks` appends its own reporter after the user's, so a
+  `QuietReporter` passed first receives these calls and prints nothing. (`progress_reporter=` is ignored by the
+  new output engine, and `RAY_AIR_NEW_OUTPUT=0` would bring back the legacy engine, which prints
+  "Trial ... completed. Last result: ..." lines at any verbosity.)
+- The TensorBoard hint also needs a `TBXLoggerCallback`, which Tune adds unless TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1:
+  `quiet_callbacks` passes the CSV and JSON loggers itself (Tune then adds no second ones; `result.json` and
+  `progress.csv` stay in each trial directory) and sets the variable, so no TensorBoard event files are written.
+- Kept: Tune's appended default reporter still prints a trial's error ("Trial ... errored after N iterations ...
+  Error file: ...") at any verbosity, and everything Ray logs at WARNING or above (the `ray.tune` loggers: failed
+  trials, resource deadlocks, slow syncs, "Trials did not complete") reaches stderr as before.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray.tune.experimental.output import AirVerbosity, TuneTerminalReporter
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+
+class QuietReporter(TuneTerminalReporter):
+    """Tune's reporter with its start banner and its final status table silenced (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(AirVerbosity.SILENT)
+
+    def experiment_started(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def print_heartbeat(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def quiet_callbacks() -> list[Any]:
+    """Callbacks to put first in `RunConfig(callbacks=...)`: the quiet reporter and Tune's CSV/JSON loggers."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    return [QuietReporter(), CSVLoggerCallback(), JsonLoggerCallback()]
