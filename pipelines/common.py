@@ -163,10 +163,11 @@ class Source:
         path = Path(self.path)
         if path.is_file():
             path = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        # A stage directory holds its summary.json (or, for export, its manifest); a pipeline output directory that
-        # happens to be named like a stage (`--output runs/study`) holds neither.
+        # A pipeline output directory that happens to be named like a stage (`--output runs/study`) holds the
+        # study's files or the MLflow store; a stage directory holds its summary.json (export: its manifest).
         marker = (path / "summary.json").is_file() or (path / "manifest.json").is_file()
-        is_stage_dir = path.name in STAGE_DIRS and marker
+        output = any((path / f).exists() for f in ("results.parquet", "best_config.yaml", "mlflow.db"))
+        is_stage_dir = path.name in STAGE_DIRS and (marker or not output)
         return path.parent if is_stage_dir else path
 
     def download(self, tracker, artifact: str, dst: Path, *, required: str | None = None) -> Path | None:
@@ -179,7 +180,7 @@ class Source:
             raise OutputError(f"MLflow run {self.run_id} has no {artifact} artifact ({required})") from None
 
 
-STAGE_DIRS = ("study", "retrain", "evaluate", "export", "detect", "train")
+STAGE_DIRS = ("study", "retrain", "evaluate", "export", "detect", "train", "budget")
 
 
 def resolve_source(source: str | Path | Source | None, tracker, *, stages: tuple[str, ...],
@@ -200,7 +201,7 @@ def resolve_source(source: str | Path | Source | None, tracker, *, stages: tuple
         return Source(run_id=text, tags=dict(tags))
     path = Path(text)
     if not path.exists():
-        raise OutputError(f"--from {text}: no such directory, file or MLflow run id ({hint})")
+        raise OutputError(f"--from {text}: no such file, directory or MLflow run id ({hint})")
     return Source(path=path)
 
 

@@ -82,10 +82,10 @@ def validate(cfg: PipelineConfig) -> None:
     _one_of(c.mode, MODES, "cutmix.mode")
     _check(0 <= c.label_smoothing < 1, f"cutmix.label_smoothing={c.label_smoothing} is not allowed (0 <= value < 1)")
     _check(0 < c.cutout_size <= 1, f"cutmix.cutout_size={c.cutout_size} is not allowed (0 < value <= 1)")
-    _check(0 <= c.off_epochs < t.epochs,
-           f"cutmix.off_epochs={c.off_epochs} is not allowed (0 <= value < train.epochs={t.epochs})")
 
     _check(t.epochs >= 1, f"train.epochs={t.epochs} is not allowed (>= 1)")
+    _check(0 <= c.off_epochs < t.epochs,
+           f"cutmix.off_epochs={c.off_epochs} is not allowed (0 <= value < train.epochs={t.epochs})")
     _check(t.batch_size >= 2, f"train.batch_size={t.batch_size} is not allowed (>= 2; mixing needs partners)")
     _check(_finite(t.lr) and t.lr > 0, f"train.lr={t.lr} is not allowed (lr > 0)")
     _check(0 <= t.momentum < 1, f"train.momentum={t.momentum} is not allowed (0 <= momentum < 1)")

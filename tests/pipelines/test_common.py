@@ -194,5 +194,5 @@ def test_resolve_source_bad_path_is_one_line_with_the_hint(tmp_path):
     hint = "give a retrain output directory or its MLflow run id"
     with pytest.raises(OutputError) as info:
         resolve_source(bad, None, stages=("retrain",), hint=hint)
-    assert str(info.value) == f"--from {bad}: no such directory, file or MLflow run id ({hint})"
+    assert str(info.value) == f"--from {bad}: no such file, directory or MLflow run id ({hint})"
     assert not bad.exists()

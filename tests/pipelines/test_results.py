@@ -13,6 +13,7 @@ import pytest
 from pipelines import results
 from pipelines.common import STAGE_DIRS
 from pipelines.results import (
+    BudgetResult,
     DetectResult,
     EvaluateResult,
     ExportResult,
@@ -36,7 +37,9 @@ SAMPLES = {
                                                            "test/top1_err": {"mean": 9.0, "ci95": [8.0, 10.0]}}},
                         comparisons={"cutmix": {"test/top1_err": {"diff": -1.0, "ci95": [None, None]}}},
                         best_run_dir="/r/cutmix/seed0", best_checkpoint="/r/cutmix/seed0/checkpoints/best.pt",
-                        cutmix_gain_top1_points=1.0),
+                        cutmix_gain_top1_points=1.0, labels={"cutmix_a1_p0.5": "cutmix α=1 p=0.5"},
+                        notes={"cutmix_a1_p0.5": "in effect the baseline"}, winner="cutmix_a1_p0.5",
+                        race_verdict="no setting distinguishable from baseline"),
     EvaluateResult: dict(run_id="d" * 32, num_test=200, metrics={"cutmix": {"ece": {"mean": 2.0}}},
                          comparisons={"cutmix": {"ece": {"verdict": "better"}}},
                          per_seed={"cutmix": [{"seed": 0, "ece": 2.0}]}, table="/x/evaluate/table.md", wall_s=4.0),
@@ -44,6 +47,9 @@ SAMPLES = {
     DetectResult: dict(backbone="/x/export/backbone.pt", arch="cnn", pretrained_on="digits", data="synthetic",
                        run_id="e" * 32, map=0.25, map_50=0.5, random_map_50=0.3, random_map=0.1, gain_map_50=0.2,
                        wall_s=70.0),
+    BudgetResult: dict(run_id="f" * 32, num_test=500, epochs=[6, 12], seeds=3,
+                       budgets=[{"epochs": 6, "diff": {"diff": 1.0}}], crossover={"estimate": 9.0},
+                       table="/x/budget/table.md", plot="/x/budget/test_error_vs_epochs.png", wall_s=10.0),
 }
 
 

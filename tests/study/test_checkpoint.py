@@ -105,7 +105,8 @@ def test_a_damaged_file_is_one_line(tmp_path, damage):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     msg = _one_line(info)
-    assert msg.startswith(f"checkpoint {path} is unreadable (") and msg.endswith("it may be truncated")
+    assert msg.startswith(f"checkpoint {path} is unreadable (") and "it may be truncated" in msg
+    assert msg.endswith("--overwrite)")
 
 
 def test_pickled_objects_are_refused(tmp_path):

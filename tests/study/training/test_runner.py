@@ -60,7 +60,7 @@ def test_metrics_json_reports_final_and_best_epochs(straight, cfg):
     out, summary, seen = straight
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"final", "best", "best_epoch", "metric", "epochs", "wall_s", "num_classes", "dataset"}
-    assert summary == {**metrics, "history": summary["history"]}
+    assert summary == {**metrics, "history": summary["history"], "resumed_from": 0}
     history = summary["history"]
     assert [h["epoch"] for h in history] == [1.0, 2.0, 3.0] and metrics["epochs"] == 3
     assert metrics["final"] == history[-1]
