@@ -179,10 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
+        stopping = _start_command()
         configure(args)
         if args.ray_dashboard:
             start_dashboard()
-        stopping = _start_command()
         return dispatch(args)
     except KeyboardInterrupt as exc:
         import signal

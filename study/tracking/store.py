@@ -40,6 +40,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from study.tracking.async_logger import AsyncLogger  # noqa: F401 - re-exported: the tracking calls' queue
+from study.tracking.context import log_datasets, source_tags
+from study.tracking.models import RegisteredModel, log_torch_model
 
 # MLflow's HTTP client retries refused connections, timeouts and 429/5xx answers of every call itself (urllib3 Retry,
 # all methods). Measured against a local server stopped for 41 s (30 s down, 11 s to restart): a log_batch made
@@ -57,8 +59,6 @@ def apply_client_defaults() -> None:
         os.environ.setdefault(name, value)
 
 
-from study.tracking.context import log_datasets, source_tags  # noqa: E402
-from study.tracking.models import RegisteredModel, log_torch_model  # noqa: E402
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's log_batch limit
 MAX_PARAM_LEN = 6000
