@@ -75,7 +75,13 @@ def _submit(address: str, env: dict[str, str], out: Path, submission_id: str) ->
     cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", address, "--submission-id", submission_id,
            "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--no-wait", "--",
            "python", "-m", "pipelines.run", "--output", str(out), "--resume", *set_args(PIPELINE)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    # The head's job agent can come up seconds after its dashboard on a loaded machine; Ray answers "No available
+    # agent to submit job, please try again later" meanwhile: try again, a bounded number of times.
+    for _ in range(12):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        if proc.returncode == 0 or "No available agent" not in proc.stderr:
+            break
+        time.sleep(5)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return submission_id
 
