@@ -42,7 +42,8 @@ def test_default_pair_pretrained_backbone_beats_random_init(tmp_path):
     report = json.loads((tmp_path / "out" / "detect" / "metrics.json").read_text())
     assert (result.map_50, result.random_map_50) == (report["map_50"], report["random_map_50"])
 
-    assert summary["best"]["val/top1_err"] < 35, summary["best"]  # the backbone learned the digits (chance: 90)
+    # the backbone learned the digits (chance: 90); the default trains on 1,500 images since issue 15, with CutMix
+    assert summary["best"]["val/top1_err"] < 60, summary["best"]
     pre, rnd = report["map_50"], report["random_map_50"]
     assert pre - rnd > MARGIN, (pre, rnd)
     assert report["gain_map_50"] == pytest.approx(pre - rnd)
