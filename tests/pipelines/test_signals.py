@@ -139,7 +139,7 @@ def test_sigint_mid_retrain_then_resume(tmp_path):
             *set_args(TINY + ["name=sig-retrain", f"train.epochs={epochs}",
                               "retrain.seeds=2", "retrain.methods=[cutmix]"])]
     proc = start(*args)
-    seed0 = out / "retrain" / "cutmix" / "seed0" / "checkpoints" / "last.pt"
+    seed0 = out / "retrain" / "cutmix_paper" / "seed0" / "checkpoints" / "last.pt"
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and not seed0.is_file():
@@ -161,11 +161,11 @@ def test_sigint_mid_retrain_then_resume(tmp_path):
 
     resume(*args)
     summary = json.loads((out / "retrain" / "summary.json").read_text())
-    assert summary["variants"]["cutmix"]["test/top1_err"]["n"] == 2
+    assert summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 2
     runs = experiment_runs(client, "sig-retrain")
     assert [r.info.status for r in runs if r.data.tags.get("cutmix.stage") == "retrain"] == ["FINISHED"]
     seeds = [r for r in runs if r.data.tags.get("cutmix.stage") == "retrain-seed"]
-    assert len(seeds) == 2
+    assert len(seeds) == 4  # baseline and cutmix_paper (the fixed references) x 2 seeds
     for run in seeds:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(1, epochs + 1)), steps
