@@ -151,7 +151,7 @@ def test_a_node_lost_mid_retrain_retries_its_task(cluster, tmp_path, storage):
     raylet = raylet_pid(worker)
     proc = cli(cluster, "retrain", "--output", str(out), *set_args(TINY + [
         f"name=node-loss-{storage}", f"train.epochs={epochs}", "retrain.seeds=2", "retrain.methods=[cutmix]"]))
-    seeds = [out / "retrain" / "cutmix" / f"seed{k}" for k in range(2)]
+    seeds = [out / "retrain" / "cutmix_paper" / f"seed{k}" for k in range(2)]
 
     def lose_the_worker_node() -> Path | None:
         for seed in seeds:
@@ -169,7 +169,7 @@ def test_a_node_lost_mid_retrain_retries_its_task(cluster, tmp_path, storage):
     lost = inject_and_finish(proc, lose_the_worker_node, "no seed checkpointed on the worker node")
 
     summary = json.loads((out / "retrain" / "summary.json").read_text())
-    assert summary["variants"]["cutmix"]["test/top1_err"]["n"] == 2
+    assert summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 2
     task = json.loads((lost / "task.json").read_text())
     assert task["attempt"] == 2
     assert (task["resumed_from"] >= 1) if storage == "shared" else (task["resumed_from"] == 0)
@@ -177,7 +177,7 @@ def test_a_node_lost_mid_retrain_retries_its_task(cluster, tmp_path, storage):
     runs = client.search_runs([client.get_run(summary["retrain_run_id"]).info.experiment_id], max_results=100)
     assert [r.data.tags.get("cutmix.stage") for r in runs].count("retrain") == 1
     seed_runs = [r for r in runs if r.data.tags.get("cutmix.stage") == "retrain-seed"]
-    assert len(seed_runs) == 2
+    assert len(seed_runs) == 4  # baseline and cutmix_paper (the fixed references) x 2 seeds
     for run in seed_runs:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(1, epochs + 1)), steps
