@@ -40,19 +40,31 @@ class RegisteredModel:
 
 @contextlib.contextmanager
 def _fluent(uri: str, experiment_id: str) -> Iterator[None]:
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri(), os.environ.get("MLFLOW_EXPERIMENT_ID"))
+    """mlflow's fluent API pointed at `uri` for the block, and the process left exactly as it was afterwards.
+
+    `mlflow.set_tracking_uri` / `set_registry_uri` also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for
+    subprocesses, so "restoring" the previous *resolved* URI with them would leak a concrete URI into the
+    environment: every later MlflowClient (registry) and every later CLI call in this process (which reads
+    $MLFLOW_TRACKING_URI) would then talk to this store. So the module globals and the variables are saved raw
+    and put back raw."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+    saved_env = {k: os.environ.get(k) for k in names}
+    saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id  # read by log_model when no run is active
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-        if previous[2] is None:
-            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        else:
-            os.environ["MLFLOW_EXPERIMENT_ID"] = previous[2]
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def requirements() -> list[str]:

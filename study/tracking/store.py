@@ -112,7 +112,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
 def client_for(uri: str) -> MlflowClient:
     apply_client_defaults()
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)  # never a registry URI left global by others
 
 
 def is_local_store(uri: str) -> bool:

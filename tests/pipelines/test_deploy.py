@@ -122,7 +122,7 @@ def test_ray_job_submit_runs_the_pipeline_and_a_resubmission_resumes(ray_head, t
         assert (out / path).is_file(), path
     uri = f"sqlite:///{out / 'mlflow.db'}"
     _, runs = _mlflow_runs(uri, "digits")
-    stamp = {p: (out / p).stat().st_mtime_ns for p in ("retrain/cutmix/seed0/checkpoints/last.pt",
+    stamp = {p: (out / p).stat().st_mtime_ns for p in ("retrain/cutmix_paper/seed0/checkpoints/last.pt",
                                                       "export/backbone.pt", "detect/metrics.json")}
 
     # The same job again against the same storage: it resumes (nothing is retrained or logged twice).

@@ -104,9 +104,7 @@ def test_a_finished_stage_refuses_without_resume_and_resume_returns_it(pipeline,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n, (_, _, run_id) in STAGES.items() if run_id is not None])
-@pytest.mark.parametrize("kind", ["directory", pytest.param("run id", marks=pytest.mark.xfail(
-    reason="known defect, open: after the module's earlier in-process CLI calls, the run id is 'not found in the "
-           "tracking store' although it is there; the same command in a fresh process resolves it", strict=False))])
+@pytest.mark.parametrize("kind", ["directory", "run id"])
 def test_from_a_directory_or_a_run_id(pipeline, name, kind, capsys):
     before = _summary(pipeline, name)
     source = str(pipeline) if kind == "directory" else STAGES[name][2](pipeline)
