@@ -54,12 +54,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                 jobs.append(((r.arm, r.epochs, r.index), {"cfg": to_dict(r.cfg), "run_dir": str(r.run_dir(stage_dir)),
                                                          "label": f"budget {r.name}"}))
         if jobs:
-            from study.cluster.session import init_ray
-            from study.cluster.tasks import put, run_tasks
+            from study.cluster.tasks import run_seed_tasks
             from study.training.runner import train_seed
 
-            init_ray()
-            shared = put(data.merged_train_val())
             progress = Progress(len(jobs), "budget")
             by_key = {(r.arm, r.epochs, r.index): r for r in runs}
             pending = [key for key, _ in jobs]
@@ -72,8 +69,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                                 f"{r.name}: test top-1 err {summary['final'][METRIC]:.2f} "
                                 f"({summary['task']['ended'] - summary['task']['started']:.0f} s)")
 
-            run_tasks(train_seed, [(k, {**kw, "data": shared}) for k, kw in jobs], cfg.budget.resources,
-                      on_done=finished)
+            run_seed_tasks(train_seed, jobs, data.merged_train_val(), cfg.budget.resources, on_done=finished)
         analysis = analyse(cfg, finals)
         table = stage_dir / "table.md"
         table.write_text(format_table(analysis) + "\n")

@@ -85,6 +85,12 @@ class StudyResult(StageResult):
     baseline_value: float | None = None  # the p=0 (or method=none) trial's best value, if the study ran one
     num_val: int = 0  # images in the val split the trials were ranked on
     best_vs_baseline_se: float | None = None  # |best - baseline| in binomial standard errors of the val split
+    # The race (study.search.race, issue 15): its verdict ("" when the study ran none), the winner's dotted params
+    # (None when no setting was distinguishable: retrain then trains the references only), and its record (rule,
+    # per setting the values, fate and round reached, the rounds).
+    race_verdict: str = ""
+    winner_params: dict[str, Any] | None = None
+    race: dict[str, Any] = field(default_factory=dict)
 
     @property
     def frame(self):

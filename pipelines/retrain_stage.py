@@ -123,13 +123,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             jobs.append(((variant, k), {"cfg": to_dict(scfg), "run_dir": str(run_dir),
                                         "label": f"retrain {variant} seed {k}"}))
         if jobs:
-            from study.cluster.session import init_ray
-            from study.cluster.tasks import put, run_tasks
+            from study.cluster.tasks import run_seed_tasks
             from study.training.runner import train_seed
 
-            init_ray()
-            shared = put(merged)  # one copy in the object store for every task
-            jobs = [(key, {**kw, "data": shared}) for key, kw in jobs]
             progress = Progress(len(jobs), "retrain")
             configs = {(v, k): c for v, k, c in plan}
             done_before = len(summaries)
@@ -143,8 +139,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                                 f"{variant} seed {k}: test top-1 err {summary['final']['test/top1_err']:.2f} "
                                 f"({summary['task']['ended'] - summary['task']['started']:.0f} s)")
 
-            run_tasks(train_seed, jobs, cfg.retrain.resources, on_done=finished, what="a retrain task",
-                      key="retrain.resources", placement_timeout_s=cfg.search.placement_timeout_s)
+            run_seed_tasks(train_seed, jobs, merged, cfg.retrain.resources, on_done=finished, what="a retrain task",
+                           key="retrain.resources", placement_timeout_s=cfg.search.placement_timeout_s)
         rows: dict[str, list[dict[str, Any]]] = {}
         for variant, k, scfg in plan:
             summary = summaries[variant, k]

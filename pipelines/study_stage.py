@@ -22,7 +22,7 @@ from study.config.load import dump_config, replace
 from study.config.schema import PipelineConfig, flatten, to_dict
 from study.config.validate import validate_study
 
-OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study"]
+OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study", "race"]
 RUN_FILE = "study_run.json"
 
 
@@ -239,18 +239,26 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                                                  lambda r=r: search.trial_history(r)) for r in records], run_ids)
         frame = records_to_frame(records, cfg, run_ids)
         multi = add_pareto(frame, cfg)
+        race = race_stage(cfg, data, frame, out_dir, parent, resume)  # None when search.race_top_k = 0
+        trials_frame, frame = frame, race_rows(race, frame, cfg)
         write_parquet(frame, out_dir / "results.parquet")
         best_idx, best_value = pick_best(frame, cfg.search.primary_metric, cfg.search.primary_mode)
         best_params: dict[str, Any] = {}
         if best_idx is not None:
             row = frame.loc[best_idx]
             best_params = {n: _plain(row[n]) for n in cfg.search.space if n in row and not _missing(row[n])}
-        best_cfg = replace(cfg, best_params) if best_params else cfg
+        winner_params = race["winner"]["params"] if race and race["winner"] else None
+        config_params = winner_params if winner_params is not None else best_params  # the raced winner's, if any
+        best_cfg = replace(cfg, config_params) if config_params else cfg
         dump_config(best_cfg, out_dir / "best_config.yaml")
 
         from study.plots import save_study_plots
 
-        plots = save_study_plots(frame, cfg.search.primary_metric, cfg.search.primary_mode, out_dir / "plots")
+        plots = save_study_plots(trials_frame, cfg.search.primary_metric, cfg.search.primary_mode, out_dir / "plots")
+        if race:
+            from study.plots import save_race_plot
+
+            plots.append(save_race_plot(race, out_dir / "plots" / "race.png"))
         if multi:
             from study.search.pareto import save_pareto_plot
 
@@ -263,25 +271,54 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             parent.log_artifact(p, "plots")
         # The searched parameters of the winner and the study's best metric, as columns of the parent run.
         parent.log_params({f"best.{k}": v for k, v in best_params.items()})
-        counts = frame["status"].value_counts().to_dict() if len(frame) else {}
-        base = baseline_value(frame, cfg)
+        counts = trials_frame["status"].value_counts().to_dict() if len(trials_frame) else {}
+        base = baseline_value(trials_frame, cfg)
         num_val = len(data.val)
         sep = None
         if base is not None and not math.isnan(best_value) and cfg.search.primary_metric.endswith("err"):
             sep = separation_in_se(best_value, base, num_val)
-        parent.log_metrics({f"best/{cfg.search.primary_metric}": best_value, "trials": len(frame),
+        parent.log_metrics({f"best/{cfg.search.primary_metric}": best_value, "trials": len(trials_frame),
                             **({"baseline/" + cfg.search.primary_metric: base} if base is not None else {}),
                             **({"best_vs_baseline_se": sep} if sep is not None and math.isfinite(sep) else {}),
                             **{f"trials_{k}": v for k, v in counts.items()}})
         parent.set_tags({"cutmix.best_trial": frame.loc[best_idx, "trial_id"] if best_idx is not None else ""})
         result = StudyResult(str(out_dir), best_params, best_value, cfg.search.primary_metric, cfg.search.primary_mode,
                              list(cfg.search.space), str(out_dir / "best_config.yaml"), parent.run_id, tracker.uri,
-                             parent.experiment_id, len(frame), time.perf_counter() - start, base, num_val, sep)
+                             parent.experiment_id, len(trials_frame), time.perf_counter() - start, base, num_val,
+                             sep, race_verdict=race["verdict"] if race else "", winner_params=winner_params,
+                             race=race or {})
         result.to_json()
         parent.log_artifact(result.path(out_dir), "study")
     tracker.add_view_columns(experiment, metrics=[f"best/{cfg.search.primary_metric}", cfg.search.primary_metric],
                              params=[f"best.{n}" for n in cfg.search.space] + list(cfg.search.space))
     return result
+
+
+def race_stage(cfg: PipelineConfig, data, frame, out_dir: Path, parent, resume: bool) -> dict[str, Any] | None:
+    """The race after the search (study.search.race.run_race): its record, tagged on the study run; None when
+    `search.race_top_k` is 0."""
+    from study.console import progress
+    from study.search.race import run_race
+
+    race = run_race(cfg, data, frame, out_dir, parent, resume=resume, log=lambda line: progress(f"[race] {line}"))
+    if race:
+        parent.set_tags({"cutmix.race_verdict": race["verdict"][:5000],
+                         "cutmix.race_winner": race["winner"]["name"] if race["winner"] else ""})
+        parent.log_metrics({"race_wall_s": race["wall_s"], "race_settings": len(race["settings"]),
+                            "race_rounds": len(race["rounds"])})
+    return race
+
+
+def race_rows(race, frame, cfg: PipelineConfig):
+    """results.parquet's `race` columns (study.search.race.race_rows); not-applicable epochs/wall for the
+    references' own rows are 0, so the trial table prints them."""
+    from study.search.race import race_rows as rows
+
+    out = rows(race, frame, cfg)
+    for col in ("epochs", "wall_s"):
+        if col in out:
+            out[col] = out[col].fillna(0)
+    return out
 
 
 def _missing(v: Any) -> bool:
@@ -305,5 +342,14 @@ def report(result: StudyResult) -> str:
         signal = ("" if sep is None else f", {sep:.1f} binomial standard errors of the {result.num_val}-image "
                   f"val split apart: " + ("a signal" if sep >= 2 else "within noise, the ranking is not resolved"))
         lines.append(f"baseline trial (no mixing) {cfg_metric}: {result.baseline_value:.3f}{signal}")
+    race = getattr(result, "race", None) or {}
+    if race:  # the race's own block
+        lines.append(f"\nrace on {race['metric']} (mean of the last {race.get('smooth_epochs', 1)} epoch(s)); rule: "
+                     f"{race['rule']}")
+        for st in race["settings"].values():
+            vals = st["values"]
+            mean = sum(vals) / len(vals) if vals else math.nan
+            lines.append(f"  {st['label']}: {mean:.3f} over {len(vals)} seeds  [{st['fate']}]")
+        lines.append(f"race verdict: {result.race_verdict}")
     lines += [f"results: {Path(result.out_dir) / 'results.parquet'}", f"best config: {result.best_config}"]
     return "\n".join(lines)
