@@ -153,7 +153,8 @@ def race(names: Sequence[str], evaluate: Callable[[list[str], range], Mapping[st
     fate[best] = f"tie r{reached[best]}: best mean of the survivors"
     for s in alive:
         if s != best:
-            fate[s] = f"tie r{reached[s]}: not distinguishable from {name_of(best)} (Holm p={last.tests[s]['p_holm']:.3g})"
+            p = last.tests[s]["p_holm"]
+            fate[s] = f"tie r{reached[s]}: not distinguishable from {name_of(best)} (Holm p={p:.3g})"
     rest = ", ".join(name_of(s) for s in alive if s != best)
     gate = "" if last.friedman_p is None else f", Friedman p={last.friedman_p:.3g}"
     verdict = (f"no setting distinguishable from {name_of(best)}: {rest} tie with it after {len(history)} rounds "

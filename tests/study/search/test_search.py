@@ -172,3 +172,49 @@ def test_nothing_here_started_ray():
     import ray
 
     assert not ray.is_initialized()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-architecture parameters (Dimension.when)
+
+ARCH_SPACE = {"cutmix.prob": "{type: choice, values: [0.0, 0.5]}",
+              "model.width": "{type: choice, values: [8, 16], when: {model.arch: cnn}}",
+              "model.arch": "{type: choice, values: [cnn, resnet20]}"}
+
+
+def test_a_per_architecture_parameter_applies_only_under_its_architecture():
+    cfg = cfg_with(space=ARCH_SPACE)
+    assert [n for n, _ in ordered_space(cfg)][:2] == ["cutmix.prob", "model.arch"]  # the condition is decided first
+    assert applies("model.width", {"model.arch": "cnn"}, cfg)
+    assert not applies("model.width", {"model.arch": "resnet20"}, cfg)
+    assert applies("model.width", {}, cfg) is (cfg.model.arch == "cnn")  # falls back to the base config's arch
+
+
+def test_grid_and_default_points_honour_the_condition():
+    cfg = cfg_with("model.arch=cnn", "model.width=16", space=ARCH_SPACE)
+    points = grid_points(cfg)
+    assert points == [
+        {"cutmix.prob": 0.0, "model.arch": "cnn", "model.width": 8},
+        {"cutmix.prob": 0.0, "model.arch": "cnn", "model.width": 16},
+        {"cutmix.prob": 0.0, "model.arch": "resnet20"},
+        {"cutmix.prob": 0.5, "model.arch": "cnn", "model.width": 8},
+        {"cutmix.prob": 0.5, "model.arch": "cnn", "model.width": 16},
+        {"cutmix.prob": 0.5, "model.arch": "resnet20"},
+    ]
+    assert default_points(cfg) == [{"cutmix.prob": 0.5, "model.arch": "cnn", "model.width": 16},
+                                   {"cutmix.prob": 0.0, "model.arch": "cnn", "model.width": 16}]
+
+
+def test_define_by_run_samples_a_per_architecture_parameter_only_under_it():
+    cfg = cfg_with(space=ARCH_SPACE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = DefineByRun(cfg)
+    seen = []
+    for _ in range(30):
+        trial = study.ask()
+        space(trial)
+        seen.append(trial.params)
+        study.tell(trial, 0.0)
+    assert {p["model.arch"] for p in seen} == {"cnn", "resnet20"}
+    for p in seen:
+        assert ("model.width" in p) is (p["model.arch"] == "cnn")
