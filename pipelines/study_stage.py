@@ -166,6 +166,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     """Validate everything, then run or resume the study; write and log its outputs. `source` is unused (a study
     starts from its config)."""
     from study.search import tune as search
+    from study.search.space import typed_value  # parquet's floats back to each dimension's type
     from study.search.trial_callback import MlflowTrialCallback
     from study.stats import separation_in_se
     from study.training.runner import load_dataset, save_sample_grid_for
@@ -246,7 +247,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         best_params: dict[str, Any] = {}
         if best_idx is not None:
             row = frame.loc[best_idx]
-            best_params = {n: _plain(row[n]) for n in cfg.search.space if n in row and not _missing(row[n])}
+            best_params = {n: typed_value(d, row[n]) for n, d in cfg.search.space.items()
+                           if n in row and not _missing(row[n])}
         winner_params = race["winner"]["params"] if race and race["winner"] else None
         config_params = winner_params if winner_params is not None else best_params  # the raced winner's, if any
         best_cfg = replace(cfg, config_params) if config_params else cfg
@@ -323,13 +325,6 @@ def race_rows(race, frame, cfg: PipelineConfig):
 
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _plain(v: Any) -> Any:
-    """numpy scalars from pandas back to Python values (the config is strict about types)."""
-    if hasattr(v, "item"):
-        v = v.item()
-    return v
 
 
 def report(result: StudyResult) -> str:

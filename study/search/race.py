@@ -187,10 +187,6 @@ class Setting:
     trial_id: str | None = None
 
 
-def _plain(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
-
-
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
@@ -209,9 +205,12 @@ def _identity(cfg) -> tuple[Any, ...]:
 def race_settings(cfg, frame) -> list[Setting]:
     """The top `search.race_top_k` trials (completed ones first, ranked by their final `search.metric`, then
     stopped ones; errors never), `cutmix_paper` and `baseline`. The references take the best trial's parameters
-    outside `cutmix.*` (its architecture, lr ...), as retrain does, so they differ from it only in the mixing; a
-    trial that trains exactly like a reference is raced once, under the reference's name."""
+    outside `cutmix.*` (its architecture, lr ...), as retrain does, so they differ from it only in the mixing. A
+    trial that trains exactly like a reference (the paper's default point and the p = 0 point are evaluated first)
+    is raced once, under the reference's name, and does not count towards the k: the race always holds up to k
+    settings besides the two references."""
     from study.config.load import replace
+    from study.search.space import typed_value
     from study.training.references import BASELINE, CUTMIX_PAPER, REFERENCES, reference_config
 
     s = cfg.search
@@ -220,27 +219,28 @@ def race_settings(cfg, frame) -> list[Setting]:
     ok = frame[(frame["status"] != "error") & frame[metric].notna()] if metric in frame else frame.iloc[:0]
     order = ok.assign(_done=(ok["status"] != "completed").astype(int))
     order = order.sort_values(["_done", metric], ascending=[True, s.primary_mode == "min"], kind="stable")
-    top = order.head(s.race_top_k)
-    settings: list[Setting] = []
-    for _, row in top.iterrows():
-        params = {n: _plain(row[n]) for n in names if not _missing(row[n])}
-        shown = " ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-                         for k, v in params.items())
-        settings.append(Setting(f"trial_{row['trial_id']}", f"trial {row['trial_id']} ({shown})", params,
-                                str(row["trial_id"])))
-    shared = {k: v for k, v in (settings[0].params if settings else {}).items() if not k.startswith("cutmix.")}
+    ranked = []
+    for _, row in order.iterrows():
+        params = {n: typed_value(s.space[n], row[n]) for n in names if not _missing(row[n])}
+        ranked.append((str(row["trial_id"]), params))
+    shared = {k: v for k, v in (ranked[0][1] if ranked else {}).items() if not k.startswith("cutmix.")}
     base = replace(cfg, shared) if shared else cfg
-    seen = {_identity(replace(cfg, st.params)): i for i, st in enumerate(settings)}
+    refs = {}
     for ref, label in ((CUTMIX_PAPER, "cutmix_paper (α=1 p=0.5)"), (BASELINE, "baseline (p=0)")):
-        key = _identity(reference_config(base, ref))
-        params = {**shared, **REFERENCES[ref]}
-        if key in seen:  # the trial is the reference: raced once, named as the reference
-            i = seen[key]
-            settings[i] = Setting(ref, f"{label} = trial {settings[i].trial_id}", settings[i].params,
-                                  settings[i].trial_id)
-        else:
-            settings.append(Setting(ref, label, params))
-    return settings
+        refs[_identity(reference_config(base, ref))] = Setting(ref, label, {**shared, **REFERENCES[ref]})
+    trials: list[Setting] = []
+    for trial_id, params in ranked:
+        key = _identity(replace(cfg, params))
+        ref = refs.get(key)
+        if ref is not None:
+            if ref.trial_id is None:  # the best-ranked trial that is this reference carries its race result
+                refs[key] = Setting(ref.name, f"{ref.label} = trial {trial_id}", params, trial_id)
+            continue
+        if len(trials) < s.race_top_k:
+            shown = " ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                             for k, v in params.items())
+            trials.append(Setting(f"trial_{trial_id}", f"trial {trial_id} ({shown})", params, trial_id))
+    return trials + list(refs.values())
 
 
 def setting_config(cfg, setting: Setting, index: int):

@@ -123,6 +123,18 @@ def _flat_get(cfg: PipelineConfig, name: str) -> Any:
     return node
 
 
+def typed_value(dim: Dimension, value: Any) -> Any:
+    """A parameter's value read back from a table (results.parquet holds numeric columns as float, NaN where a
+    parameter did not apply) in its dimension's own type: an int for `int`, the listed value for `choice`."""
+    if hasattr(value, "item"):  # numpy scalars from pandas
+        value = value.item()
+    if dim.type == "int":
+        return int(round(value))
+    if dim.type == "choice":
+        return next((v for v in dim.values if v == value), value)
+    return value
+
+
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """The dotted-name parameters of a trial (grid trials nest them under "params")."""
     return dict(config.get("params", config))

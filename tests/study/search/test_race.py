@@ -136,17 +136,18 @@ def test_race_settings_take_the_top_trials_and_the_references_once():
     ])
     settings = race_settings(cfg, frame)
     names = [s.name for s in settings]
-    # t1 is the paper's recipe at the best trial's architecture: raced once, under the reference's name.
-    assert names == ["cutmix_paper", "trial_t2", "baseline"]
-    assert settings[0].trial_id == "t1"
-    base = settings[2]
+    # t1 is the paper's recipe at the best trial's architecture: raced once, under the reference's name, and the
+    # k = 2 trials besides the references are t2 and the stopped t3 (the errored t4 never races).
+    assert names == ["trial_t2", "trial_t3", "cutmix_paper", "baseline"]
+    assert settings[2].trial_id == "t1" and settings[1].params["model.arch"] == "cnn"
+    base = settings[3]
     assert base.trial_id is None and base.params["model.arch"] == "resnet20" and base.params["cutmix.prob"] == 0.0
 
     info = {"metric": "val/top1_err", "settings": {
         s.name: {"label": s.label, "trial_id": s.trial_id, "params": s.params, "values": [1.0, 3.0],
                  "fate": "tie r1", "round": 1} for s in settings}}
     out = race_rows(info, frame, cfg)
-    assert len(out) == 5 and out["race"].notna().sum() == 3
+    assert len(out) == 5 and out["race"].notna().sum() == 4
     assert out.loc[out["trial_id"] == "t1", "race"].item() == "cutmix_paper: tie r1"
     assert out.loc[out["trial_id"] == "t2", "race/val/top1_err"].item() == 2.0
     row = out[out["trial_id"] == "race_baseline"].iloc[0]
