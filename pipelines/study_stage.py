@@ -21,6 +21,7 @@ from study.cluster import capacity
 from study.config.load import dump_config, replace
 from study.config.schema import PipelineConfig, flatten, to_dict
 from study.config.validate import validate_study
+from study.console import progress
 
 OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study", "race"]
 RUN_FILE = "study_run.json"
@@ -166,7 +167,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     """Validate everything, then run or resume the study; write and log its outputs. `source` is unused (a study
     starts from its config)."""
     from study.search import tune as search
-    from study.search.space import typed_value  # parquet's floats back to each dimension's type
+    from study.search.space import typed_value  # lazy: pulls ray (parquet's floats back to each dimension's type)
     from study.search.trial_callback import MlflowTrialCallback
     from study.stats import separation_in_se
     from study.training.runner import load_dataset, save_sample_grid_for
@@ -258,7 +259,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
         plots = save_study_plots(trials_frame, cfg.search.primary_metric, cfg.search.primary_mode, out_dir / "plots")
         if race:
-            from study.plots import save_race_plot
+            from study.plots import save_race_plot  # lazy: pulls matplotlib
 
             plots.append(save_race_plot(race, out_dir / "plots" / "race.png"))
         if multi:
@@ -299,8 +300,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 def race_stage(cfg: PipelineConfig, data, frame, out_dir: Path, parent, resume: bool) -> dict[str, Any] | None:
     """The race after the search (study.search.race.run_race): its record, tagged on the study run; None when
     `search.race_top_k` is 0."""
-    from study.console import progress
-    from study.search.race import run_race
+    from study.search.race import run_race  # lazy: pulls ray, torch
 
     race = run_race(cfg, data, frame, out_dir, parent, resume=resume, log=lambda line: progress(f"[race] {line}"))
     if race:
@@ -314,7 +314,7 @@ def race_stage(cfg: PipelineConfig, data, frame, out_dir: Path, parent, resume: 
 def race_rows(race, frame, cfg: PipelineConfig):
     """results.parquet's `race` columns (study.search.race.race_rows); not-applicable epochs/wall for the
     references' own rows are 0, so the trial table prints them."""
-    from study.search.race import race_rows as rows
+    from study.search.race import race_rows as rows  # lazy: pulls ray, torch
 
     out = rows(race, frame, cfg)
     for col in ("epochs", "wall_s"):

@@ -28,12 +28,21 @@ run (through the tracker's run interface, tag `cutmix.stage=race`).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from study.cluster.tasks import run_seed_tasks
+from study.config.load import replace
+from study.config.schema import flatten, to_dict
+from study.search.space import typed_value
+from study.stats import holm
+from study.training.references import BASELINE, CUTMIX_PAPER, REFERENCES, mixing_key, reference_config
+from study.training.runner import Progress, log_seed_run, read_finished, train_seed
 
 RULE = ("F-race (Birattari et al. 2002) with irace's t-test-holm (López-Ibáñez et al. 2016): per round, new seeds "
         "for every survivor; with >= 3 survivors a Friedman test blocked by seed gates the round (p < {alpha}); "
@@ -90,7 +99,6 @@ def decide(values: Mapping[str, Sequence[float]], survivors: Sequence[str], *, r
     order for every survivor; extra trailing values of eliminated settings are ignored)."""
     from scipy import stats
 
-    from study.stats import holm
 
     if mode not in ("min", "max"):
         raise ValueError(f"mode={mode!r} is not allowed (min or max)")
@@ -193,10 +201,7 @@ def _missing(v: Any) -> bool:
 
 def _identity(cfg) -> tuple[Any, ...]:
     """What makes two settings train identically: the mixing (references.mixing_key) and everything else."""
-    import json
 
-    from study.config.schema import flatten
-    from study.training.references import mixing_key
 
     rest = {k: v for k, v in flatten(cfg).items() if not k.startswith("cutmix.") and k != "search.space"}
     return mixing_key(cfg), json.dumps(rest, sort_keys=True, default=str)
@@ -209,9 +214,6 @@ def race_settings(cfg, frame) -> list[Setting]:
     trial that trains exactly like a reference (the paper's default point and the p = 0 point are evaluated first)
     is raced once, under the reference's name, and does not count towards the k: the race always holds up to k
     settings besides the two references."""
-    from study.config.load import replace
-    from study.search.space import typed_value
-    from study.training.references import BASELINE, CUTMIX_PAPER, REFERENCES, reference_config
 
     s = cfg.search
     metric = s.primary_metric
@@ -246,7 +248,6 @@ def race_settings(cfg, frame) -> list[Setting]:
 def setting_config(cfg, setting: Setting, index: int):
     """The config of one race run: the setting on the study's config, race seed `index`, val every epoch and never
     the test split (the race selects; only retrain may look at test)."""
-    from study.config.load import replace
 
     return replace(cfg, {**setting.params, "train.seed": cfg.train.seed + RACE_SEED_OFFSET + index,
                          "train.eval_test": False})
@@ -259,8 +260,6 @@ def run_race(cfg, data, frame, out_dir: Path, parent, *, resume: bool = False,
     `resume` finished runs are read back, not retrained. Each finished run is an MLflow child of `parent` (a
     study.tracking.store.StageRun). Returns a plain dict for StudyResult.race: rule, verdict, winner (name,
     label, params), per setting its label, trial, values, fate and the round it reached, and the rounds."""
-    from study.cluster.tasks import run_seed_tasks
-    from study.training.runner import Progress, log_seed_run, read_finished, train_seed
 
     s = cfg.search
     if s.race_top_k <= 0:
@@ -291,7 +290,7 @@ def run_race(cfg, data, frame, out_dir: Path, parent, *, resume: bool = False,
                 if summary is not None:  # finished before: read back, not retrained
                     got[name, j] = logged(name, j, rcfg, run_dir, summary, rnd)
                 else:
-                    jobs.append(((name, j), {"cfg": _to_dict(rcfg), "run_dir": str(run_dir),
+                    jobs.append(((name, j), {"cfg": to_dict(rcfg), "run_dir": str(run_dir),
                                              "label": f"race {name} seed {j}", "validate": True}))
         progress.total = done_count[0] + len(jobs)
 
@@ -325,17 +324,11 @@ def run_race(cfg, data, frame, out_dir: Path, parent, *, resume: bool = False,
     }
 
 
-def _to_dict(cfg) -> dict[str, Any]:
-    from study.config.schema import to_dict
-
-    return to_dict(cfg)
-
-
 def race_rows(race_info: Mapping[str, Any] | None, frame, cfg):
     """`frame` with the race's columns: `race` (the fate: round reached and why it left; None for trials not
     raced), `race/<metric>` (mean over race seeds) and `race/seeds`; a row per reference no trial coincided with
     (status `race`, its params under their dotted names)."""
-    import pandas as pd
+    import pandas as pd  # lazy: the rule and the runner need no pandas
 
     frame = frame.copy()
     frame["race"] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
