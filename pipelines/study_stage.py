@@ -251,7 +251,10 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             best_params = {n: typed_value(d, row[n]) for n, d in cfg.search.space.items()
                            if n in row and not _missing(row[n])}
         winner_params = race["winner"]["params"] if race and race["winner"] else None
-        config_params = winner_params if winner_params is not None else best_params  # the raced winner's, if any
+        # best_config.yaml: the raced winner's; after a tie the paper's recipe on the race's references' model (what
+        # retrain then trains the references on); without a race the best trial's.
+        config_params = (winner_params if winner_params is not None else
+                         race["settings"]["cutmix_paper"]["params"] if race else best_params)
         best_cfg = replace(cfg, config_params) if config_params else cfg
         dump_config(best_cfg, out_dir / "best_config.yaml")
 

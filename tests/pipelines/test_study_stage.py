@@ -251,6 +251,10 @@ def test_a_study_races_its_top_settings_and_resumes_the_race(ray_local, tmp_path
     assert (out / "plots" / "race.png").stat().st_size > 0
     summary = json.loads(StudyResult.path(out).read_text())
     assert summary["race_verdict"] == result.race_verdict
+    # best_config.yaml: the winner's config, or after a tie the paper's recipe on the references' model.
+    best = yaml.safe_load((out / "best_config.yaml").read_text())
+    chosen = result.winner_params if result.winner_params is not None else race["settings"]["cutmix_paper"]["params"]
+    assert best["model"]["arch"] == chosen["model.arch"] and best["cutmix"]["prob"] == chosen["cutmix.prob"]
 
     # A race cut short: one run's directory lost, the summary not written yet. --resume trains only that run.
     lost = out / "race" / "baseline" / "seed1"
