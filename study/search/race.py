@@ -21,9 +21,9 @@ is symmetric in the settings (the references race under the same rule as the tri
 decide the answer.
 
 Seeds are fresh (train.seed + RACE_SEED_OFFSET + j): the trial's own seed is what made it look good. The pure rule
-(`decide`, `race`) knows nothing of training; `run_race` trains the runs as Ray tasks (study.cluster.tasks), each
-resumable from its run directory `<output>/race/<setting>/seed<j>/`, and logs each as an MLflow child of the study
-run (through the tracker's run interface, tag `cutmix.stage=race`).
+(`decide`, `race`) knows nothing of training; `run_race` trains the runs as Ray tasks (study.cluster.tasks, each
+with `search.resources_per_trial`), each resumable from its run directory `<output>/race/<setting>/seed<j>/`, and
+logs each as an MLflow child of the study run (through the tracker's run interface, tag `cutmix.stage=race`).
 """
 
 from __future__ import annotations
@@ -301,8 +301,9 @@ def run_race(cfg, data, frame, out_dir: Path, parent, *, resume: bool = False,
             progress.update(done_count[0], f"r{rnd} {name} seed {j}: {metric} {got[key]:.2f}")
 
         if jobs:
-            run_seed_tasks(train_seed, jobs, data, cfg.retrain.resources, on_done=finished, what="a race task",
-                           key="retrain.resources", placement_timeout_s=s.placement_timeout_s)
+            # a race run trains as a trial does (one process), with a trial's resources
+            run_seed_tasks(train_seed, jobs, data, s.resources_per_trial, on_done=finished, what="a race task",
+                           key="search.resources_per_trial", placement_timeout_s=s.placement_timeout_s)
         return {name: [got[name, j] for j in seeds] for name in alive}
 
     outcome = race([st.name for st in settings], evaluate, seeds_per_round=s.race_seeds, rounds=s.race_rounds,
