@@ -15,4 +15,4 @@ from study.search.tune import (  # noqa: F401
 from study.search.trial_callback import (  # noqa: F401
     MlflowTrialCallback)
 from study.search.output import (  # noqa: F401
-    quiet_callbacks)
+    quiet_callbacks, quiet_tune, TrialErrors)

@@ -45,7 +45,7 @@ from study.cluster.session import has_dashboard, init_ray
 from study.config.load import from_dict, replace
 from study.config.schema import ConfigError, PipelineConfig, to_dict
 from study.console import progress
-from study.search.output import quiet_callbacks
+from study.search.output import quiet_callbacks, quiet_tune
 from study.search.space import (
     DefineByRun,
     default_points,
@@ -332,6 +332,7 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
         tune.with_parameters(_trainable, base=base, threads=max(1, int(s.resources_per_trial.cpu)), **params),
         trial_resources(cfg))
     path = experiment_path(cfg, out_dir)
+    quiet_tune()  # the restored run's callbacks hold the quiet ones already; the engine is chosen per call
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         # The restored callbacks are unpickled copies of the first run's: give them this driver's in-memory parts.
