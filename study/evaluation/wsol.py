@@ -70,7 +70,7 @@ def cam_head(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Linear]:
 
     Raises CAMError (one line) for anything else: CAM is defined only for that head (Zhou et al. 2016).
     """
-    from study.models import Head
+    from study.models import Head  # lazy: pulls torchvision
 
     backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
     if not isinstance(backbone, nn.Module) or type(head) is not Head or not isinstance(head.fc, nn.Linear):
