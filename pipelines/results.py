@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from study.atomic import atomic_write_text
+
 T = TypeVar("T", bound="StageResult")
 
 
@@ -34,8 +36,6 @@ class StageResult:
         return cls.path(out_dir).is_file()
 
     def to_json(self) -> Path:
-        from study.atomic import atomic_write_text
-
         return atomic_write_text(self.path(self.out_dir), json.dumps(dataclasses.asdict(self), indent=2, default=str))
 
     @classmethod

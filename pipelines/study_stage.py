@@ -21,6 +21,10 @@ from study.cluster import capacity
 from study.config.load import dump_config, replace
 from study.config.schema import PipelineConfig, flatten, to_dict
 from study.config.validate import validate_study
+from study.metric_names import EvaluationError
+from study.models import build_model
+from study.stats import separation_in_se
+from study.training.runner import load_dataset, save_sample_grid_for
 
 OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study"]
 RUN_FILE = "study_run.json"
@@ -71,7 +75,7 @@ def _earlier_run(run_file: Path, tracker, experiment: str, out_dir: Path) -> str
         except (ValueError, KeyError):
             raise OutputError(f"{run_file} is unreadable (delete it: the study's run is then found in MLflow by its "
                               "tags)") from None
-    from study.tracking.lookup import find_stage_run
+    from study.tracking.lookup import find_stage_run  # lazy: pulls mlflow
 
     return find_stage_run(tracker.client, tracker.experiment(experiment), "study", out_dir)
 
@@ -114,7 +118,7 @@ def add_pareto(frame, cfg: PipelineConfig) -> bool:
     Returns whether the study is multi-objective."""
     if len(cfg.search.metrics) < 2:
         return False
-    from study.search.pareto import pareto_mask
+    from study.search.pareto import pareto_mask  # lazy: pulls ray
 
     names = list(cfg.search.metrics)
     values = frame.reindex(columns=names).to_numpy(float)
@@ -125,16 +129,13 @@ def add_pareto(frame, cfg: PipelineConfig) -> bool:
 def check_search_metrics(cfg: PipelineConfig, data) -> None:
     """Evaluation metrics in `search.metric` need what they measure: boxes on val for localization, and a
     GAP + linear head (CAM) for every searched architecture. Raises EvaluationError (exit 2) before any trial."""
-    from study.metric_names import EvaluationError
-
     loc = [m for m in cfg.search.metrics if m[len("val/"):] in ("maxboxacc_v2", "top1_loc", "gt_known_loc")]
     if not loc:
         return
     if getattr(data.val, "boxes", None) is None:
         raise EvaluationError(f"search.metric {loc[0]} needs ground-truth boxes and data.name={cfg.data.name} has "
                               "none (cluttered_digits, shapes, or a box dataset)")
-    from study.evaluation.wsol import cam_head
-    from study.models import build_model
+    from study.evaluation.wsol import cam_head  # lazy: pulls cv2, matplotlib, torchmetrics
 
     archs = cfg.search.space["model.arch"].values if "model.arch" in cfg.search.space else (cfg.model.arch,)
     for arch in archs:
@@ -165,10 +166,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         overwrite: bool = False) -> StudyResult:
     """Validate everything, then run or resume the study; write and log its outputs. `source` is unused (a study
     starts from its config)."""
-    from study.search import tune as search
-    from study.search.trial_callback import MlflowTrialCallback
-    from study.stats import separation_in_se
-    from study.training.runner import load_dataset, save_sample_grid_for
+    from study.search import tune as search  # lazy: pulls ray
+    from study.search.trial_callback import MlflowTrialCallback  # lazy: pulls ray
 
     start = time.perf_counter()
     validate_study(cfg)  # a study's own config rules, before any output
@@ -193,7 +192,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     search.init_ray(dashboard=cfg.train.workers > 1)  # Ray Train frees killed runs' resources through it
     demand = capacity.trial_demand(cfg)
     capacity.check_placeable(demand)  # a trial a local Ray can never place: exit 2 before the study's run opens
-    from study.tracking.context import dataset_specs  # late: MLflow's import, like the tracker's
+    from study.tracking.context import dataset_specs  # lazy: pulls mlflow, like the tracker
 
     datasets = dataset_specs(to_dict(cfg)["data"], {"train": len(data.train), "val": len(data.val)})
     with tracker.stage_run("study", experiment, run_id=earlier, datasets=datasets,
@@ -208,7 +207,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             parent.log_artifact(out_dir / "config.yaml")
             parent.log_artifact(save_sample_grid_for(cfg, data, out_dir / "plots" / "samples.png"), "plots")
             if getattr(data.train, "boxes", None) is not None:  # what localization is measured against
-                from study.plots import save_box_grid
+                from study.plots import save_box_grid  # lazy: pulls matplotlib
 
                 t = data.train
                 parent.log_artifact(save_box_grid(t.images[:32], t.boxes[:32], out_dir / "plots" / "boxes.png",
@@ -226,12 +225,12 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             with capacity.watch(demand, cfg.search.placement_timeout_s):
                 records = search.run_search(cfg, data, out_dir, callbacks=callbacks, resume=resuming)
         except (KeyboardInterrupt, capacity.PlacementError):  # stopped: no trial run is left RUNNING
-            from study.tracking.lookup import stop_open_children
+            from study.tracking.lookup import stop_open_children  # lazy: pulls mlflow
 
             stop_open_children(parent.client, parent.experiment_id, parent.run_id)
             raise
 
-        from study.tracking import store as tracking
+        from study.tracking import store as tracking  # lazy: pulls mlflow
 
         run_ids = tracking.child_run_ids(parent.client, parent.experiment_id, parent.run_id,
                                          {r.trial_id for r in records})
@@ -248,11 +247,11 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         best_cfg = replace(cfg, best_params) if best_params else cfg
         dump_config(best_cfg, out_dir / "best_config.yaml")
 
-        from study.plots import save_study_plots
+        from study.plots import save_study_plots  # lazy: pulls matplotlib
 
         plots = save_study_plots(frame, cfg.search.primary_metric, cfg.search.primary_mode, out_dir / "plots")
         if multi:
-            from study.search.pareto import save_pareto_plot
+            from study.search.pareto import save_pareto_plot  # lazy: pulls ray
 
             names = list(cfg.search.metrics)
             plots.append(save_pareto_plot(frame[names].to_numpy(float), frame["pareto"].to_numpy(bool), names,

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from study.metric_names import metric_mode
+
 # Architectures of the model registry (study.models builds each; it checks it covers exactly these).
 MODEL_NAMES: tuple[str, ...] = (
     "cnn",
@@ -169,7 +171,6 @@ class SearchConfig:
         modes = (self.mode,) * len(self.metrics) if isinstance(self.mode, str) else tuple(self.mode)
         if "auto" not in modes:
             return modes
-        from study.metric_names import metric_mode
 
         return tuple(metric_mode(m) if mode == "auto" else mode for m, mode in zip(self.metrics, modes))
 

@@ -23,6 +23,9 @@ import torch
 from study import models
 from study.config.load import from_dict
 from study.config.schema import DataConfig, EvaluateConfig, ModelConfig
+from study.data.cluttered_digits import clutter_only_images, held_out_class_images
+from study.data.cub import read_image_folder
+from study.data.registry import load_data
 from study.evaluation.sources import ModelRef, SourceError
 from study.evaluation.wsol import centre_gaussian_map, prior_max_box_acc, random_cam_baseline
 
@@ -35,13 +38,9 @@ def ood_sets(cfg: DataConfig, image_size: int, n: int, ood_root: str = "") -> tu
                                                                                       dict[str, str]]:
     """``(sets, kinds)``: named uint8 image tensors (at most ``n`` images each, ``image_size`` px) and each set's
     kind (near / far). A missing ``ood_root`` raises ``study.data.bundle.DataError`` (exit 2)."""
-    from study.data.registry import load_data  # the generators import torch and scikit-learn: at call time
-
     sets: dict[str, torch.Tensor] = {}
     kinds: dict[str, str] = {}
     if cfg.name == "cluttered_digits":
-        from study.data.cluttered_digits import clutter_only_images, held_out_class_images  # lazy: pulls torchvision
-
         sets["clutter"], kinds["clutter"] = clutter_only_images(cfg, n).images, "near"
         if cfg.ood_classes:
             sets["held_out"], kinds["held_out"] = held_out_class_images(cfg, n).images, "near"
@@ -49,8 +48,6 @@ def ood_sets(cfg: DataConfig, image_size: int, n: int, ood_root: str = "") -> tu
     ocfg = dataclasses.replace(cfg, name=other, image_size=image_size, synthetic_sizes=(64, 64, n), ood_classes=())
     sets[other], kinds[other] = load_data(ocfg).test.images, "far"
     if ood_root:
-        from study.data.cub import read_image_folder  # lazy: pulls torchvision
-
         sets["folder"], kinds["folder"] = read_image_folder(ood_root, image_size, n), "far"
     return sets, kinds
 
@@ -79,8 +76,6 @@ def test_split(refs: Sequence[ModelRef], e: EvaluateConfig, load: Callable[[Data
     else SourceError) with its OOD sets as the evaluate tasks take it, the table's ``info`` (arch, image size,
     CAM size and priors when the split has boxes) and the models' training epochs (None if they differ).
     ``load``: the data loader (default ``study.data.registry.load_data``; the stage passes its cached one)."""
-    from study.data.registry import load_data  # lazy: pulls torchvision
-
     cfgs = [from_dict(r.config) for r in refs]
     data_cfg = cfgs[0].data
     if any(c.data != data_cfg for c in cfgs):

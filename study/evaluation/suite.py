@@ -49,6 +49,7 @@ from study.evaluation.wsol import (
     top1_loc,
 )
 from study.metric_names import EPOCH_METRICS, EVALUATIONS, CAMError, EvaluationError, fgsm_name
+from study.models import build_model
 
 __all__ = ["EvaluationResult", "epoch_metrics", "evaluate_model"]
 
@@ -275,8 +276,6 @@ def evaluate_checkpoint(checkpoint: str, split: Mapping[str, Any], options: Mapp
     ood_sets, ood_kinds, num_classes, in_channels; `options`: evaluate_model keywords; `config`: the model's config
     dict (default: the checkpoint's own). Returns metrics, curves, seconds, the CAM-grid examples, per-image
     predictions and info."""
-    from study.models import build_model  # lazy: pulls torchvision
-
     ckpt = load_checkpoint(checkpoint)
     model = build_model(from_dict(config or ckpt["config"]).model, split["num_classes"], split["in_channels"])
     model.load_state_dict(ckpt["model"])

@@ -52,6 +52,14 @@ from study.search.space import (
     grid_points,
     trial_params,
 )
+from study.training.distributed import (
+    RUN_PREFIX,
+    epoch_metrics,
+    fit_in_tune_trial,
+    max_concurrent_trials,
+    trial_resources,
+)
+from study.training.engine import fit
 
 HISTORY_KEY = "_history"  # per-epoch metrics before a restored checkpoint (see _trainable)
 AUTO_CHECKPOINT_S = 10.0  # search.checkpoint_every=0: checkpoint a trial about this often
@@ -124,8 +132,6 @@ def distributed_metrics(result: Any) -> dict[str, Any]:
     the
     epoch's metrics, `best/...`, the `used/...` values, and on the first report after a resume the epochs before
     the checkpoint (HISTORY_KEY), as the one-process trainable sends them."""
-    from study.training.distributed import epoch_metrics
-
     metrics = epoch_metrics(result)
     metrics.update(used_values(result.trainer))
     trainer = result.trainer
@@ -140,13 +146,9 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
                data_ref: list[Any] | None = None, train_storage: str = "") -> None:
     import torch
 
-    from study.training.engine import fit
-
     torch.set_num_threads(max(1, threads))
     cfg = replace(from_dict(base), trial_params(config))
     if cfg.train.workers > 1:
-        from study.training.distributed import fit_in_tune_trial
-
         # The workers read the data from the object store (data_ref holds the driver's ObjectRef, unresolved);
         # this actor only waits on the TorchTrainer, whose reports reach Tune through TuneReportCallback.
         fit_in_tune_trial(cfg, data_ref[0] if data_ref else data, storage_path=train_storage,
@@ -277,8 +279,6 @@ def _train_checkpoint(train_storage: str, trial_id: str) -> Any:
     """The latest checkpoint of a data-parallel trial's Train run (None if it saved none)."""
     import ray.train
 
-    from study.training.distributed import RUN_PREFIX
-
     quiet = logging.getLogger("ray.train")  # from_path logs "A run snapshot was found" at INFO, for each trial
     level = quiet.level
     quiet.setLevel(logging.WARNING)
@@ -309,8 +309,6 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
     """Run (or resume) the Tune experiment and return one record per trial. `cfg` has passed study.config.validate
     (`train.workers` fits its resources)."""
     import ray
-
-    from study.training.distributed import max_concurrent_trials, trial_resources
 
     s = cfg.search
     base = to_dict(cfg)
