@@ -106,7 +106,13 @@ def test_study_records_every_trial_in_mlflow_server_and_parquet(ray_local, digit
         assert m["used/model.params"] == n_params[row["model.arch"]], row["model.arch"]
 
     best = yaml.safe_load((tmp_path / "out" / "best_config.yaml").read_text())
-    best_row = frame.loc[frame["best/val/top1_err"].idxmin()]
+    # Ranked by the final mean of the last search.smooth_epochs epochs, not by the minimum over epochs.
+    assert frame["val/top1_err_smooth"].tolist() == pytest.approx(
+        [sum(h[-3:]) / len(h[-3:]) for h in ([m.value for m in sorted(c.get_metric_history(r, "val/top1_err"),
+                                                                      key=lambda m: m.step)]
+                                             for r in frame["mlflow_run_id"])])
+    best_row = frame.loc[frame["val/top1_err_smooth"].idxmin()]
+    assert result.best_value == pytest.approx(best_row["val/top1_err_smooth"])
     assert best["model"]["arch"] == best_row["model.arch"]
     assert load_config(tmp_path / "out" / "best_config.yaml").train.lr == pytest.approx(best_row["train.lr"])
 
@@ -152,6 +158,46 @@ def test_asha_stops_weak_trials_early(ray_local, digits8, tmp_path):
     assert len(frame) == 6 and (frame["epochs"] <= 4).all()
     assert (frame["status"] == "stopped").any() and (frame["epochs"] < 4).any()
     assert set(frame.loc[frame["epochs"] < 4, "status"]) == {"stopped"}
+
+    # What Optuna's storage holds: every trial, a stopped one PRUNED (Ray's OptunaSearch tells it COMPLETE with
+    # its rung value), each with the smoothed metric of every epoch it ran as intermediate values.
+    import optuna
+
+    trials = optuna.load_study(study_name="asha", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}").trials
+    assert len(trials) == 6 and result.optuna_study == "asha"
+    for row in frame.to_dict("records"):
+        t = next(t for t in trials if t.params["train.lr"] == pytest.approx(row["train.lr"])
+                 and t.params["cutmix.prob"] == pytest.approx(row["cutmix.prob"]))
+        want = "COMPLETE" if row["status"] == "completed" else "PRUNED"
+        assert t.state.name == want, (row, t)
+        assert sorted(t.intermediate_values) == list(range(1, row["epochs"] + 1))
+        assert t.intermediate_values[row["epochs"]] == pytest.approx(row["val/top1_err_smooth"])
+    assert {t.state.name for t in trials} == {"COMPLETE", "PRUNED"}
+    # ASHA judged at epochs 1 and 2; the study measured how those rungs rank the finished trials.
+    assert [r["epoch"] for r in result.fidelity["rungs"]] == [1, 2] or result.fidelity["reason"]
+    assert result.reproducible is False and "ASHA" in result.reproducible_reason
+
+
+def test_a_concurrent_tpe_study_is_reproducible_given_its_seed(ray_local, digits8, tmp_path):
+    """Two runs of the same two-at-a-time TPE study (past its startup trials, so its suggestions depend on the
+    results it has seen) choose the same parameters in the same order (search.reproducible: deterministic
+    batches). Trials of uneven length make the finishing order within a batch vary."""
+    cfg = load_config(None, TINY + [
+        "name=repro", "train.epochs=2", "search.algorithm=tpe", "search.num_samples=6", "search.max_concurrent=2",
+        "search.scheduler=none", "search.evaluate_defaults=true", "search.reproducible=true",
+        "search.space.cutmix.alpha={type: loguniform, low: 0.1, high: 4.0}",
+        "search.space.cutmix.prob={type: uniform, low: 0.0, high: 1.0}",
+        "search.space.model.arch={type: choice, values: [cnn, resnet20]}",  # resnet20 trains several times slower
+    ])
+    params = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        result = run_study(cfg, out, Tracker(f"sqlite:///{tmp_path / f'{run}.db'}", out))
+        frame = pq.read_table(out / "results.parquet").to_pandas()
+        assert len(frame) == 6 and result.reproducible is True
+        params.append(frame[["cutmix.alpha", "cutmix.prob", "model.arch"]].fillna(-1.0).to_numpy().tolist())
+    assert params[0] == params[1]
+    assert len({tuple(p) for p in params[0]}) == 6  # six different settings, not one repeated
 
 
 SHAPES = ["data.name=shapes", "data.image_size=16", "data.synthetic_sizes=[256,128,128]", "data.hflip=false",
