@@ -340,9 +340,9 @@ def measure_fidelity(cfg: PipelineConfig, records: list) -> dict[str, Any]:
 
 
 def fidelity_metrics(measured: dict[str, Any]) -> dict[str, float]:
-    from study.search.fidelity import metrics
+    from study.search.fidelity import rho_metrics
 
-    return metrics(measured)
+    return rho_metrics(measured)
 
 
 def _redacted(url: str) -> str:
@@ -376,10 +376,10 @@ def report(result: StudyResult) -> str:
         signal = ("" if sep is None else f", {sep:.1f} binomial standard errors of the {result.num_val}-image "
                   f"val split apart: " + ("a signal" if sep >= 2 else "within noise, the ranking is not resolved"))
         lines.append(f"baseline trial (no mixing) {cfg_metric}: {result.baseline_value:.3f}{signal}")
-    from study.search.fidelity import describe
+    from study.search.fidelity import describe_fidelity
 
     if result.fidelity:
-        lines.append(describe(result.fidelity))
+        lines.append(describe_fidelity(result.fidelity))
     if result.reproducible is not None:
         lines.append("reproducible given search.seed: " + ("yes" if result.reproducible else
                                                            f"no ({result.reproducible_reason})"))

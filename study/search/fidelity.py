@@ -90,7 +90,7 @@ def measure(histories: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, r
     return out
 
 
-def metrics(fidelity: Mapping[str, Any]) -> dict[str, float]:
+def rho_metrics(fidelity: Mapping[str, Any]) -> dict[str, float]:
     """MLflow metrics of a measurement: `fidelity/rho_epoch<E>` per rung, `fidelity/trials`."""
     out = {f"fidelity/rho_epoch{r['epoch']}": r["rho"] for r in fidelity.get("rungs", []) if r["rho"] is not None}
     if fidelity:
@@ -98,7 +98,7 @@ def metrics(fidelity: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def describe(fidelity: Mapping[str, Any]) -> str:
+def describe_fidelity(fidelity: Mapping[str, Any]) -> str:
     """One line for the report: each rung's rho, or why none was measured, then the warning."""
     if not fidelity:
         return ""

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from study.search.fidelity import RHO_WARN, describe, measure, metrics, rung_epochs, smooth_key, smoothed
+from study.search.fidelity import RHO_WARN, describe_fidelity, measure, rho_metrics, rung_epochs, smooth_key, smoothed
 
 M = "val/top1_err"
 
@@ -43,9 +43,10 @@ def test_rungs_that_reverse_the_final_ranking_give_rho_minus_one_and_the_warning
     assert by_epoch[4]["rho"] == pytest.approx(-1.0) and by_epoch[8]["rho"] == pytest.approx(1.0)
     assert out["trials"] == 5 and out["min_rho"] == pytest.approx(-1.0) and out["reason"] == ""
     assert out["warning"].startswith("early stopping at epoch 4 ranks trials unlike epoch 12: rho = -1.00")
-    assert metrics(out) == {"fidelity/rho_epoch4": pytest.approx(-1.0), "fidelity/rho_epoch8": pytest.approx(1.0),
+    assert rho_metrics(out) == {"fidelity/rho_epoch4": pytest.approx(-1.0), "fidelity/rho_epoch8": pytest.approx(1.0),
                             "fidelity/trials": 5.0}
-    assert "epoch 4 -1.00, epoch 8 1.00" in describe(out) and "warning: early stopping" in describe(out)
+    line = describe_fidelity(out)
+    assert "epoch 4 -1.00, epoch 8 1.00" in line and "warning: early stopping" in line
 
 
 def test_rungs_that_agree_give_no_warning():
@@ -67,7 +68,7 @@ def test_only_trials_that_reached_the_end_count_and_too_few_is_a_reason_not_a_nu
     out = measure(histories, M, [1, 2], 4, k=2)
     assert out["rungs"] == [] and out["min_rho"] is None and out["trials"] == 2
     assert "only 2 trial(s) reached epoch 4" in out["reason"] and "pilot" in out["reason"]
-    assert metrics(out) == {"fidelity/trials": 2.0} and "not measured" in describe(out)
+    assert rho_metrics(out) == {"fidelity/trials": 2.0} and "not measured" in describe_fidelity(out)
 
 
 def test_constant_values_leave_rho_undefined():
