@@ -13,6 +13,7 @@ from study.config.load import load_config, replace
 from study.models import build_model
 from study.tracking.store import Tracker
 from tests.helpers.cli import TINY
+from tests.pipelines.test_deploy import postgres  # noqa: F401 - the private PostgreSQL fixture
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +243,24 @@ def test_a_localization_metric_on_data_without_boxes_is_refused_before_any_trial
     code, _, err = run_main(capsys, "study", "--output", str(tmp_path / "out"),
                             *set_args(TINY + ["search.metric=val/no_such_metric"]))
     assert_one_line_error(code, err, "val/no_such_metric", "val/maxboxacc_v2")
+
+
+def test_the_optuna_study_can_live_in_any_rdb_such_as_postgresql(ray_local, digits8, postgres, tmp_path):  # noqa: F811
+    """search.optuna_storage: a real PostgreSQL (initdb + pg_ctl on 127.0.0.1) holds the study, nothing is written to
+    <out>/optuna.db, and a second study of the same name there is refused unless --overwrite (or --resume)."""
+    import optuna
+
+    from pipelines.common import OutputError
+
+    url, _ = postgres
+    cfg = load_config(None, TINY + ["name=pg", "train.epochs=1", "search.num_samples=2", "search.scheduler=none",
+                                    "search.max_concurrent=1", f"search.optuna_storage={url}"])
+    result = run_study(cfg, tmp_path / "a", Tracker(f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "a"))
+    trials = optuna.load_study(study_name="pg", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and trials[0].intermediate_values
+    assert not (tmp_path / "a" / "optuna.db").exists()
+    assert result.optuna_storage == url  # no password in this URL, nothing to redact
+    with pytest.raises(OutputError, match="already holds a study named pg"):
+        run_study(cfg, tmp_path / "b", Tracker(f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "b"))
+    run_study(cfg, tmp_path / "c", Tracker(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "c"), overwrite=True)
+    assert len(optuna.load_study(study_name="pg", storage=url).trials) == 2  # replaced, not appended
