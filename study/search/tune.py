@@ -1,11 +1,14 @@
-"""Ray Tune + Optuna + ASHA wiring: the only module that imports ray.tune.
+"""Ray Tune + Optuna + ASHA wiring: with study.search.optuna_search (Ray's OptunaSearch, subclassed), the only
+module that imports ray.tune.
 
 The study follows Google's deep-learning tuning playbook: CutMix's alpha, its apply probability p, the method and
 the architecture are the *scientific* hyperparameters, lr / weight decay optional *nuisance* ones, the rest fixed.
 Optuna picks trials (TPE by default; QMC for non-adaptive exploration; random; or the exhaustive grid), the
 paper's defaults (alpha=1, p=0.5, Yun et al. 2019) and the no-CutMix baseline are evaluated first, and ASHA
-(Li et al. 2020) stops weak trials early. The trainable is a few lines around `engine.fit()`, reporting every
-epoch with a checkpoint, as Ray's `tune/examples/mnist_pytorch.py` does.
+(Li et al. 2020) can stop weak trials early: on the mean of their last `search.smooth_epochs` epochs, with stopped
+trials told to Optuna as pruned and the rungs' fidelity measured (study.search.optuna_search, study.search.fidelity).
+The trainable is a few lines around `engine.fit()`, reporting every epoch with a checkpoint, as Ray's
+`tune/examples/mnist_pytorch.py` does.
 
 With `train.workers: N > 1` each trial is a Ray Train `TorchTrainer` of N DDP processes started from inside the
 trial (`study.training.distributed.fit_in_tune_trial`, Ray 2.60's pattern for tuning distributed training): the trial
