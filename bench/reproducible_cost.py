@@ -7,7 +7,9 @@ the idle slot time, which grows with the spread of trial lengths in a batch: tri
 fidelity (the default) differ little, mixed architectures or ASHA-stopped trials a lot.
 
 Both variants run the study stage (real local Ray, SQLite MLflow and Optuna storage), interleaved (a, b, a, b, ...)
-so drifting load from other processes hits both alike; printed: wall seconds per run, medians, and their ratio.
+so drifting load from other processes hits both alike; printed: wall seconds per run, medians, and their ratio,
+and per run the slot time that batches of its own trials would leave idle (the barrier's cost, free of the
+run-to-run load noise that dominates the ratio on a shared machine).
 
     python bench/reproducible_cost.py                          # the default config's study, 8 trials x 12 epochs
     python bench/reproducible_cost.py --tiny --repeats 2       # 8x8 digits, seconds per trial
@@ -32,7 +34,16 @@ TINY = ["data.name=digits", "data.image_size=8", "data.pad=1", "model.arch=cnn",
         "train.batch_size=64", "train.num_threads=1", "train.test_every=4"]
 
 
-def one_run(overrides: list[str], reproducible: bool, root: Path) -> float:
+def batch_idle(durations: list[float], batch: int) -> tuple[float, float]:
+    """(idle slot-seconds, idle fraction of the slot time) if trials of these durations, in trial order, ran in
+    batches of `batch`: each slot waits for the slowest trial of its batch. Computed within one run, so the load
+    of other processes (which makes two runs differ by more than the barrier costs) cancels out."""
+    idle = sum(max(group) - d for i in range(0, len(durations), batch)
+               for group in [durations[i:i + batch]] for d in group)
+    return idle, idle / (sum(durations) + idle) if durations else 0.0
+
+
+def one_run(overrides: list[str], reproducible: bool, root: Path) -> tuple[float, list[float]]:
     from pipelines.study_stage import run as run_study
     from study.config.load import load_config
     from study.tracking.store import Tracker
@@ -40,8 +51,8 @@ def one_run(overrides: list[str], reproducible: bool, root: Path) -> float:
     cfg = load_config(None, [*overrides, f"search.reproducible={str(reproducible).lower()}"])
     out = Path(tempfile.mkdtemp(dir=root))
     start = time.perf_counter()
-    run_study(cfg, out / "out", Tracker(f"sqlite:///{out / 'mlflow.db'}", out / "out"))
-    return time.perf_counter() - start
+    result = run_study(cfg, out / "out", Tracker(f"sqlite:///{out / 'mlflow.db'}", out / "out"))
+    return time.perf_counter() - start, [float(w) for w in result.frame["wall_s"]]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,9 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as root:
         for r in range(args.repeats):
             for reproducible in (True, False):
-                t = one_run(overrides, reproducible, Path(root))
+                t, durations = one_run(overrides, reproducible, Path(root))
                 times[reproducible].append(t)
-                print(f"round {r + 1}: reproducible={reproducible}: {t:.1f} s", flush=True)
+                idle, frac = batch_idle(durations, args.concurrent)
+                print(f"round {r + 1}: reproducible={reproducible}: {t:.1f} s; trials {sum(durations):.0f} slot-s, "
+                      f"batches of {args.concurrent} would idle {idle:.0f} slot-s ({100 * frac:.1f} %)", flush=True)
     ray.shutdown()
     on, off = statistics.median(times[True]), statistics.median(times[False])
     print(f"\n{args.trials} trials, {args.concurrent} at a time, {args.repeats} round(s): median wall "
