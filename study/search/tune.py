@@ -48,7 +48,7 @@ from study.config.load import from_dict, replace
 from study.config.schema import ConfigError, PipelineConfig, to_dict
 from study.console import progress
 from study.search.fidelity import smooth_key, smoothed_history
-from study.search.optuna_search import BatchLimiter, StoredOptunaSearch, delete_study, storage_url
+from study.search.optuna_search import StoredOptunaSearch, delete_study, storage_url
 from study.search.output import quiet_callbacks
 from study.search.space import (
     DefineByRun,
@@ -94,10 +94,11 @@ def make_searcher(cfg: PipelineConfig, max_concurrent: int | None = None,
     url = "" if out_dir is None else optuna_url(cfg, out_dir)
     if url:
         delete_study(url, cfg.name)  # a fresh search: the stage has already refused or --overwrite'd an old one
-    searcher = StoredOptunaSearch(url=url, study_name=cfg.name, epochs=cfg.train.epochs, **common)
     limit = max_concurrent or s.max_concurrent
-    if s.reproducible:
-        return BatchLimiter(searcher, max_concurrent=limit), {}, s.num_samples
+    # search.reproducible: trial n sees exactly trials 0 .. n-limit-1 (study.search.optuna_search), whichever of the
+    # running trials happens to finish first.
+    searcher = StoredOptunaSearch(url=url, study_name=cfg.name, epochs=cfg.train.epochs, num_samples=s.num_samples,
+                                  lag=limit if s.reproducible and limit > 1 else 0, **common)
     return tune.search.ConcurrencyLimiter(searcher, max_concurrent=limit), {}, s.num_samples
 
 

@@ -125,25 +125,51 @@ def simulate(tmp_path, name, limiter, reverse: bool) -> list[tuple[float, float]
     then finish the running trials in creation order (or reversed), asking for new trials after each finish."""
     from ray.tune.search import ConcurrencyLimiter
 
-    s = searcher(f"sqlite:///{tmp_path / name}", epochs=1)
+    url = f"sqlite:///{tmp_path / name}"
+    s = searcher(url, epochs=1, **({"lag": 2, "num_samples": 10} if limiter == "lag" else {}))
     lim = BatchLimiter(s, 2) if limiter == "batch" else ConcurrencyLimiter(s, max_concurrent=2)
-    asked, running, n = [], [], 0
+    asked, running, n, waits = [], [], 0, 0
     while n < 10 or running:
         while n < 10 and len(running) < 2:
             tid = f"t_{n:05d}"
             params = lim.suggest(tid)
             if params is None:
+                waits += 1
                 break
             asked.append((params["cutmix.prob"], params["cutmix.alpha"]))
             running.append((tid, params))
             n += 1
         tid, params = running.pop(-1 if reverse and len(running) > 1 else 0)
         lim.on_trial_complete(tid, {M: (params["cutmix.prob"] - 0.3) ** 2 + params["cutmix.alpha"], "epoch": 1})
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert len(trials) == 10 and {t.state.name for t in trials} == {"COMPLETE"}  # every trial told in the end
+    simulate.waits = waits
     return asked
 
 
 def test_deterministic_batches_make_tpe_independent_of_the_finishing_order(tmp_path):
     assert simulate(tmp_path, "a.db", "batch", False) == simulate(tmp_path, "b.db", "batch", True)
+    # The lagged history (search.reproducible): trial n sees exactly trials 0 .. n-3, whoever finished first, and
+    # a freed slot is refilled without waiting for the rest of a batch.
+    in_order = simulate(tmp_path, "e.db", "lag", False)
+    assert simulate.waits == 0
+    assert in_order == simulate(tmp_path, "f.db", "lag", True)
     # Without batches the same seed suggests differently when the two running trials finish the other way round:
     # the difference this study's reproducibility removes (so the equality above is not vacuous).
     assert simulate(tmp_path, "c.db", "plain", False) != simulate(tmp_path, "d.db", "plain", True)
+
+
+def test_the_lagged_history_waits_for_a_straggler_and_holds_back_trials_that_finished_out_of_turn(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    s = searcher(url, epochs=1, lag=2, num_samples=4)
+    assert s.suggest("t_00000") and s.suggest("t_00001")
+    s.on_trial_complete("t_00001", {M: 1.0, "epoch": 1})  # trial 1 finishes first: held, Optuna does not see it
+    assert [t.state.name for t in stored(url)] == ["RUNNING", "RUNNING"]
+    assert s.suggest("t_00002") is not None  # trial 2 sees trials 0 .. -1: none, so it need not wait
+    assert s.suggest("t_00003") is None  # trial 3 must see trial 0, which still runs
+    s.on_trial_complete("t_00000", {M: 2.0, "epoch": 1})
+    assert s.suggest("t_00003") is not None
+    # Trial 3 saw exactly trial 0; trial 1 stays held until a trial that may see it is asked (or all are asked).
+    assert [t.state.name for t in stored(url)] == ["COMPLETE", "RUNNING", "RUNNING", "RUNNING"]
+    s.on_trial_complete("t_00003", {M: 3.0, "epoch": 1})  # all four asked: everything finished is told now
+    assert [t.state.name for t in stored(url)] == ["COMPLETE", "COMPLETE", "RUNNING", "COMPLETE"]
