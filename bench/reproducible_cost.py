@@ -1,10 +1,10 @@
-"""What a reproducible study costs: the same concurrent TPE study with and without deterministic batches.
+"""What a reproducible study costs: the same concurrent TPE study with and without search.reproducible.
 
-`search.reproducible: true` (study.search.optuna_search.BatchLimiter) asks the next `max_concurrent` trials only once
-the whole previous batch has finished, so a slot that frees early waits for the slowest trial of its batch; without
-it the slot is refilled at once, but TPE's next suggestion then depends on which trial finished first. The cost is
-the idle slot time, which grows with the spread of trial lengths in a batch: trials of one architecture at full
-fidelity (the default) differ little, mixed architectures or ASHA-stopped trials a lot.
+`search.reproducible: true` (study.search.optuna_search.StoredOptunaSearch with lag = max_concurrent) asks trial n
+only once trials 0 .. n-lag-1 have finished, and shows Optuna exactly those; without it a freed slot is refilled at
+once, but TPE's next suggestion then depends on which trial finished first. The lag waits only for a straggler
+(a trial more than `lag` places behind still running). Deterministic batches (BatchLimiter, the first design)
+wait at every batch's end; per run the script also prints the slot time batches of that run's trials would idle.
 
 Both variants run the study stage (real local Ray, SQLite MLflow and Optuna storage), interleaved (a, b, a, b, ...)
 so drifting load from other processes hits both alike; printed: wall seconds per run, medians, and their ratio,

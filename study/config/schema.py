@@ -165,8 +165,9 @@ class SearchConfig:
     # Optuna's study: any Optuna RDB URL (postgresql+psycopg2://..., mysql://...); "" = sqlite:///<output>/optuna.db.
     # Named after the study (`name`) and continued by --resume.
     optuna_storage: str = ""
-    # Suggest in deterministic batches of max_concurrent (the next batch is asked only once the whole previous batch
-    # is told, in trial order), so a study is reproducible given its seed (study.search.optuna_search).
+    # A deterministic history: trial n is asked once trials 0 .. n-max_concurrent-1 have finished, and Optuna sees
+    # exactly those, whichever trial finished first, so a study is reproducible given its seed
+    # (study.search.optuna_search).
     reproducible: bool = True
     space: Mapping[str, Dimension] = field(default_factory=dict)
 

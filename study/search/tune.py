@@ -109,9 +109,9 @@ def optuna_url(cfg: PipelineConfig, out_dir: Path) -> str:
 
 def is_reproducible(cfg: PipelineConfig) -> tuple[bool, str]:
     """Whether a study's trials are a function of its seed, and why not. Grid, QMC and random samplers do not
-    learn from results; TPE does, and is reproducible in deterministic batches (search.reproducible). ASHA's rung
-    cuts compare a trial with those that reached the rung *before* it, which depends on timing with concurrent
-    trials."""
+    learn from results; TPE does, and is reproducible with a lagged deterministic history (search.reproducible).
+    ASHA's rung cuts compare a trial with those that reached the rung *before* it, which depends on timing with
+    concurrent trials."""
     s = cfg.search
     if s.scheduler == "asha" and s.max_concurrent > 1:
         return False, "ASHA with concurrent trials cuts on arrival order (search.scheduler=none, or max_concurrent=1)"

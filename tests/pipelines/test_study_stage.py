@@ -181,8 +181,8 @@ def test_asha_stops_weak_trials_early(ray_local, digits8, tmp_path):
 
 def test_a_concurrent_tpe_study_is_reproducible_given_its_seed(ray_local, digits8, tmp_path):
     """Two runs of the same two-at-a-time TPE study (past its startup trials, so its suggestions depend on the
-    results it has seen) choose the same parameters in the same order (search.reproducible: deterministic
-    batches). Trials of uneven length make the finishing order within a batch vary."""
+    results it has seen) choose the same parameters in the same order (search.reproducible: trial n sees exactly
+    trials 0 .. n-3). Trials of uneven length make the finishing order vary."""
     cfg = load_config(None, TINY + [
         "name=repro", "train.epochs=2", "search.algorithm=tpe", "search.num_samples=6", "search.max_concurrent=2",
         "search.scheduler=none", "search.evaluate_defaults=true", "search.reproducible=true",
