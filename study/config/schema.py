@@ -159,6 +159,18 @@ class SearchConfig:
     # On a joined cluster (RAY_ADDRESS; an autoscaler may add nodes): how long a trial or task that the cluster cannot
     # place may wait before the command fails (study.cluster.capacity); a local Ray refuses such work at once.
     placement_timeout_s: float = 900.0
+    # Issue 15 (fidelity, reproducibility) and 17 (the stored Optuna study), one block:
+    # Rung decisions (ASHA, Optuna's intermediate values) and the final ranking use the mean of a trial's last
+    # `smooth_epochs` epochs, not one epoch or the minimum over epochs: one seed's val error jumps 3-6 points from
+    # epoch to epoch, and the minimum over epochs picks the luckiest jump (study.search.fidelity).
+    smooth_epochs: int = 3
+    # Optuna's study: any Optuna RDB URL (postgresql+psycopg2://..., mysql://...); "" = sqlite:///<output>/optuna.db.
+    # Named after the study (`name`) and continued by --resume.
+    optuna_storage: str = ""
+    # A deterministic history: trial n is asked once trials 0 .. n-max_concurrent-1 have finished, and Optuna sees
+    # exactly those, whichever trial finished first, so a study is reproducible given its seed
+    # (study.search.optuna_search).
+    reproducible: bool = True
     space: Mapping[str, Dimension] = field(default_factory=dict)
 
     @property
