@@ -17,8 +17,10 @@ from typing import Any
 
 from pipelines.common import check_writable, open_stage
 from pipelines.results import BudgetResult
+from study.cluster.tasks import run_seed_tasks
 from study.config.schema import PipelineConfig, flatten, to_dict
-from study.training.runner import Progress
+from study.training.budget import METRIC, analyse, format_table, plan
+from study.training.runner import Progress, load_dataset, log_seed_run, read_finished, train_seed
 
 SOURCE_STAGES: tuple[str, ...] = ()  # the budget axis starts from its config: no --from
 SOURCE_HINT = ""
@@ -28,9 +30,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         overwrite: bool = False) -> BudgetResult:
     """Train the budget plan (study.training.budget.plan) and report it. `source` is unused: the budget axis
     needs no earlier stage."""
-    from study.plots import save_budget_plot
-    from study.training.budget import METRIC, analyse, format_table, plan
-    from study.training.runner import load_dataset, read_finished
+    from study.plots import save_budget_plot  # lazy: pulls matplotlib
 
     start = time.perf_counter()
     check_writable(out_dir)
@@ -54,9 +54,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                 jobs.append(((r.arm, r.epochs, r.index), {"cfg": to_dict(r.cfg), "run_dir": str(r.run_dir(stage_dir)),
                                                          "label": f"budget {r.name}"}))
         if jobs:
-            from study.cluster.tasks import run_seed_tasks
-            from study.training.runner import train_seed
-
             progress = Progress(len(jobs), "budget")
             by_key = {(r.arm, r.epochs, r.index): r for r in runs}
             pending = [key for key, _ in jobs]
@@ -91,8 +88,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
 def _log_run(parent, r, run_dir: Path, summary: dict[str, Any], resume: bool) -> None:
     """One finished model as a child run of the budget run: its parameters, every epoch's metrics, its files."""
-    from study.training.runner import log_seed_run
-
     tags = {"cutmix.stage": "budget-run", "cutmix.variant": r.arm, "cutmix.budget_epochs": str(r.epochs),
             "cutmix.seed_index": str(r.index)}
     log_seed_run(parent, f"budget-{r.name}", tags, r.cfg, run_dir, summary, resume)

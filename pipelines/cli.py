@@ -16,6 +16,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipelines.common import stage_main
+from study.atomic import WriteError
+from study.config.schema import ConfigError
+from study.console import ENTRY_POINT_ENV, QUIET_ENV
+
 SUBCOMMANDS = ("run", "study", "retrain", "evaluate", "export", "detect", "train", "budget")
 
 
@@ -120,9 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input (exit 2). Imported late so `--help` stays fast."""
-    from study.checkpoint import CheckpointError
-    from study.config.schema import ConfigError
-    from study.data.bundle import DataError
+    from study.checkpoint import CheckpointError  # lazy: pulls torch
+    from study.data.bundle import DataError  # lazy: pulls torch, torchvision
 
     errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, CheckpointError]
     for module, name in (("study.export", "ExportError"), ("study.data.voc", "DetectionDataError"),
@@ -140,8 +144,6 @@ def dispatch(args: argparse.Namespace) -> int:
     """`run` chains the stages; every other subcommand is one stage through the same door (`stage_main`)."""
     from importlib import import_module
 
-    from pipelines.common import stage_main
-
     module = import_module(f"pipelines.{args.command}_stage")
     return int(module.main(args) or 0) if args.command == "run" else stage_main(module, args)
 
@@ -150,8 +152,6 @@ def configure(args: argparse.Namespace) -> None:
     """What the library reads from the environment (study.console): the subcommand, for MLflow's entry-point tag,
     and --quiet, which also lowers MLflow's own logging to warnings (its INFO lines: database set-up, system
     metrics). Set for every command, so an in-process caller's earlier --quiet does not stick."""
-    from study.console import ENTRY_POINT_ENV, QUIET_ENV
-
     os.environ[ENTRY_POINT_ENV] = f"cutmix-study {args.command}"
     os.environ[QUIET_ENV] = "1" if args.quiet else ""
     if args.quiet:
@@ -163,7 +163,7 @@ def configure(args: argparse.Namespace) -> None:
 
 def start_dashboard() -> None:
     """--ray-dashboard: Ray with its dashboard before any stage starts it; the URL on stderr."""
-    from study.cluster.session import dashboard_url, init_ray
+    from study.cluster.session import dashboard_url, init_ray  # lazy: pulls torch, torchvision
 
     init_ray(dashboard=True)
     print(f"Ray dashboard: {dashboard_url() or 'not served by this cluster'}", file=sys.stderr, flush=True)
@@ -191,8 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: stopped by {signal.Signals(signum).name} (continue with --resume)", file=sys.stderr)
         return 128 + signum
     except Exception as exc:
-        from study.atomic import WriteError
-
         if isinstance(exc, user_errors()):
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -208,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _start_command():
     """Install the signal handlers and open the output-lock session; returns what undoes both (and shuts down the
     local Ray the command started, so that a stopped command leaves no Ray process behind)."""
-    from study.cluster import lock, session, signals
+    from study.cluster import lock, session, signals  # lazy: pulls torch, torchvision
 
     signals.install()
     lock.begin_session()

@@ -83,7 +83,7 @@ def prepare_output(path: Path, owned: list[str], *, resume: bool, overwrite: boo
                           ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {path} is not writable (choose a writable --output)")
-    from study.cluster.lock import LOCK_NAME, hold
+    from study.cluster.lock import LOCK_NAME, hold  # lazy: pulls torch, torchvision
 
     hold(path)  # one writer per output directory, for the rest of the command (LockError: exit 2)
     existing = [name for name in owned if (path / name).exists() and (name != "." or _has_results(path))]
@@ -106,7 +106,7 @@ def prepare_output(path: Path, owned: list[str], *, resume: bool, overwrite: boo
 
 
 def _has_results(path: Path) -> bool:
-    from study.cluster.lock import LOCK_NAME
+    from study.cluster.lock import LOCK_NAME  # lazy: pulls torch, torchvision
 
     return any(child.name != LOCK_NAME for child in path.iterdir())
 
@@ -129,7 +129,7 @@ def tracking_uri(args: argparse.Namespace, out_dir: Path) -> str:
 
 def tracker_for(args: argparse.Namespace, out_dir: Path):
     """The Tracker of a pipeline whose output directory is `out_dir` (artifacts inside it for local stores)."""
-    from study.tracking.store import Tracker
+    from study.tracking.store import Tracker  # lazy: pulls mlflow
 
     return Tracker(tracking_uri(args, out_dir), out_dir)
 

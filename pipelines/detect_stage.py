@@ -23,7 +23,7 @@ from typing import Any
 
 from pipelines.common import OutputError, Source, check_writable, open_stage, resolve_source
 from pipelines.results import DetectResult, ExportResult
-from study.config.schema import PipelineConfig
+from study.config.schema import PipelineConfig, to_dict
 
 SOURCE_STAGES = ("export",)
 SOURCE_HINT = "give an export directory, a pipeline output directory after `export`, or an export MLflow run id"
@@ -40,7 +40,7 @@ def arg_overrides(args: argparse.Namespace) -> list[str]:
 def export_dir_of(source: ExportResult | Source | None, out_dir: Path, tracker) -> Path:
     """The export directory to fine-tune from: given, in a directory (the export itself or a pipeline output
     holding `export/`), downloaded from an export MLflow run, or `<out_dir>/export`."""
-    from study.export import MANIFEST, ExportError
+    from study.export import MANIFEST, ExportError  # lazy: pulls safetensors, torch, torchvision
 
     if isinstance(source, ExportResult):
         return source.stage_dir
@@ -59,7 +59,7 @@ def export_dir_of(source: ExportResult | Source | None, out_dir: Path, tracker) 
 
 def source_config(source: Source | None, out_dir: Path, tracker) -> dict | None:
     """The exported run's config (detect settings included), used when --config is not given."""
-    from study.export import read_manifest
+    from study.export import read_manifest  # lazy: pulls safetensors, torch, torchvision
 
     try:
         return read_manifest(export_dir_of(source, out_dir, tracker)).get("config") or None
@@ -71,8 +71,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         overwrite: bool = False) -> DetectResult:
     """Fine-tune the detector from `source` (an ExportResult or a resolved `--from`; default `<out_dir>/export`)
     and its random-init control; mAP on the detection val set."""
-    from study.detection import detection_datasets
-    from study.export import verify_export
+    from study.detection import detection_datasets  # lazy: pulls torch, torchvision
+    from study.export import verify_export  # lazy: pulls safetensors, torch, torchvision
 
     export_dir = export_dir_of(source, Path(out_dir), tracker)
     if Path(out_dir).resolve() == export_dir.resolve():
@@ -97,10 +97,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         stage.log_params({f"detect.{k}": v for k, v in vars(cfg.detect).items()}
                          | {"backbone.arch": manifest["arch"], "backbone.dataset": manifest.get("dataset")})
         _log_scene_grid(datasets[0], datasets[2], ddir / "scenes.png", stage)
-        from study.cluster.session import init_ray
-        from study.cluster.tasks import run_tasks
-        from study.config.schema import to_dict
-        from study.detection import finetune_task
+        from study.cluster.session import init_ray  # lazy: pulls torch, torchvision
+        from study.cluster.tasks import run_tasks  # lazy: pulls torch, torchvision
+        from study.detection import finetune_task  # lazy: pulls torch, torchvision
 
         variants = [("pretrained", False)] + ([("random", True)] if cfg.detect.compare_random else [])
         print(f"detect: fine-tuning {' and '.join(n for n, _ in variants)} detectors ({manifest['arch']}) as Ray tasks")
@@ -147,7 +146,7 @@ def _log_scene_grid(dataset, classes, path: Path, stage, n: int = 16) -> None:
     """The first detection training scenes with their ground-truth boxes and labels, as a PNG on the detect run."""
     import torch
 
-    from study.plots import save_box_grid
+    from study.plots import save_box_grid  # lazy: pulls matplotlib, torch
 
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     save_box_grid(torch.stack([image for image, _ in items]), [t["boxes"] for _, t in items], path,

@@ -27,8 +27,15 @@ from typing import Any
 
 from pipelines.common import Source, check_writable, open_stage
 from pipelines.results import EvaluateResult, RetrainResult
+from study.cluster.session import init_ray
+from study.cluster.tasks import put, run_tasks
 from study.config.schema import PipelineConfig, to_dict
-from study.evaluation.sources import HINT
+from study.evaluation.inputs import test_split
+from study.evaluation.plots import save_evaluation_plots
+from study.evaluation.report import method_table, paired_tests
+from study.evaluation.sources import HINT, models_from_source
+from study.evaluation.suite import EvaluationResult, evaluate_checkpoint
+from study.training.runner import Progress, load_dataset
 
 # What `--from` may name as an MLflow run (its `cutmix.stage` tag); directories and checkpoint files are read as they
 # are (study.evaluation.sources.models_from_source).
@@ -42,14 +49,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     default the output directory's retrain) on its test split, with `cfg.evaluate`'s settings."""
     import numpy as np
 
-    from study.cluster.session import init_ray
-    from study.cluster.tasks import put, run_tasks
-    from study.evaluation.inputs import test_split
-    from study.evaluation.plots import save_evaluation_plots
-    from study.evaluation.report import method_table, paired_tests
-    from study.evaluation.sources import models_from_source
-    from study.evaluation.suite import EvaluationResult, evaluate_checkpoint
-    from study.training.runner import Progress, load_dataset
 
     if isinstance(source, RetrainResult):
         source = source.stage_dir
@@ -69,7 +68,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                "ood_bootstrap": e.ood_bootstrap, "prior_sigma": e.prior_sigma}
     start = time.perf_counter()
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    from study.tracking.context import dataset_specs  # late: MLflow's import, like the tracker's
+    from study.tracking.context import dataset_specs  # lazy: pulls mlflow, like the tracker
 
     with tracker.stage_run("evaluate", cfg.tracking.experiment or cfg.name, reuse=resume,
                            tags={"cutmix.source": str(source or out_dir)},

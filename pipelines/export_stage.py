@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipelines.common import OutputError, check_writable, open_stage, resolve_source
 from pipelines.results import ExportResult, RetrainResult
+from study import export
 from study.config.schema import PipelineConfig
 
 MANIFEST_TAGS = ("arch", "family", "dataset", "input_size", "channels", "feature_strides", "torchvision_body")
@@ -51,8 +52,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         overwrite: bool = False) -> ExportResult:
     """Export the backbone of `source` (a RetrainResult, a directory or a retrain MLflow run id; default the output
     directory) into `out_dir/export`, log and register it. The study name comes from the checkpoint's config."""
-    from study import export
-
     check_writable(out_dir)
     tracker.check()
     with tempfile.TemporaryDirectory(prefix="cutmix-export-") as tmp:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from study.atomic import atomic_write_text
+
 T = TypeVar("T", bound="StageResult")
 
 
@@ -34,8 +36,6 @@ class StageResult:
         return cls.path(out_dir).is_file()
 
     def to_json(self) -> Path:
-        from study.atomic import atomic_write_text
-
         return atomic_write_text(self.path(self.out_dir), json.dumps(dataclasses.asdict(self), indent=2, default=str))
 
     @classmethod
@@ -85,6 +85,15 @@ class StudyResult(StageResult):
     baseline_value: float | None = None  # the p=0 (or method=none) trial's best value, if the study ran one
     num_val: int = 0  # images in the val split the trials were ranked on
     best_vs_baseline_se: float | None = None  # |best - baseline| in binomial standard errors of the val split
+    # Issue 15 (fidelity, reproducibility) and 17 (the stored Optuna study), one block. `fidelity`: the rung-vs-final
+    # Spearman rho (study.search.fidelity.measure); best_value and baseline_value are means of the last
+    # `smooth_epochs` epochs (0: a summary from before smoothing, whose values are minima over epochs).
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    reproducible: bool | None = None  # whether the trials are a function of search.seed (None: not recorded)
+    reproducible_reason: str = ""  # why not, when not
+    optuna_storage: str = ""  # the Optuna storage URL (password redacted); "" for a grid (no Optuna study)
+    optuna_study: str = ""
+    smooth_epochs: int = 0
     # The race (study.search.race, issue 15): its verdict ("" when the study ran none), the winner's dotted params
     # (None when no setting was distinguishable: retrain then trains the references only), and its record (rule,
     # per setting the values, fate and round reached, the rounds).

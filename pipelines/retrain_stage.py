@@ -27,10 +27,12 @@ from typing import Any
 
 from pipelines.common import OutputError, Source, check_writable, open_stage
 from pipelines.results import RetrainResult, StudyResult
+from study.cluster.tasks import run_seed_tasks
 from study.config.load import replace
 from study.config.schema import PipelineConfig, flatten, to_dict
+from study.stats import compare, format_ci, format_diff, summarize
 from study.training.references import CUTMIX_PAPER, retrain_variants, winner_name
-from study.training.runner import Progress, log_seed_run, read_finished
+from study.training.runner import Progress, load_dataset, log_seed_run, read_finished, train_seed
 
 REPORTED = ("test/top1_err", "test/top5_err", "test/loss", "train/top1_err")
 
@@ -85,8 +87,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     with intervals. `source`: the study whose winner is retrained beside the references (a StudyResult, or a
     resolved `--from`: its raced winner, else its best parameters; none when its race found no setting
     distinguishable), or None to retrain `cfg`'s own setting beside them."""
-    from study.stats import compare, summarize
-    from study.training.runner import load_dataset
 
     source = study_of(source, Path(out_dir))
     winner, race_verdict = study_winner(source)
@@ -104,7 +104,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     plan = [(v.name, k, replace(v.cfg, {"train.seed": v.cfg.train.seed + k}))
             for v in chosen for k in range(cfg.retrain.seeds)]
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
-    from study.tracking.context import dataset_specs  # late: MLflow's import, like the tracker's
+    from study.tracking.context import dataset_specs  # lazy: pulls mlflow, like the tracker
 
     datasets = dataset_specs(to_dict(cfg)["data"], {"train+val": len(merged.train), "test": len(data.test)})
     with tracker.stage_run("retrain", cfg.tracking.experiment or cfg.name, reuse=resume,
@@ -123,9 +123,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             jobs.append(((variant, k), {"cfg": to_dict(scfg), "run_dir": str(run_dir),
                                         "label": f"retrain {variant} seed {k}"}))
         if jobs:
-            from study.cluster.tasks import run_seed_tasks
-            from study.training.runner import train_seed
-
             progress = Progress(len(jobs), "retrain")
             configs = {(v, k): c for v, k, c in plan}
             done_before = len(summaries)
@@ -190,8 +187,6 @@ def _log_seed(parent, variant: str, k: int, cfg: PipelineConfig, run_dir: Path, 
 
 
 def report(result: RetrainResult) -> str:
-    from study.stats import format_ci, format_diff
-
     lines = [f"test top-1 error (%) on {result.num_test} test images, {result.epochs} epochs on train+val:"]
     if result.race_verdict:
         lines.append(f"study race: {result.race_verdict}")

@@ -13,9 +13,19 @@ import time
 from pathlib import Path
 
 from pipelines import detect_stage, evaluate_stage, export_stage, retrain_stage, study_stage
+from pipelines.cli import main as cli_main
 from pipelines.common import check_writable, config_from_args, default_output, tracker_for
 from study.config.schema import flatten
 from study.console import quiet
+
+# (stage, its module, the stage whose result is its source, the heading printed before it), in order.
+CHAIN = (
+    ("study", study_stage, None, lambda cfg: f"{cfg.search.algorithm} search over {', '.join(cfg.search.space)}"),
+    ("retrain", retrain_stage, "study", lambda cfg: "best config and baselines, several seeds, held-out test"),
+    ("evaluate", evaluate_stage, "retrain", lambda cfg: "the paper's evaluations of every retrained model"),
+    ("export", export_stage, "retrain", lambda cfg: "detection-ready backbone"),
+    ("detect", detect_stage, "export", lambda cfg: "Faster R-CNN (FPN) fine-tuned from the backbone"),
+)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,25 +41,13 @@ def main(args: argparse.Namespace) -> int:
     with tracker.pipeline_run(cfg.tracking.experiment or cfg.name, reuse=args.resume,
                               system_metrics=cfg.tracking.system_metrics) as pipeline:
         pipeline.log_params({k: v for k, v in flatten(cfg).items() if k != "search.space"})
-        say(f"== study: {cfg.search.algorithm} search over {', '.join(cfg.search.space)} ==", flush=True)
-        study = study_stage.run(cfg, out, tracker, **flags)
-        say(study_stage.report(study))
-
-        say("\n== retrain: best config and baselines, several seeds, held-out test ==", flush=True)
-        retrain = retrain_stage.run(cfg, out, tracker, source=study, **flags)
-        say(retrain_stage.report(retrain))
-
-        say("\n== evaluate: the paper's evaluations of every retrained model ==", flush=True)
-        evaluation = evaluate_stage.run(cfg, out, tracker, source=retrain, **flags)
-        say(evaluate_stage.report(evaluation))
-
-        say("\n== export: detection-ready backbone ==", flush=True)
-        export = export_stage.run(cfg, out, tracker, source=retrain, **flags)
-        say(export_stage.report(export))
-
-        say("\n== detect: Faster R-CNN (FPN) fine-tuned from the backbone ==", flush=True)
-        detect = detect_stage.run(cfg, out, tracker, source=export, **flags)
-        say(detect_stage.report(detect))
+        done: dict[str, object] = {}
+        for name, stage, source_of, heading in CHAIN:
+            gap = "\n" if done else ""  # a blank line between stages
+            say(f"{gap}== {name}: {heading(cfg)} ==", flush=True)
+            done[name] = stage.run(cfg, out, tracker, source=done.get(source_of), **flags)
+            say(stage.report(done[name]))
+        study, retrain, evaluation, export, detect = (done[name] for name, *_ in CHAIN)
         pipeline.log_metrics({f"best/{study.metric}": study.best_value, "detect/map_50": detect.map_50,
                               **({"cutmix_gain_top1_points": retrain.cutmix_gain_top1_points}
                                  if retrain.cutmix_gain_top1_points is not None else {})})
@@ -75,6 +73,5 @@ def entrypoint() -> None:
     """`python -m pipelines.run ...` for `ray job submit` and KubeRay entrypoints."""
     import sys
 
-    from pipelines.cli import main as cli_main
 
     sys.exit(cli_main(["run", *sys.argv[1:]]))

@@ -22,8 +22,12 @@ from study.config.load import dump_config, replace
 from study.config.schema import PipelineConfig, flatten, to_dict
 from study.config.validate import validate_study
 from study.console import progress
+from study.metric_names import EvaluationError
+from study.models import build_model
+from study.stats import separation_in_se
+from study.training.runner import load_dataset, save_sample_grid_for
 
-OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study", "race"]
+OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study", "optuna.db", "race"]
 RUN_FILE = "study_run.json"
 
 
@@ -72,17 +76,30 @@ def _earlier_run(run_file: Path, tracker, experiment: str, out_dir: Path) -> str
         except (ValueError, KeyError):
             raise OutputError(f"{run_file} is unreadable (delete it: the study's run is then found in MLflow by its "
                               "tags)") from None
-    from study.tracking.lookup import find_stage_run
+    from study.tracking.lookup import find_stage_run  # lazy: pulls mlflow
 
     return find_stage_run(tracker.client, tracker.experiment(experiment), "study", out_dir)
 
 
+def rank_column(frame, metric: str) -> str:
+    """The column a study ranks trials by: the final mean of the last search.smooth_epochs epochs
+    (`<metric>_smooth`), not the minimum over epochs (`best/<metric>`, which picks one seed's luckiest epoch and is
+    kept in results.parquet as information); `best/<metric>` only for a frame written before smoothing existed."""
+    from study.search.fidelity import smooth_key  # lazy: pulls ray
+
+    return smooth_key(metric) if smooth_key(metric) in frame else f"best/{metric}"
+
+
 def pick_best(frame, metric: str, mode: str) -> tuple[int | None, float]:
-    col = f"best/{metric}"
+    """(row index, value) of the best trial by `rank_column`, among the trials that ran their full budget (a
+    trial stopped at a rung holds an early value, not a final one); all non-error trials when none did."""
+    col = rank_column(frame, metric)
     if col not in frame or frame[col].notna().sum() == 0:
         return None, math.nan
     ok = frame[frame["status"] != "error"] if "status" in frame else frame
     ok = ok[ok[col].notna()]
+    if "status" in ok and (ok["status"] == "completed").any():
+        ok = ok[ok["status"] == "completed"]
     if ok.empty:
         return None, math.nan
     idx = ok[col].idxmin() if mode == "min" else ok[col].idxmax()
@@ -90,7 +107,7 @@ def pick_best(frame, metric: str, mode: str) -> tuple[int | None, float]:
 
 
 def summary_table(frame, names: list[str], metric: str, mode: str, limit: int = 20) -> str:
-    col = f"best/{metric}"
+    col = rank_column(frame, metric)
     names = [n for n in names if n in frame]
     shown = frame.sort_values(col, ascending=mode == "min", na_position="last") if col in frame else frame
     headers = ["trial", "status", *names, col, "epochs", "wall_s"]
@@ -115,7 +132,7 @@ def add_pareto(frame, cfg: PipelineConfig) -> bool:
     Returns whether the study is multi-objective."""
     if len(cfg.search.metrics) < 2:
         return False
-    from study.search.pareto import pareto_mask
+    from study.search.pareto import pareto_mask  # lazy: pulls ray
 
     names = list(cfg.search.metrics)
     values = frame.reindex(columns=names).to_numpy(float)
@@ -126,16 +143,13 @@ def add_pareto(frame, cfg: PipelineConfig) -> bool:
 def check_search_metrics(cfg: PipelineConfig, data) -> None:
     """Evaluation metrics in `search.metric` need what they measure: boxes on val for localization, and a
     GAP + linear head (CAM) for every searched architecture. Raises EvaluationError (exit 2) before any trial."""
-    from study.metric_names import EvaluationError
-
     loc = [m for m in cfg.search.metrics if m[len("val/"):] in ("maxboxacc_v2", "top1_loc", "gt_known_loc")]
     if not loc:
         return
     if getattr(data.val, "boxes", None) is None:
         raise EvaluationError(f"search.metric {loc[0]} needs ground-truth boxes and data.name={cfg.data.name} has "
                               "none (cluttered_digits, shapes, or a box dataset)")
-    from study.evaluation.wsol import cam_head
-    from study.models import build_model
+    from study.evaluation.wsol import cam_head  # lazy: pulls cv2, matplotlib, torchmetrics
 
     archs = cfg.search.space["model.arch"].values if "model.arch" in cfg.search.space else (cfg.model.arch,)
     for arch in archs:
@@ -143,8 +157,8 @@ def check_search_metrics(cfg: PipelineConfig, data) -> None:
 
 
 def baseline_value(frame, cfg: PipelineConfig) -> float | None:
-    """The best value of the study's no-mixing trial (p=0 or method=none), if it ran one."""
-    col = f"best/{cfg.search.primary_metric}"
+    """The best value (by `rank_column`) of the study's no-mixing trial (p=0 or method=none), if it ran one."""
+    col = rank_column(frame, cfg.search.primary_metric)
     if col not in frame or not len(frame):
         return None
     prob = frame["cutmix.prob"] if "cutmix.prob" in frame else None
@@ -166,11 +180,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         overwrite: bool = False) -> StudyResult:
     """Validate everything, then run or resume the study; write and log its outputs. `source` is unused (a study
     starts from its config)."""
-    from study.search import tune as search
+    from study.search import tune as search  # lazy: pulls ray
     from study.search.space import typed_value  # lazy: pulls ray (parquet's floats back to each dimension's type)
-    from study.search.trial_callback import MlflowTrialCallback
-    from study.stats import separation_in_se
-    from study.training.runner import load_dataset, save_sample_grid_for
+    from study.search.trial_callback import MlflowTrialCallback  # lazy: pulls ray
 
     start = time.perf_counter()
     validate_study(cfg)  # a study's own config rules, before any output
@@ -188,6 +200,15 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                               "continue, --overwrite to replace, or change search.storage)")
         search.delete_experiment(cfg, out_dir)
     resuming = resume and search.can_resume(cfg, out_dir)
+    optuna_url = search.optuna_url(cfg, out_dir) if cfg.search.algorithm != "grid" else ""
+    if cfg.search.optuna_storage and optuna_url and not resuming:
+        from study.search.optuna_search import delete_study, study_exists  # lazy: pulls ray
+
+        if study_exists(optuna_url, cfg.name):
+            if not overwrite:
+                raise OutputError(f"the Optuna storage search.optuna_storage already holds a study named {cfg.name} "
+                                  "(pass --resume to continue, --overwrite to replace, or change name)")
+            delete_study(optuna_url, cfg.name)
     run_file = out_dir / RUN_FILE
     experiment = cfg.tracking.experiment or cfg.name
     earlier = _earlier_run(run_file, tracker, experiment, out_dir) if resuming else None
@@ -195,7 +216,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     search.init_ray(dashboard=cfg.train.workers > 1)  # Ray Train frees killed runs' resources through it
     demand = capacity.trial_demand(cfg)
     capacity.check_placeable(demand)  # a trial a local Ray can never place: exit 2 before the study's run opens
-    from study.tracking.context import dataset_specs  # late: MLflow's import, like the tracker's
+    from study.tracking.context import dataset_specs  # lazy: pulls mlflow, like the tracker
 
     datasets = dataset_specs(to_dict(cfg)["data"], {"train": len(data.train), "val": len(data.val)})
     with tracker.stage_run("study", experiment, run_id=earlier, datasets=datasets,
@@ -210,7 +231,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             parent.log_artifact(out_dir / "config.yaml")
             parent.log_artifact(save_sample_grid_for(cfg, data, out_dir / "plots" / "samples.png"), "plots")
             if getattr(data.train, "boxes", None) is not None:  # what localization is measured against
-                from study.plots import save_box_grid
+                from study.plots import save_box_grid  # lazy: pulls matplotlib
 
                 t = data.train
                 parent.log_artifact(save_box_grid(t.images[:32], t.boxes[:32], out_dir / "plots" / "boxes.png",
@@ -228,12 +249,12 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             with capacity.watch(demand, cfg.search.placement_timeout_s):
                 records = search.run_search(cfg, data, out_dir, callbacks=callbacks, resume=resuming)
         except (KeyboardInterrupt, capacity.PlacementError):  # stopped: no trial run is left RUNNING
-            from study.tracking.lookup import stop_open_children
+            from study.tracking.lookup import stop_open_children  # lazy: pulls mlflow
 
             stop_open_children(parent.client, parent.experiment_id, parent.run_id)
             raise
 
-        from study.tracking import store as tracking
+        from study.tracking import store as tracking  # lazy: pulls mlflow
 
         run_ids = tracking.child_run_ids(parent.client, parent.experiment_id, parent.run_id,
                                          {r.trial_id for r in records})
@@ -244,10 +265,12 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         race = race_stage(cfg, data, frame, out_dir, parent, resume)  # None when search.race_top_k = 0
         trials_frame, frame = frame, race_rows(race, frame, cfg)
         write_parquet(frame, out_dir / "results.parquet")
-        best_idx, best_value = pick_best(frame, cfg.search.primary_metric, cfg.search.primary_mode)
+        best_idx, best_value = pick_best(trials_frame, cfg.search.primary_metric, cfg.search.primary_mode)
+        fidelity = measure_fidelity(cfg, records)
+        reproducible, why_not = search.is_reproducible(cfg)
         best_params: dict[str, Any] = {}
         if best_idx is not None:
-            row = frame.loc[best_idx]
+            row = trials_frame.loc[best_idx]
             best_params = {n: typed_value(d, row[n]) for n, d in cfg.search.space.items()
                            if n in row and not _missing(row[n])}
         winner_params = race["winner"]["params"] if race and race["winner"] else None
@@ -258,15 +281,23 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         best_cfg = replace(cfg, config_params) if config_params else cfg
         dump_config(best_cfg, out_dir / "best_config.yaml")
 
-        from study.plots import save_study_plots
+        from study.plots import save_study_plots  # lazy: pulls matplotlib
 
-        plots = save_study_plots(trials_frame, cfg.search.primary_metric, cfg.search.primary_mode, out_dir / "plots")
+        plots = save_study_plots(trials_frame, rank_column(trials_frame, cfg.search.primary_metric),
+                                 cfg.search.primary_mode, out_dir / "plots")
+        if optuna_url:
+            from study.search.optuna_search import save_optuna_plots  # lazy: pulls ray
+
+            optuna_plots, skipped = save_optuna_plots(optuna_url, cfg.name, out_dir / "plots")
+            plots += optuna_plots
+            for name, why in skipped.items():
+                progress(f"optuna plot {name} skipped: {why}")
         if race:
             from study.plots import save_race_plot  # lazy: pulls matplotlib
 
             plots.append(save_race_plot(race, out_dir / "plots" / "race.png"))
         if multi:
-            from study.search.pareto import save_pareto_plot
+            from study.search.pareto import save_pareto_plot  # lazy: pulls ray
 
             names = list(cfg.search.metrics)
             plots.append(save_pareto_plot(frame[names].to_numpy(float), frame["pareto"].to_numpy(bool), names,
@@ -286,12 +317,19 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         parent.log_metrics({f"best/{cfg.search.primary_metric}": best_value, "trials": len(trials_frame),
                             **({"baseline/" + cfg.search.primary_metric: base} if base is not None else {}),
                             **({"best_vs_baseline_se": sep} if sep is not None and math.isfinite(sep) else {}),
-                            **{f"trials_{k}": v for k, v in counts.items()}})
-        parent.set_tags({"cutmix.best_trial": frame.loc[best_idx, "trial_id"] if best_idx is not None else ""})
+                            **{f"trials_{k}": v for k, v in counts.items()},
+                            **fidelity_metrics(fidelity), "reproducible": float(reproducible)})
+        parent.set_tags({"cutmix.best_trial": frame.loc[best_idx, "trial_id"] if best_idx is not None else "",
+                         "cutmix.fidelity": fidelity["warning"] or fidelity["reason"] or "rho >= 0.8 at every rung"})
+        if fidelity["warning"]:
+            progress(f"warning: {fidelity['warning']}")
         result = StudyResult(str(out_dir), best_params, best_value, cfg.search.primary_metric, cfg.search.primary_mode,
                              list(cfg.search.space), str(out_dir / "best_config.yaml"), parent.run_id, tracker.uri,
-                             parent.experiment_id, len(trials_frame), time.perf_counter() - start, base, num_val,
-                             sep, race_verdict=race["verdict"] if race else "", winner_params=winner_params,
+                             parent.experiment_id, len(trials_frame), time.perf_counter() - start, base, num_val, sep,
+                             fidelity=fidelity, reproducible=reproducible, reproducible_reason=why_not,
+                             optuna_storage=_redacted(optuna_url), optuna_study=cfg.name if optuna_url else "",
+                             smooth_epochs=cfg.search.smooth_epochs,
+                             race_verdict=race["verdict"] if race else "", winner_params=winner_params,
                              race=race or {})
         result.to_json()
         parent.log_artifact(result.path(out_dir), "study")
@@ -326,6 +364,36 @@ def race_rows(race, frame, cfg: PipelineConfig):
     return out
 
 
+def measure_fidelity(cfg: PipelineConfig, records: list) -> dict[str, Any]:
+    """Spearman's rho between each ASHA rung's smoothed metric and the final one over the trials that ran their
+    full budget (study.search.fidelity). Measured at the configured rungs whether or not ASHA ran: with
+    search.scheduler=none it is the evidence for (or against) turning early stopping on."""
+    from study.search import fidelity  # lazy: pulls ray
+    from study.search.tune import trial_history  # lazy: pulls ray
+
+    s = cfg.search
+    histories = {r.trial_id: trial_history(r) for r in records if r.status == "completed"}
+    rungs = fidelity.rung_epochs(s.grace_period, s.reduction_factor, cfg.train.epochs)
+    out = fidelity.measure(histories, s.primary_metric, rungs, cfg.train.epochs, s.smooth_epochs)
+    out["scheduler"] = s.scheduler
+    return out
+
+
+def fidelity_metrics(measured: dict[str, Any]) -> dict[str, float]:
+    from study.search.fidelity import rho_metrics  # lazy: pulls ray
+
+    return rho_metrics(measured)
+
+
+def _redacted(url: str) -> str:
+    """A storage URL without its password (summary.json is shared; an RDB URL may carry credentials)."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+
+
 def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
@@ -333,8 +401,9 @@ def _missing(v: Any) -> bool:
 def report(result: StudyResult) -> str:
     """The trial table and the study's answer, as printed after `cutmix-study study` and inside `run`."""
     cfg_metric = result.metric
+    smooth = f" (mean of the last {result.smooth_epochs} epochs)" if result.smooth_epochs else ""
     lines = [summary_table(result.frame, result.searched, cfg_metric, result.mode),
-             f"\nbest {cfg_metric}: {result.best_value:.3f} with {result.best_params}"]
+             f"\nbest {cfg_metric}{smooth}: {result.best_value:.3f} with {result.best_params}"]
     if result.baseline_value is not None:
         sep = result.best_vs_baseline_se
         signal = ("" if sep is None else f", {sep:.1f} binomial standard errors of the {result.num_val}-image "
@@ -350,4 +419,6 @@ def report(result: StudyResult) -> str:
             lines.append(f"  {st['label']}: {mean:.3f} over {len(vals)} seeds  [{st['fate']}]")
         lines.append(f"race verdict: {result.race_verdict}")
     lines += [f"results: {Path(result.out_dir) / 'results.parquet'}", f"best config: {result.best_config}"]
+    if result.optuna_storage:
+        lines.append(f"optuna study {result.optuna_study}: optuna-dashboard {result.optuna_storage}")
     return "\n".join(lines)

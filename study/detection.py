@@ -40,7 +40,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign
 
-from study.config.schema import DetectConfig
+from study.config.schema import DetectConfig, build
+from study.data.cluttered_digits import CLASSES_DIGITS, DigitScenes
 from study.data.shapes import CLASSES_SYNTHETIC, SyntheticShapes
 from study.data.voc import VOC_CLASSES, DetectionDataError, _voc_archive, voc_dataset
 
@@ -375,8 +376,6 @@ def detection_datasets(cfg: DetectConfig, split_seed: int = 0) -> tuple[Dataset,
     the other years; the full sets, since ``num_train``/``num_val`` size the generated data only.
     """
     if cfg.data == "cluttered_digits":
-        from study.data.cluttered_digits import CLASSES_DIGITS, DigitScenes
-
         train = DigitScenes(cfg.num_train, cfg.image_size, seed=cfg.seed, split="train", split_seed=split_seed)
         val = DigitScenes(cfg.num_val, cfg.image_size, seed=cfg.seed, split="test", split_seed=split_seed)
         return train, val, CLASSES_DIGITS
@@ -417,7 +416,7 @@ def finetune_transfer(export_dir: str | Path, d: DetectConfig, datasets, *, rand
     """The transfer detector: Faster R-CNN (FPN) on the exported backbone, or on the same architecture randomly
     initialised (the control: every layer trainable, live BatchNorm), with the same head initialisation, data and
     budget; fine-tuned with `finetune`. Returns (per-epoch rows, model)."""
-    from study.export import load_backbone, read_manifest
+    from study.export import load_backbone, read_manifest  # lazy: pulls safetensors
 
     train_ds, val_ds, classes = datasets
     torch.manual_seed(d.seed)  # the same head initialisation for the pretrained run and its control
@@ -446,8 +445,6 @@ def finetune_task(export_dir: str, detect: dict, random_init: bool, save_to: str
     """`finetune_transfer` as one Ray task of the detect stage: builds the datasets itself (deterministic from the
     config; nothing large crosses the wire), fine-tunes, saves the detector's state_dict to `save_to` if given, and
     returns the per-epoch rows."""
-    from study.config.schema import build
-
     d = build(DetectConfig, detect, "detect.")
     rows, model = finetune_transfer(export_dir, d, detection_datasets(d, split_seed), random_init=random_init,
                                     log=lambda line: None)

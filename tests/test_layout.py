@@ -129,3 +129,27 @@ def test_every_package_reexports_only_from_its_leaf_modules():
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.ImportFrom):
                 assert node.module and node.module.startswith(name + "."), (name, node.module)
+
+
+def _function_level_project_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, source line) of every `from study... / pipelines... import` inside a function, outside a try block
+    (a guarded import is an optional dependency, not a deferral)."""
+    tree = ast.parse(path.read_text())
+    guarded = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) for b in t.body for n in ast.walk(b)}
+    lines = path.read_text().splitlines()
+    found = {}
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for node in ast.walk(fn):
+                if (isinstance(node, ast.ImportFrom) and node.level == 0 and id(node) not in guarded
+                        and (node.module or "").split(".")[0] in PACKAGES):
+                    found[node.lineno] = "\n".join(lines[node.lineno - 2:node.end_lineno])
+    return sorted(found.items())
+
+
+def test_function_level_imports_say_what_they_defer():
+    """Issue 19: a project import inside a function is there for start-up time and says so (`# lazy: pulls
+    torch`, on its line or the line above); one that defers nothing belongs at module level."""
+    unexplained = [f"{path.relative_to(ROOT)}:{line}" for path in _modules().values()
+                   for line, text in _function_level_project_imports(path) if "# lazy:" not in text]
+    assert not unexplained, unexplained

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from study.metric_names import metric_mode
+
 # Architectures of the model registry (study.models builds each; it checks it covers exactly these).
 MODEL_NAMES: tuple[str, ...] = (
     "cnn",
@@ -161,6 +163,18 @@ class SearchConfig:
     # On a joined cluster (RAY_ADDRESS; an autoscaler may add nodes): how long a trial or task that the cluster cannot
     # place may wait before the command fails (study.cluster.capacity); a local Ray refuses such work at once.
     placement_timeout_s: float = 900.0
+    # Issue 15 (fidelity, reproducibility) and 17 (the stored Optuna study), one block:
+    # Rung decisions (ASHA, Optuna's intermediate values) and the final ranking use the mean of a trial's last
+    # `smooth_epochs` epochs, not one epoch or the minimum over epochs: one seed's val error jumps 3-6 points from
+    # epoch to epoch, and the minimum over epochs picks the luckiest jump (study.search.fidelity).
+    smooth_epochs: int = 3
+    # Optuna's study: any Optuna RDB URL (postgresql+psycopg2://..., mysql://...); "" = sqlite:///<output>/optuna.db.
+    # Named after the study (`name`) and continued by --resume.
+    optuna_storage: str = ""
+    # A deterministic history: trial n is asked once trials 0 .. n-max_concurrent-1 have finished, and Optuna sees
+    # exactly those, whichever trial finished first, so a study is reproducible given its seed
+    # (study.search.optuna_search).
+    reproducible: bool = True
     space: Mapping[str, Dimension] = field(default_factory=dict)
     # The race after the search (study.search.race, issue 15): the top `race_top_k` settings, cutmix_paper and the
     # baseline re-run on train/val with `race_seeds` new seeds each per round, for at most `race_rounds` rounds,
@@ -180,7 +194,6 @@ class SearchConfig:
         modes = (self.mode,) * len(self.metrics) if isinstance(self.mode, str) else tuple(self.mode)
         if "auto" not in modes:
             return modes
-        from study.metric_names import metric_mode
 
         return tuple(metric_mode(m) if mode == "auto" else mode for m, mode in zip(self.metrics, modes))
 

@@ -114,6 +114,10 @@ def validate(cfg: PipelineConfig) -> None:
     _check(s.resources_per_trial.cpu > 0, f"search.resources_per_trial.cpu={s.resources_per_trial.cpu} (> 0)")
     _check(s.resources_per_trial.gpu >= 0, f"search.resources_per_trial.gpu={s.resources_per_trial.gpu} (>= 0)")
     _check(s.eval_every >= 1, f"search.eval_every={s.eval_every} is not allowed (>= 1)")
+    _check(s.smooth_epochs >= 1, f"search.smooth_epochs={s.smooth_epochs} is not allowed (>= 1)")
+    _check(not s.optuna_storage or "://" in s.optuna_storage,
+           f"search.optuna_storage={s.optuna_storage} is not allowed (an Optuna RDB URL such as "
+           "sqlite:///path/optuna.db or postgresql+psycopg2://user@host/db, or empty for <output>/optuna.db)")
     for name, dim in s.space.items():
         validate_dimension(cfg, name, dim)
     validate_conditions(s.space)

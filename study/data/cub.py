@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from study.data.bundle import DataError
+from study.data.bundle import DataBundle, DataError, Split, stratified_split
 
 __all__ = ["BoxSplit", "read_cub", "read_image_folder", "read_imagenet_val", "resize_box"]
 
@@ -196,8 +196,6 @@ def load_cub_bundle(cfg):
     official train split, `val_fraction` of it held out (stratified, `split_seed`), the official test split as test;
     decoded at `image_size` and held in memory (11,788 images at 224 px: ~1.8 GB of uint8)."""
     import numpy as np
-
-    from study.data.bundle import DataBundle, Split, stratified_split
 
     if not cfg.root:
         raise DataError("data.name=cub needs data.root (the extracted CUB_200_2011/ folder: images/, images.txt, "

@@ -20,8 +20,14 @@ from typing import Any
 
 import torch
 
+from study import models
+from study.config.load import from_dict
 from study.config.schema import DataConfig, EvaluateConfig, ModelConfig
+from study.data.cluttered_digits import clutter_only_images, held_out_class_images
+from study.data.cub import read_image_folder
+from study.data.registry import load_data
 from study.evaluation.sources import ModelRef, SourceError
+from study.evaluation.wsol import centre_gaussian_map, prior_max_box_acc, random_cam_baseline
 
 __all__ = ["OOD_KINDS", "cam_size", "localization_priors", "ood_sets", "test_split"]
 
@@ -32,13 +38,9 @@ def ood_sets(cfg: DataConfig, image_size: int, n: int, ood_root: str = "") -> tu
                                                                                       dict[str, str]]:
     """``(sets, kinds)``: named uint8 image tensors (at most ``n`` images each, ``image_size`` px) and each set's
     kind (near / far). A missing ``ood_root`` raises ``study.data.bundle.DataError`` (exit 2)."""
-    from study.data.registry import load_data  # the generators import torch and scikit-learn: at call time
-
     sets: dict[str, torch.Tensor] = {}
     kinds: dict[str, str] = {}
     if cfg.name == "cluttered_digits":
-        from study.data.cluttered_digits import clutter_only_images, held_out_class_images
-
         sets["clutter"], kinds["clutter"] = clutter_only_images(cfg, n).images, "near"
         if cfg.ood_classes:
             sets["held_out"], kinds["held_out"] = held_out_class_images(cfg, n).images, "near"
@@ -46,8 +48,6 @@ def ood_sets(cfg: DataConfig, image_size: int, n: int, ood_root: str = "") -> tu
     ocfg = dataclasses.replace(cfg, name=other, image_size=image_size, synthetic_sizes=(64, 64, n), ood_classes=())
     sets[other], kinds[other] = load_data(ocfg).test.images, "far"
     if ood_root:
-        from study.data.cub import read_image_folder
-
         sets["folder"], kinds["folder"] = read_image_folder(ood_root, image_size, n), "far"
     return sets, kinds
 
@@ -55,8 +55,6 @@ def ood_sets(cfg: DataConfig, image_size: int, n: int, ood_root: str = "") -> tu
 def cam_size(model: ModelConfig, num_classes: int, in_channels: int, image_size: int) -> tuple[int, int]:
     """``(h, w)`` of the class activation maps of ``model`` at ``image_size`` px (``study.models.cam_size`` of an
     untrained one: the size does not depend on the weights)."""
-    from study import models  # torch: at call time
-
     return models.cam_size(models.build_model(model, num_classes, in_channels), image_size)
 
 
@@ -65,8 +63,6 @@ def localization_priors(boxes: torch.Tensor, image_size: int, cam: tuple[int, in
     """What a localizer must beat on these boxes: ``{"centre_prior", "random_cam": {"maxboxacc_v2", "per_iou"},
     "sigma"}``, the centre-Gaussian map (``e.prior_sigma``) and random CAMs at the ``cam`` size (seed 0), both
     with ``e.cam_curve_interval`` (``study.evaluation.wsol``)."""
-    from study.evaluation.wsol import centre_gaussian_map, prior_max_box_acc, random_cam_baseline
-
     size = (image_size, image_size)
     centre = prior_max_box_acc(centre_gaussian_map(size, e.prior_sigma), boxes, cam_curve_interval=e.cam_curve_interval)
     rnd = random_cam_baseline(boxes, size, cam, seed=0, cam_curve_interval=e.cam_curve_interval)
@@ -80,9 +76,6 @@ def test_split(refs: Sequence[ModelRef], e: EvaluateConfig, load: Callable[[Data
     else SourceError) with its OOD sets as the evaluate tasks take it, the table's ``info`` (arch, image size,
     CAM size and priors when the split has boxes) and the models' training epochs (None if they differ).
     ``load``: the data loader (default ``study.data.registry.load_data``; the stage passes its cached one)."""
-    from study.config.load import from_dict
-    from study.data.registry import load_data
-
     cfgs = [from_dict(r.config) for r in refs]
     data_cfg = cfgs[0].data
     if any(c.data != data_cfg for c in cfgs):

@@ -126,35 +126,33 @@ def save_reliability_diagram(curves: Mapping[str, Any], path: str | Path, title:
     return _save(fig, path)
 
 
-def save_occlusion_curves(curves: Mapping[str, Any], path: str | Path) -> Path:
-    """Top-1 error against hole side for centre (solid) and boundary (dashed) occlusion (the paper's Fig. 5a)."""
+def _paired_curves(curves: Mapping[str, Any], x: str, solid: tuple[str, str], dashed: tuple[str, str],
+                   labels: tuple[str, str, str], path: str | Path) -> Path:
+    """Per model (one colour each), two curves against `x`: `solid` and `dashed` are (key, legend suffix);
+    `labels` is (x label, y label, title)."""
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    for i, (label, c) in enumerate(_by_label(curves, "hole_size").items()):
-        colour = f"C{i}"
+    for i, (label, c) in enumerate(_by_label(curves, x).items()):
         name = f"{label} " if label else ""
-        ax.plot(c["hole_size"], c["center_err"], "-o", color=colour, markersize=3, label=f"{name}centre")
-        ax.plot(c["hole_size"], c["boundary_err"], "--s", color=colour, markersize=3, label=f"{name}boundary")
-    ax.set_xlabel("hole side (pixels)")
-    ax.set_ylabel("top-1 error (%)")
-    ax.set_title("Occlusion (fill = dataset mean)", fontsize=9)
+        ax.plot(c[x], c[solid[0]], "-o", color=f"C{i}", markersize=3, label=f"{name}{solid[1]}")
+        ax.plot(c[x], c[dashed[0]], "--s", color=f"C{i}", markersize=3, label=f"{name}{dashed[1]}")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_title(labels[2], fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def save_occlusion_curves(curves: Mapping[str, Any], path: str | Path) -> Path:
+    """Top-1 error against hole side for centre (solid) and boundary (dashed) occlusion (the paper's Fig. 5a)."""
+    return _paired_curves(curves, "hole_size", ("center_err", "centre"), ("boundary_err", "boundary"),
+                          ("hole side (pixels)", "top-1 error (%)", "Occlusion (fill = dataset mean)"), path)
 
 
 def save_in_between_curves(curves: Mapping[str, Any], path: str | Path) -> Path:
     """Rate of predicting neither class against the partner's share lam (the paper's Fig. 5b)."""
-    fig, ax = plt.subplots(figsize=(4.6, 3.2))
-    for i, (label, c) in enumerate(_by_label(curves, "ratio").items()):
-        name = f"{label} " if label else ""
-        ax.plot(c["ratio"], c["mixup_neither"], "-o", color=f"C{i}", markersize=3, label=f"{name}Mixup-style")
-        ax.plot(c["ratio"], c["cutmix_neither"], "--s", color=f"C{i}", markersize=3, label=f"{name}CutMix-style")
-    ax.set_xlabel("partner share λ")
-    ax.set_ylabel("neither class predicted (%)")
-    ax.set_title("In-between class", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _paired_curves(curves, "ratio", ("mixup_neither", "Mixup-style"), ("cutmix_neither", "CutMix-style"),
+                          ("partner share λ", "neither class predicted (%)", "In-between class"), path)
 
 
 def save_fgsm_curve(curves: Mapping[str, Any], path: str | Path) -> Path:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from study.checkpoint import CheckpointError, load_checkpoint
+from study.config.load import load_config, to_dict
 from study.metric_names import EvaluationError
 
 __all__ = ["HINT", "ModelRef", "SourceError", "default_output_for", "models_from_source"]
@@ -63,14 +65,10 @@ class ModelRef:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    from study.config.load import load_config, to_dict
-
     return to_dict(load_config(path)) if path.is_file() else {}
 
 
 def _from_checkpoint(path: Path, variant: str, seed: int, origin: str, run_id: str | None = None) -> ModelRef:
-    from study.checkpoint import CheckpointError, load_checkpoint
-
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as exc:

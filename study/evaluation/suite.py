@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from study.checkpoint import load_checkpoint
+from study.config.load import from_dict
 from study.evaluation.calibration import classification_metrics
 from study.evaluation.common import check_images, check_labels, predict_logits, resolve
 from study.evaluation.ood import NOISE_SETS, ood_scores, softmax_confidence
@@ -47,6 +49,7 @@ from study.evaluation.wsol import (
     top1_loc,
 )
 from study.metric_names import EPOCH_METRICS, EVALUATIONS, CAMError, EvaluationError, fgsm_name
+from study.models import build_model
 
 __all__ = ["EvaluationResult", "epoch_metrics", "evaluate_model"]
 
@@ -273,10 +276,6 @@ def evaluate_checkpoint(checkpoint: str, split: Mapping[str, Any], options: Mapp
     ood_sets, ood_kinds, num_classes, in_channels; `options`: evaluate_model keywords; `config`: the model's config
     dict (default: the checkpoint's own). Returns metrics, curves, seconds, the CAM-grid examples, per-image
     predictions and info."""
-    from study.checkpoint import load_checkpoint
-    from study.config.load import from_dict
-    from study.models import build_model
-
     ckpt = load_checkpoint(checkpoint)
     model = build_model(from_dict(config or ckpt["config"]).model, split["num_classes"], split["in_channels"])
     model.load_state_dict(ckpt["model"])

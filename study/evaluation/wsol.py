@@ -48,6 +48,7 @@ from torch import nn
 
 from study.evaluation.common import Normalise, batch_ranges, check_images, eval_mode, resolve, to_unit
 from study.metric_names import CAMError, EvaluationError
+from study.models import Head
 
 __all__ = [
     "CENTRE_SIGMA", "DEFAULT_IOU_THRESHOLDS", "MaxBoxAcc", "cam_head", "centre_gaussian_map", "class_activation_maps",
@@ -70,8 +71,6 @@ def cam_head(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Linear]:
 
     Raises CAMError (one line) for anything else: CAM is defined only for that head (Zhou et al. 2016).
     """
-    from study.models import Head
-
     backbone, head = getattr(model, "backbone", None), getattr(model, "head", None)
     if not isinstance(backbone, nn.Module) or type(head) is not Head or not isinstance(head.fc, nn.Linear):
         raise CAMError(f"class activation maps need a backbone + global-average-pooling + linear head; "

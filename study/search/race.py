@@ -39,6 +39,7 @@ from typing import Any
 from study.cluster.tasks import run_seed_tasks
 from study.config.load import replace
 from study.config.schema import flatten, to_dict
+from study.search.fidelity import smooth_key, smoothed_history
 from study.search.space import typed_value
 from study.stats import holm
 from study.training.references import BASELINE, CUTMIX_PAPER, REFERENCES, mixing_key, reference_config
@@ -170,15 +171,6 @@ def race(names: Sequence[str], evaluate: Callable[[list[str], range], Mapping[st
     return RaceOutcome(None, tuple(alive), fate, reached, history, verdict, values)
 
 
-def smoothed(history: Sequence[Mapping[str, float]], metric: str, last: int = 1) -> float:
-    """The mean of `metric` over the last `last` epochs of a run's per-epoch history (NaN if it never reported)."""
-    vals = [float(row[metric]) for row in history if metric in row and not math.isnan(float(row[metric]))]
-    if not vals:
-        return math.nan
-    tail = vals[-max(1, last):]
-    return sum(tail) / len(tail)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The settings and the runner
 
@@ -216,7 +208,8 @@ def race_settings(cfg, frame) -> list[Setting]:
     settings besides the two references."""
 
     s = cfg.search
-    metric = s.primary_metric
+    # the study's ranking column: the mean of the last search.smooth_epochs epochs, else the final value
+    metric = smooth_key(s.primary_metric) if smooth_key(s.primary_metric) in frame else s.primary_metric
     names = [n for n in s.space if n in frame]
     ok = frame[(frame["status"] != "error") & frame[metric].notna()] if metric in frame else frame.iloc[:0]
     order = ok.assign(_done=(ok["status"] != "completed").astype(int))
@@ -267,7 +260,7 @@ def run_race(cfg, data, frame, out_dir: Path, parent, *, resume: bool = False,
     start = time.perf_counter()
     settings = race_settings(cfg, frame)
     by_name = {st.name: st for st in settings}
-    metric, smooth = s.primary_metric, int(getattr(s, "smooth_epochs", 1) or 1)
+    metric, smooth = s.primary_metric, int(s.smooth_epochs or 1)
     root = Path(out_dir) / "race"
     progress = Progress(len(settings) * s.race_seeds, "race")
     done_count = [0]
@@ -276,7 +269,7 @@ def run_race(cfg, data, frame, out_dir: Path, parent, *, resume: bool = False,
         log_seed_run(parent, f"race-{name}-seed{j}", {"cutmix.stage": STAGE_TAG, "cutmix.variant": name,
                                                      "cutmix.seed_index": str(j), "cutmix.race_round": str(rnd)},
                      rcfg, run_dir, summary, True)
-        return smoothed(summary.get("history", []), metric, smooth)
+        return smoothed_history(summary.get("history", []), metric, smooth)
 
     def evaluate(alive: list[str], seeds: range) -> dict[str, list[float]]:
         rnd = seeds.start // s.race_seeds + 1

@@ -1,11 +1,14 @@
-"""Ray Tune + Optuna + ASHA wiring: the only module that imports ray.tune.
+"""Ray Tune + Optuna + ASHA wiring: with study.search.optuna_search (Ray's OptunaSearch, subclassed), the only
+module that imports ray.tune.
 
 The study follows Google's deep-learning tuning playbook: CutMix's alpha, its apply probability p, the method and
 the architecture are the *scientific* hyperparameters, lr / weight decay optional *nuisance* ones, the rest fixed.
 Optuna picks trials (TPE by default; QMC for non-adaptive exploration; random; or the exhaustive grid), the
 paper's defaults (alpha=1, p=0.5, Yun et al. 2019) and the no-CutMix baseline are evaluated first, and ASHA
-(Li et al. 2020) stops weak trials early. The trainable is a few lines around `engine.fit()`, reporting every
-epoch with a checkpoint, as Ray's `tune/examples/mnist_pytorch.py` does.
+(Li et al. 2020) can stop weak trials early: on the mean of their last `search.smooth_epochs` epochs, with stopped
+trials told to Optuna as pruned and the rungs' fidelity measured (study.search.optuna_search, study.search.fidelity).
+The trainable is a few lines around `engine.fit()`, reporting every epoch with a checkpoint, as Ray's
+`tune/examples/mnist_pytorch.py` does.
 
 With `train.workers: N > 1` each trial is a Ray Train `TorchTrainer` of N DDP processes started from inside the
 trial (`study.training.distributed.fit_in_tune_trial`, Ray 2.60's pattern for tuning distributed training): the trial
@@ -37,7 +40,6 @@ from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from study.checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from study.cluster import signals
@@ -45,13 +47,23 @@ from study.cluster.session import has_dashboard, init_ray
 from study.config.load import from_dict, replace
 from study.config.schema import ConfigError, PipelineConfig, to_dict
 from study.console import progress
-from study.search.output import quiet_callbacks
+from study.search.fidelity import smooth_key, smoothed_history
+from study.search.optuna_search import StoredOptunaSearch, delete_study, storage_url
+from study.search.output import quiet_callbacks, quiet_tune
 from study.search.space import (
     DefineByRun,
     default_points,
     grid_points,
     trial_params,
 )
+from study.training.distributed import (
+    RUN_PREFIX,
+    epoch_metrics,
+    fit_in_tune_trial,
+    max_concurrent_trials,
+    trial_resources,
+)
+from study.training.engine import fit
 
 HISTORY_KEY = "_history"  # per-epoch metrics before a restored checkpoint (see _trainable)
 AUTO_CHECKPOINT_S = 10.0  # search.checkpoint_every=0: checkpoint a trial about this often
@@ -59,9 +71,12 @@ EXPERIMENT_NAME = "study"
 TRAIN_DIR = "train"  # under the experiment: the Train runs of data-parallel trials
 
 
-def make_searcher(cfg: PipelineConfig, max_concurrent: int | None = None) -> tuple[Any, dict[str, Any], int]:
+def make_searcher(cfg: PipelineConfig, max_concurrent: int | None = None,
+                  out_dir: Path | None = None) -> tuple[Any, dict[str, Any], int]:
     """(search_alg or None, param_space, num_samples) for the configured algorithm; `max_concurrent` (default
-    `search.max_concurrent`) caps the trials the searcher lets run at once."""
+    `search.max_concurrent`) caps the trials the searcher lets run at once. The Optuna study is stored at
+    `optuna_url(cfg, out_dir)` (in memory when `out_dir` is None), named after the study and started afresh: a
+    resumed study never builds a searcher, Tune restores its own (study.search.optuna_search)."""
     s = cfg.search
     if s.algorithm == "grid":
         points = grid_points(cfg)
@@ -80,11 +95,38 @@ def make_searcher(cfg: PipelineConfig, max_concurrent: int | None = None) -> tup
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     points = default_points(cfg) if s.evaluate_defaults else None
     multi = len(s.metrics) > 1  # Optuna's samplers (TPE, QMC, random) optimise the two objectives jointly
-    searcher = OptunaSearch(space=DefineByRun(cfg), metric=list(s.metrics) if multi else s.primary_metric,
-                            mode=list(s.modes) if multi else s.primary_mode, sampler=sampler,
-                            points_to_evaluate=points, seed=s.seed)
-    searcher = tune.search.ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or s.max_concurrent)
-    return searcher, {}, s.num_samples
+    # Optuna sees the smoothed metric (the mean of the last search.smooth_epochs epochs), as ASHA and the ranking do.
+    metrics = [smooth_key(m) for m in s.metrics]
+    common = {"space": DefineByRun(cfg), "metric": metrics if multi else metrics[0],
+              "mode": list(s.modes) if multi else s.primary_mode, "sampler": sampler, "points_to_evaluate": points}
+    url = "" if out_dir is None else optuna_url(cfg, out_dir)
+    if url:
+        delete_study(url, cfg.name)  # a fresh search: the stage has already refused or --overwrite'd an old one
+    limit = max_concurrent or s.max_concurrent
+    # search.reproducible: trial n sees exactly trials 0 .. n-limit-1 (study.search.optuna_search), whichever of the
+    # running trials happens to finish first.
+    searcher = StoredOptunaSearch(url=url, study_name=cfg.name, epochs=cfg.train.epochs, num_samples=s.num_samples,
+                                  lag=limit if s.reproducible and limit > 1 else 0, **common)
+    return tune.search.ConcurrencyLimiter(searcher, max_concurrent=limit), {}, s.num_samples
+
+
+def optuna_url(cfg: PipelineConfig, out_dir: Path) -> str:
+    """The Optuna storage URL of a study: `search.optuna_storage` or `sqlite:///<out_dir>/optuna.db`."""
+    return storage_url(cfg.search.optuna_storage, out_dir)
+
+
+def is_reproducible(cfg: PipelineConfig) -> tuple[bool, str]:
+    """Whether a study's trials are a function of its seed, and why not. Grid, QMC and random samplers do not
+    learn from results; TPE does, and is reproducible with a lagged deterministic history (search.reproducible).
+    ASHA's rung cuts compare a trial with those that reached the rung *before* it, which depends on timing with
+    concurrent trials."""
+    s = cfg.search
+    if s.scheduler == "asha" and s.max_concurrent > 1:
+        return False, "ASHA with concurrent trials cuts on arrival order (search.scheduler=none, or max_concurrent=1)"
+    if s.algorithm == "tpe" and s.max_concurrent > 1 and not s.reproducible:
+        return False, ("TPE's next suggestion depends on which concurrent trial finished first "
+                       "(search.reproducible=true)")
+    return True, ""
 
 
 class LetFinishASHA(ASHAScheduler):
@@ -124,11 +166,10 @@ def distributed_metrics(result: Any) -> dict[str, Any]:
     the
     epoch's metrics, `best/...`, the `used/...` values, and on the first report after a resume the epochs before
     the checkpoint (HISTORY_KEY), as the one-process trainable sends them."""
-    from study.training.distributed import epoch_metrics
-
     metrics = epoch_metrics(result)
     metrics.update(used_values(result.trainer))
     trainer = result.trainer
+    metrics.update(smoothed_metrics(trainer.cfg, trainer.history))
     if not getattr(trainer, "_reported", False):
         trainer._reported = True  # a fresh process per (re)start: the flag marks its first report
         if len(trainer.history) > 1:
@@ -136,17 +177,22 @@ def distributed_metrics(result: Any) -> dict[str, Any]:
     return metrics
 
 
+def smoothed_metrics(cfg: PipelineConfig | None, history: list[dict[str, float]]) -> dict[str, float]:
+    """`<metric>_smooth` for each searched metric: its mean over the last `search.smooth_epochs` epochs of the
+    history so far (the current epoch included), what ASHA's rungs, Optuna and the final ranking compare."""
+    if cfg is None or not history:
+        return {}
+    k = cfg.search.smooth_epochs
+    return {smooth_key(m): smoothed_history(history, m, k) for m in cfg.search.metrics if m in history[-1]}
+
+
 def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | None = None, threads: int = 1,
                data_ref: list[Any] | None = None, train_storage: str = "") -> None:
     import torch
 
-    from study.training.engine import fit
-
     torch.set_num_threads(max(1, threads))
     cfg = replace(from_dict(base), trial_params(config))
     if cfg.train.workers > 1:
-        from study.training.distributed import fit_in_tune_trial
-
         # The workers read the data from the object store (data_ref holds the driver's ObjectRef, unresolved);
         # this actor only waits on the TorchTrainer, whose reports reach Tune through TuneReportCallback.
         fit_in_tune_trial(cfg, data_ref[0] if data_ref else data, storage_path=train_storage,
@@ -169,6 +215,7 @@ def _trainable(config: dict[str, Any], data: Any = None, base: dict[str, Any] | 
             metrics[HISTORY_KEY] = backfill
         backfill = None
         metrics.update({f"best/{k}": v for k, v in result.trainer.best_metrics.items() if "/" in k})
+        metrics.update(smoothed_metrics(cfg, result.trainer.history))
         # Each checkpoint makes Tune snapshot the experiment (num_to_keep), so short epochs are not checkpointed
         # one by one: a resume repeats at most `every` epochs (or ~10 s) of a trial. The last epoch always is.
         due = (result.epoch >= cfg.train.epochs or (every > 0 and result.epoch % every == 0)
@@ -277,8 +324,6 @@ def _train_checkpoint(train_storage: str, trial_id: str) -> Any:
     """The latest checkpoint of a data-parallel trial's Train run (None if it saved none)."""
     import ray.train
 
-    from study.training.distributed import RUN_PREFIX
-
     quiet = logging.getLogger("ray.train")  # from_path logs "A run snapshot was found" at INFO, for each trial
     level = quiet.level
     quiet.setLevel(logging.WARNING)
@@ -310,8 +355,6 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
     (`train.workers` fits its resources)."""
     import ray
 
-    from study.training.distributed import max_concurrent_trials, trial_resources
-
     s = cfg.search
     base = to_dict(cfg)
     workers = cfg.train.workers
@@ -332,6 +375,7 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
         tune.with_parameters(_trainable, base=base, threads=max(1, int(s.resources_per_trial.cpu)), **params),
         trial_resources(cfg))
     path = experiment_path(cfg, out_dir)
+    quiet_tune()  # the restored run's callbacks hold the quiet ones already; the engine is chosen per call
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         # The restored callbacks are unpickled copies of the first run's: give them this driver's in-memory parts.
@@ -343,20 +387,21 @@ def run_search(cfg: PipelineConfig, data: Any, out_dir: Path, *, callbacks: list
             if fresh is not None and hasattr(old, "reattach"):
                 old.reattach(fresh)
     else:
-        searcher, param_space, num_samples = make_searcher(cfg, concurrent)
+        searcher, param_space, num_samples = make_searcher(cfg, concurrent, out_dir)
         scheduler = None
+        primary = smooth_key(s.primary_metric)  # rung decisions on the mean of the last smooth_epochs epochs
         if s.scheduler == "asha":
             # With two objectives ASHA cuts on the first (Tune's schedulers take one metric). Rungs are epochs, not
             # reports: a retried data-parallel trial's training_iteration starts again at 1 (see result_epoch).
             scheduler = (ASHAScheduler if workers == 1 else LetFinishASHA)(time_attr="epoch", max_t=cfg.train.epochs,
-                                      metric=s.primary_metric if len(s.metrics) > 1 else None,
+                                      metric=primary if len(s.metrics) > 1 else None,
                                       mode=s.primary_mode if len(s.metrics) > 1 else None,
                                       grace_period=min(s.grace_period, cfg.train.epochs),
                                       reduction_factor=s.reduction_factor)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
-            tune_config=tune.TuneConfig(metric=None if len(s.metrics) > 1 else s.primary_metric,
+            tune_config=tune.TuneConfig(metric=None if len(s.metrics) > 1 else primary,
                                         mode=None if len(s.metrics) > 1 else s.primary_mode,
                                         search_alg=searcher, scheduler=scheduler,
                                         num_samples=num_samples,

@@ -19,6 +19,7 @@ from typing import Any
 
 from study.config.load import replace
 from study.config.schema import PipelineConfig
+from study.stats import compare, crossover, format_crossover, summarize
 from study.training.references import BASELINE, CUTMIX_PAPER, REFERENCES
 
 ARMS = (BASELINE, CUTMIX_PAPER)
@@ -57,8 +58,6 @@ def plan(cfg: PipelineConfig) -> list[BudgetRun]:
 def analyse(cfg: PipelineConfig, finals: dict[tuple[str, int, int], dict[str, float]]) -> dict[str, Any]:
     """`finals[(arm, epochs, index)]`: a run's final metrics. Returns per budget each arm's summary of test (and
     train) error and the difference with its Welch interval, and the crossover (study.stats.crossover)."""
-    from study.stats import compare, crossover, summarize
-
     budgets = sorted(cfg.budget.epochs)
     seeds = range(cfg.budget.seeds)
     values = {(arm, e): [finals[arm, e, k][METRIC] for k in seeds] for arm in ARMS for e in budgets}
@@ -79,8 +78,6 @@ def analyse(cfg: PipelineConfig, finals: dict[tuple[str, int, int], dict[str, fl
 def format_table(analysis: dict[str, Any]) -> str:
     """The budget table as markdown: per budget both arms' test (and train) error, mean ± std over seeds, and
     cutmix_paper - baseline with Welch's 95 % interval and its verdict; then the crossover line."""
-    from study.stats import format_crossover
-
     lines = ["| epochs | baseline test err | cutmix_paper test err | cutmix_paper - baseline (95 % CI) | verdict | "
              "baseline train err | cutmix_paper train err |", "|---|---|---|---|---|---|---|"]
 

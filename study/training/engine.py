@@ -29,6 +29,7 @@ from study.config.schema import PipelineConfig, TrainConfig, to_dict
 from study.data.batches import BatchAugment
 from study.data.bundle import DataBundle, Split
 from study.data.streaming import iterate_split
+from study.metric_names import REPORTED
 from study.models import build_model
 
 EVAL_BATCH = 256
@@ -204,13 +205,11 @@ class Trainer:
         """The evaluation metrics `search.metric` names (study.evaluation.epoch_metrics on val, e.g.
         val/maxboxacc_v2), computed when `due` (every `search.eval_every` epochs and the last). In between the
         last values are carried, because Tune and ASHA need the metric in every report."""
-        from study.metric_names import REPORTED
-
         names = [m[len("val/"):] for m in self.cfg.search.metrics if m not in REPORTED]
         if not names:
             return {}
         if due or not getattr(self, "_evaluated", None):
-            from study.evaluation.suite import epoch_metrics
+            from study.evaluation.suite import epoch_metrics  # lazy: pulls cv2, matplotlib, torchmetrics
 
             val = self.data.val
             values = epoch_metrics(self.model, val.images, val.labels, self.data.mean, self.data.std, names=names,

@@ -17,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from study.atomic import atomic_write_text
-from study.config.load import dump_config
+from study.augment import build_mixer, one_hot
+from study.checkpoint import load_checkpoint, save_checkpoint
+from study.config.load import dump_config, from_dict
 from study.config.schema import DataConfig, PipelineConfig
 from study.console import quiet
+from study.data.batches import BatchAugment, iterate_batches
 from study.data.registry import load_data
+from study.training.engine import Trainer
 
 SHOWN = ("train/loss", "val/loss", "val/top1_err", "test/top1_err", "train/top1_err")
 
@@ -59,9 +63,7 @@ def save_sample_grid_for(cfg: PipelineConfig, data, path: Path, n: int = 32) -> 
     shows what the configured method does (the title gives the configured p)."""
     import torch
 
-    from study.augment import build_mixer, one_hot
-    from study.data.batches import BatchAugment, iterate_batches
-    from study.plots import save_sample_grid
+    from study.plots import save_sample_grid  # lazy: pulls matplotlib
 
     gen = torch.Generator().manual_seed(cfg.train.seed)
     x, y = next(iterate_batches(data.train, n, shuffle=True, seed=cfg.train.seed))
@@ -87,9 +89,7 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
     """
     import shutil
 
-    from study.checkpoint import load_checkpoint, save_checkpoint
-    from study.plots import save_learning_curves
-    from study.training.engine import Trainer
+    from study.plots import save_learning_curves  # lazy: pulls matplotlib
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -135,8 +135,6 @@ def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str, validate: bo
     epoch it resumed from at the end. Returns train_run's summary with the per-epoch history."""
     import os
 
-    from study.config.load import from_dict
-
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     attempts = json.loads((out / "task.json").read_text()).get("attempt", 0) + 1 if (out / "task.json").is_file() else 1
@@ -153,8 +151,6 @@ def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str, validate: bo
 def read_finished(run_dir: str | Path) -> dict[str, Any] | None:
     """A finished `train_seed` run read back (metrics.json with the per-epoch history of its last checkpoint), or
     None when `run_dir` holds no finished run: what a resumed stage does instead of training it again."""
-    from study.checkpoint import load_checkpoint
-
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").is_file():
         return None

@@ -13,6 +13,11 @@ import pytest
 
 from tests.helpers.cli import REPO, TINY, assert_one_line_error, run_main, set_args
 
+# Tune's own start banner, result-path line, TensorBoard hint, status tables and per-trial result dumps
+# (ray/tune/experimental/output.py, ray/tune/progress_reporter.py): silenced by study/search/output.py.
+TUNE_NOISE = ("Configuration for experiment", "View detailed results here", "tensorboard --logdir",
+              "Trial status:", "Current time:", "Last result:", "Result for ")
+
 
 def test_version_prints_ours_and_the_pinned_libraries():
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "--version"], cwd=REPO, capture_output=True,
@@ -56,3 +61,21 @@ def test_ray_dashboard_starts_local_ray_with_its_dashboard_and_prints_its_url(tm
             assert json.loads(resp.read())["ray_version"] == ray.__version__
     finally:
         ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_study_prints_our_lines_and_none_of_tunes(tmp_path):
+    """In a fresh process (Tune's engine and loggers are chosen from the environment at each run), then resumed."""
+    import os
+
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "pipelines.cli", "study", "--output", str(tmp_path / "out"),
+           *set_args(TINY + ["search.num_samples=2", "search.scheduler=none"])]
+    for extra in ([], ["--resume"]):
+        proc = subprocess.run(cmd + extra, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for noise in TUNE_NOISE:
+            assert noise not in proc.stdout and noise not in proc.stderr, noise
+    assert "best val/top1_err" in proc.stdout
+    assert not list((tmp_path / "out" / "tune").rglob("events.out.tfevents*"))  # no TensorBoard logger either

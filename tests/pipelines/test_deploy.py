@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -36,12 +37,18 @@ def _ray_env() -> dict[str, str]:
 def ray_head(tmp_path):
     """A one-node Ray cluster started with the real `ray start --head` on 127.0.0.1; stopped by PID."""
     port, dash = free_port(), free_port()
+    # Every port Ray would otherwise take at its fixed default (the job agent's 52365 above all): another Ray on
+    # this machine (a helper's, an earlier test's) holding one leaves the head without a job agent, and `ray job
+    # submit` then answers "No available agent to submit job" for as long as that Ray lives.
+    agent_ports = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "ray-client-server-port")]
     env = _ray_env()
     temp_dir = Path("/tmp") / f"rt{os.getpid()}{port}"  # Ray's socket paths must stay short
     proc = subprocess.run(
         [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
-         f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         f"--temp-dir={temp_dir}", "--disable-usage-stats", *agent_ports],
         env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pids = _ray_pids(temp_dir)
@@ -114,6 +121,10 @@ def test_ray_job_submit_runs_the_pipeline_and_a_resubmission_resumes(ray_head, t
     status, logs = _wait_job(address, _submit(address, env, out, "cutmix-first"))
     assert status.endswith("SUCCEEDED"), logs[-4000:]
     assert "detector mAP@0.5" in logs and "browse: mlflow ui --backend-store-uri sqlite:///" in logs
+    # The workers' own output reaches the job's logs (log_to_driver on a joined cluster): a retrain task's epoch
+    # lines, with Ray's "(task pid=...)" prefix.
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", logs)  # Ray colours the prefix
+    assert re.search(r"^\(_call pid=\d+[^)]*\) retrain \S+ seed \d+ \[\d+/\d+\] train/loss", plain, re.M), plain[-4000:]
 
     frame = pq.read_table(out / "results.parquet").to_pandas()
     assert len(frame) == 2 and (frame["status"] == "completed").all()

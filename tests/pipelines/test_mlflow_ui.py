@@ -22,14 +22,12 @@ from study.tracking.store import VIEW_KEY, VIEW_TAG
 from tests.helpers.chromium import chromium_path, drive
 from tests.helpers.cli import REPO, TINY, set_args
 from tests.helpers.tracking_server import start_mlflow_server
+from tests.pipelines.test_cli_output import TUNE_NOISE
 
 NAME = "uichain"
 PIPE = TINY + [f"name={NAME}", "search.num_samples=2", "search.scheduler=none", "search.max_concurrent=1",
                "evaluate.robustness_images=64", "tracking.system_metrics=true"]
 STAGES = ("study", "retrain", "evaluate", "export", "detect")
-# Tune's own start banner, result-path line, TensorBoard hint and final status table (ray/tune/experimental/output.py)
-# Tune's start box and status table still print (study/search/output.py says why); the TensorBoard hint is gone.
-TUNE_NOISE = ("tensorboard --logdir",)
 
 
 @pytest.fixture(scope="module")

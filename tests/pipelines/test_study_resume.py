@@ -92,6 +92,22 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(mlflow_server, tm
         assert sorted(steps) == list(range(1, EPOCHS + 1)), (trial_id, steps)  # no epoch twice, none missing
     assert set(frame["mlflow_run_id"]) == {v[0].info.run_id for v in by_trial.values()}
 
+    # The resume continued the same stored Optuna study (one study, named after ours): every finished trial is
+    # COMPLETE with all its epochs as intermediate values; a trial asked after Tune's last snapshot (restarted by
+    # Tune as a new trial) is marked FAIL, not left RUNNING.
+    import optuna
+
+    url = f"sqlite:///{out / 'optuna.db'}"
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["resume"]
+    trials = optuna.load_study(study_name="resume", storage=url).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4 and all(t.state == optuna.trial.TrialState.FAIL for t in trials if t not in complete)
+    assert len(trials) - len(complete) <= 1
+    for t in complete:
+        assert sorted(t.intermediate_values) == list(range(1, EPOCHS + 1)), t.number
+    assert sorted(round(t.params["cutmix.prob"], 9) for t in complete) == sorted(round(p, 9)
+                                                                                for p in frame["cutmix.prob"])
+
 
 def test_rerun_without_resume_refuses_and_keeps_results(tmp_path):
     out = tmp_path / "out"

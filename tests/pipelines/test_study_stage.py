@@ -17,6 +17,7 @@ from study.config.load import load_config, replace
 from study.models import build_model
 from study.tracking.store import Tracker
 from tests.helpers.cli import TINY
+from tests.pipelines.test_deploy import postgres  # noqa: F401 - the private PostgreSQL fixture
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,13 @@ def test_study_records_every_trial_in_mlflow_server_and_parquet(ray_local, digit
         assert m["used/model.params"] == n_params[row["model.arch"]], row["model.arch"]
 
     best = yaml.safe_load((tmp_path / "out" / "best_config.yaml").read_text())
-    best_row = frame.loc[frame["best/val/top1_err"].idxmin()]
+    # Ranked by the final mean of the last search.smooth_epochs epochs, not by the minimum over epochs.
+    assert frame["val/top1_err_smooth"].tolist() == pytest.approx(
+        [sum(h[-3:]) / len(h[-3:]) for h in ([m.value for m in sorted(c.get_metric_history(r, "val/top1_err"),
+                                                                      key=lambda m: m.step)]
+                                             for r in frame["mlflow_run_id"])])
+    best_row = frame.loc[frame["val/top1_err_smooth"].idxmin()]
+    assert result.best_value == pytest.approx(best_row["val/top1_err_smooth"])
     assert best["model"]["arch"] == best_row["model.arch"]
     assert load_config(tmp_path / "out" / "best_config.yaml").train.lr == pytest.approx(best_row["train.lr"])
 
@@ -156,6 +163,46 @@ def test_asha_stops_weak_trials_early(ray_local, digits8, tmp_path):
     assert len(frame) == 6 and (frame["epochs"] <= 4).all()
     assert (frame["status"] == "stopped").any() and (frame["epochs"] < 4).any()
     assert set(frame.loc[frame["epochs"] < 4, "status"]) == {"stopped"}
+
+    # What Optuna's storage holds: every trial, a stopped one PRUNED (Ray's OptunaSearch tells it COMPLETE with
+    # its rung value), each with the smoothed metric of every epoch it ran as intermediate values.
+    import optuna
+
+    trials = optuna.load_study(study_name="asha", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}").trials
+    assert len(trials) == 6 and result.optuna_study == "asha"
+    for row in frame.to_dict("records"):
+        t = next(t for t in trials if t.params["train.lr"] == pytest.approx(row["train.lr"])
+                 and t.params["cutmix.prob"] == pytest.approx(row["cutmix.prob"]))
+        want = "COMPLETE" if row["status"] == "completed" else "PRUNED"
+        assert t.state.name == want, (row, t)
+        assert sorted(t.intermediate_values) == list(range(1, row["epochs"] + 1))
+        assert t.intermediate_values[row["epochs"]] == pytest.approx(row["val/top1_err_smooth"])
+    assert {t.state.name for t in trials} == {"COMPLETE", "PRUNED"}
+    # ASHA judged at epochs 1 and 2; the study measured how those rungs rank the finished trials.
+    assert [r["epoch"] for r in result.fidelity["rungs"]] == [1, 2] or result.fidelity["reason"]
+    assert result.reproducible is False and "ASHA" in result.reproducible_reason
+
+
+def test_a_concurrent_tpe_study_is_reproducible_given_its_seed(ray_local, digits8, tmp_path):
+    """Two runs of the same two-at-a-time TPE study (past its startup trials, so its suggestions depend on the
+    results it has seen) choose the same parameters in the same order (search.reproducible: trial n sees exactly
+    trials 0 .. n-3). Trials of uneven length make the finishing order vary."""
+    cfg = load_config(None, TINY + [
+        "name=repro", "train.epochs=2", "search.algorithm=tpe", "search.num_samples=6", "search.max_concurrent=2",
+        "search.scheduler=none", "search.evaluate_defaults=true", "search.reproducible=true",
+        "search.space.cutmix.alpha={type: loguniform, low: 0.1, high: 4.0}",
+        "search.space.cutmix.prob={type: uniform, low: 0.0, high: 1.0}",
+        "search.space.model.arch={type: choice, values: [cnn, resnet20]}",  # resnet20 trains several times slower
+    ])
+    params = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        result = run_study(cfg, out, Tracker(f"sqlite:///{tmp_path / f'{run}.db'}", out))
+        frame = pq.read_table(out / "results.parquet").to_pandas()
+        assert len(frame) == 6 and result.reproducible is True
+        params.append(frame[["cutmix.alpha", "cutmix.prob", "model.arch"]].fillna(-1.0).to_numpy().tolist())
+    assert params[0] == params[1]
+    assert len({tuple(p) for p in params[0]}) == 6  # six different settings, not one repeated
 
 
 SHAPES = ["data.name=shapes", "data.image_size=16", "data.synthetic_sizes=[256,128,128]", "data.hflip=false",
@@ -267,3 +314,24 @@ def test_a_study_races_its_top_settings_and_resumes_the_race(ray_local, tmp_path
     assert (lost / "metrics.json").is_file()
     assert len(race_children(uri, result.parent_run_id)) == runs  # the same children, found again
     assert set(again.race["settings"]) == set(names)
+
+
+def test_the_optuna_study_can_live_in_any_rdb_such_as_postgresql(ray_local, digits8, postgres, tmp_path):  # noqa: F811
+    """search.optuna_storage: a real PostgreSQL (initdb + pg_ctl on 127.0.0.1) holds the study, nothing is written to
+    <out>/optuna.db, and a second study of the same name there is refused unless --overwrite (or --resume)."""
+    import optuna
+
+    from pipelines.common import OutputError
+
+    url, _ = postgres
+    cfg = load_config(None, TINY + ["name=pg", "train.epochs=1", "search.num_samples=2", "search.scheduler=none",
+                                    "search.max_concurrent=1", f"search.optuna_storage={url}"])
+    result = run_study(cfg, tmp_path / "a", Tracker(f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "a"))
+    trials = optuna.load_study(study_name="pg", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and trials[0].intermediate_values
+    assert not (tmp_path / "a" / "optuna.db").exists()
+    assert result.optuna_storage == url  # no password in this URL, nothing to redact
+    with pytest.raises(OutputError, match="already holds a study named pg"):
+        run_study(cfg, tmp_path / "b", Tracker(f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "b"))
+    run_study(cfg, tmp_path / "c", Tracker(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "c"), overwrite=True)
+    assert len(optuna.load_study(study_name="pg", storage=url).trials) == 2  # replaced, not appended

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from study.config.load import load_config
-from study.search.race import decide, race, race_rows, race_settings, smoothed
+from study.search.race import decide, race, race_rows, race_settings
 from tests.helpers.cli import TINY
 
 
@@ -108,14 +108,6 @@ def test_bad_input():
         race(["a"], lookup({"a": [1.0]}))
     with pytest.raises(ValueError, match="mode"):
         decide({"a": [1.0, 2.0], "b": [1.0, 3.0]}, ["a", "b"], round=1, mode="best")
-
-
-def test_smoothed_is_the_mean_of_the_last_epochs():
-    history = [{"epoch": 1, "val/top1_err": 30.0}, {"epoch": 2, "val/top1_err": 20.0},
-               {"epoch": 3, "val/top1_err": 24.0}]
-    assert smoothed(history, "val/top1_err") == 24.0
-    assert smoothed(history, "val/top1_err", 2) == 22.0
-    assert math.isnan(smoothed(history, "val/loss"))
 
 
 def frame_of(rows):

@@ -14,8 +14,8 @@ from study.data.batches import iterate_batches
 from study.data.bundle import Split
 from study.data.streaming import batch_indices, iterate_split
 
-TINY = ["data.name=digits", "data.image_size=8", "data.pad=1", "model.arch=cnn", "model.width=8", "train.epochs=2", "train.batch_size=64",
-        "train.lr=0.05", "train.num_threads=1", "train.device=cpu", "train.workers=2"]
+TINY = ["data.name=digits", "data.image_size=8", "data.pad=1", "model.arch=cnn", "model.width=8", "train.epochs=2",
+        "train.batch_size=64", "train.lr=0.05", "train.num_threads=1", "train.device=cpu", "train.workers=2"]
 
 
 def _cfg(*extra: str):
