@@ -15,13 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import check_writable, open_stage
+from pipelines.common import open_training_stage
 from pipelines.results import BudgetResult
-from study.cluster.session import init_ray
-from study.cluster.tasks import put, run_tasks
+from study.cluster.tasks import run_seed_tasks
 from study.config.schema import PipelineConfig, flatten, to_dict
 from study.training.budget import METRIC, analyse, format_table, plan
-from study.training.runner import Progress, load_dataset, log_seed_run, read_finished, train_seed
+from study.training.runner import Progress, log_seed_run, read_finished, train_seed
 
 SOURCE_STAGES: tuple[str, ...] = ()  # the budget axis starts from its config: no --from
 SOURCE_HINT = ""
@@ -34,10 +33,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     from study.plots import save_budget_plot  # lazy: pulls matplotlib
 
     start = time.perf_counter()
-    check_writable(out_dir)
-    tracker.check()
-    data = load_dataset(cfg.data)
-    out_dir, done = open_stage(out_dir, ["budget"], resume=resume, overwrite=overwrite, result=BudgetResult)
+    out_dir, done, data = open_training_stage(cfg, out_dir, tracker, ["budget"], BudgetResult, resume=resume,
+                                              overwrite=overwrite)
     if done is not None:
         return done
     stage_dir = out_dir / "budget"
@@ -55,9 +52,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                 jobs.append(((r.arm, r.epochs, r.index), {"cfg": to_dict(r.cfg), "run_dir": str(r.run_dir(stage_dir)),
                                                          "label": f"budget {r.name}"}))
         if jobs:
-
-            init_ray()
-            shared = put(data.merged_train_val())
             progress = Progress(len(jobs), "budget")
             by_key = {(r.arm, r.epochs, r.index): r for r in runs}
             pending = [key for key, _ in jobs]
@@ -70,8 +64,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                                 f"{r.name}: test top-1 err {summary['final'][METRIC]:.2f} "
                                 f"({summary['task']['ended'] - summary['task']['started']:.0f} s)")
 
-            run_tasks(train_seed, [(k, {**kw, "data": shared}) for k, kw in jobs], cfg.budget.resources,
-                      on_done=finished)
+            run_seed_tasks(train_seed, jobs, data.merged_train_val(), cfg.budget.resources, on_done=finished)
         analysis = analyse(cfg, finals)
         table = stage_dir / "table.md"
         table.write_text(format_table(analysis) + "\n")

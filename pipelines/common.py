@@ -111,6 +111,20 @@ def _has_results(path: Path) -> bool:
     return any(child.name != LOCK_NAME for child in path.iterdir())
 
 
+def open_training_stage(cfg, out_dir: str | Path, tracker, owned: list[str], result: type[R], *, resume: bool,
+                        overwrite: bool) -> tuple[Path, R | None, Any]:
+    """The opening of a stage that trains on `cfg.data` (retrain, budget): the output directory writable, the
+    tracking store reachable and the data loaded before anything is written, then `open_stage`. Returns (the
+    output directory, the finished result or None, the DataBundle)."""
+    from study.training.runner import load_dataset  # lazy: pulls torch
+
+    check_writable(out_dir)
+    tracker.check()
+    data = load_dataset(cfg.data)
+    out_dir, done = open_stage(out_dir, owned, resume=resume, overwrite=overwrite, result=result)
+    return out_dir, done, data
+
+
 def open_stage(path: str | Path, owned: list[str], *, resume: bool, overwrite: bool,
                result: type[R] | None = None) -> tuple[Path, R | None]:
     """The one place --resume / --overwrite are applied (see the module docstring). Returns (the output directory,

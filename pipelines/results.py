@@ -94,6 +94,12 @@ class StudyResult(StageResult):
     optuna_storage: str = ""  # the Optuna storage URL (password redacted); "" for a grid (no Optuna study)
     optuna_study: str = ""
     smooth_epochs: int = 0
+    # The race (study.search.race, issue 15): its verdict ("" when the study ran none), the winner's dotted params
+    # (None when no setting was distinguishable: retrain then trains the references only), and its record (rule,
+    # per setting the values, fate and round reached, the rounds).
+    race_verdict: str = ""
+    winner_params: dict[str, Any] | None = None
+    race: dict[str, Any] = field(default_factory=dict)
 
     @property
     def frame(self):

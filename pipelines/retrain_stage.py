@@ -25,15 +25,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.common import OutputError, Source, check_writable, open_stage
+from pipelines.common import OutputError, Source, open_training_stage
 from pipelines.results import RetrainResult, StudyResult
-from study.cluster.session import init_ray
-from study.cluster.tasks import put, run_tasks
+from study.cluster.tasks import run_seed_tasks
 from study.config.load import replace
 from study.config.schema import PipelineConfig, flatten, to_dict
 from study.stats import compare, format_ci, format_diff, summarize
 from study.training.references import CUTMIX_PAPER, retrain_variants, winner_name
-from study.training.runner import Progress, load_dataset, log_seed_run, read_finished, train_seed
+from study.training.runner import Progress, log_seed_run, read_finished, train_seed
 
 REPORTED = ("test/top1_err", "test/top5_err", "test/loss", "train/top1_err")
 
@@ -92,10 +91,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     source = study_of(source, Path(out_dir))
     winner, race_verdict = study_winner(source)
     study_run_id = source.parent_run_id if source is not None else None
-    check_writable(out_dir)
-    tracker.check()
-    data = load_dataset(cfg.data)
-    out_dir, done = open_stage(out_dir, ["retrain"], resume=resume, overwrite=overwrite, result=RetrainResult)
+    out_dir, done, data = open_training_stage(cfg, out_dir, tracker, ["retrain"], RetrainResult, resume=resume,
+                                              overwrite=overwrite)
     if done is not None:
         return done
     merged = data.merged_train_val()
@@ -124,10 +121,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             jobs.append(((variant, k), {"cfg": to_dict(scfg), "run_dir": str(run_dir),
                                         "label": f"retrain {variant} seed {k}"}))
         if jobs:
-
-            init_ray()
-            shared = put(merged)  # one copy in the object store for every task
-            jobs = [(key, {**kw, "data": shared}) for key, kw in jobs]
             progress = Progress(len(jobs), "retrain")
             configs = {(v, k): c for v, k, c in plan}
             done_before = len(summaries)
@@ -141,8 +134,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                                 f"{variant} seed {k}: test top-1 err {summary['final']['test/top1_err']:.2f} "
                                 f"({summary['task']['ended'] - summary['task']['started']:.0f} s)")
 
-            run_tasks(train_seed, jobs, cfg.retrain.resources, on_done=finished, what="a retrain task",
-                      key="retrain.resources", placement_timeout_s=cfg.search.placement_timeout_s)
+            run_seed_tasks(train_seed, jobs, merged, cfg.retrain.resources, on_done=finished, what="a retrain task",
+                           key="retrain.resources", placement_timeout_s=cfg.search.placement_timeout_s)
         rows: dict[str, list[dict[str, Any]]] = {}
         for variant, k, scfg in plan:
             summary = summaries[variant, k]

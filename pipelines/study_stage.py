@@ -27,7 +27,7 @@ from study.models import build_model
 from study.stats import separation_in_se
 from study.training.runner import load_dataset, save_sample_grid_for
 
-OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study", "optuna.db"]
+OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study", "optuna.db", "race"]
 RUN_FILE = "study_run.json"
 
 
@@ -181,6 +181,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     """Validate everything, then run or resume the study; write and log its outputs. `source` is unused (a study
     starts from its config)."""
     from study.search import tune as search  # lazy: pulls ray
+    from study.search.space import typed_value  # lazy: pulls ray (parquet's floats back to each dimension's type)
     from study.search.trial_callback import MlflowTrialCallback  # lazy: pulls ray
 
     start = time.perf_counter()
@@ -261,21 +262,29 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                                                  lambda r=r: search.trial_history(r)) for r in records], run_ids)
         frame = records_to_frame(records, cfg, run_ids)
         multi = add_pareto(frame, cfg)
+        race = race_stage(cfg, data, frame, out_dir, parent, resume)  # None when search.race_top_k = 0
+        trials_frame, frame = frame, race_rows(race, frame, cfg)
         write_parquet(frame, out_dir / "results.parquet")
-        best_idx, best_value = pick_best(frame, cfg.search.primary_metric, cfg.search.primary_mode)
+        best_idx, best_value = pick_best(trials_frame, cfg.search.primary_metric, cfg.search.primary_mode)
         fidelity = measure_fidelity(cfg, records)
         reproducible, why_not = search.is_reproducible(cfg)
         best_params: dict[str, Any] = {}
         if best_idx is not None:
-            row = frame.loc[best_idx]
-            best_params = {n: _plain(row[n]) for n in cfg.search.space if n in row and not _missing(row[n])}
-        best_cfg = replace(cfg, best_params) if best_params else cfg
+            row = trials_frame.loc[best_idx]
+            best_params = {n: typed_value(d, row[n]) for n, d in cfg.search.space.items()
+                           if n in row and not _missing(row[n])}
+        winner_params = race["winner"]["params"] if race and race["winner"] else None
+        # best_config.yaml: the raced winner's; after a tie the paper's recipe on the race's references' model (what
+        # retrain then trains the references on); without a race the best trial's.
+        config_params = (winner_params if winner_params is not None else
+                         race["settings"]["cutmix_paper"]["params"] if race else best_params)
+        best_cfg = replace(cfg, config_params) if config_params else cfg
         dump_config(best_cfg, out_dir / "best_config.yaml")
 
         from study.plots import save_study_plots  # lazy: pulls matplotlib
 
-        plots = save_study_plots(frame, rank_column(frame, cfg.search.primary_metric), cfg.search.primary_mode,
-                                 out_dir / "plots")
+        plots = save_study_plots(trials_frame, rank_column(trials_frame, cfg.search.primary_metric),
+                                 cfg.search.primary_mode, out_dir / "plots")
         if optuna_url:
             from study.search.optuna_search import save_optuna_plots  # lazy: pulls ray
 
@@ -283,6 +292,10 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             plots += optuna_plots
             for name, why in skipped.items():
                 progress(f"optuna plot {name} skipped: {why}")
+        if race:
+            from study.plots import save_race_plot  # lazy: pulls matplotlib
+
+            plots.append(save_race_plot(race, out_dir / "plots" / "race.png"))
         if multi:
             from study.search.pareto import save_pareto_plot  # lazy: pulls ray
 
@@ -295,13 +308,13 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             parent.log_artifact(p, "plots")
         # The searched parameters of the winner and the study's best metric, as columns of the parent run.
         parent.log_params({f"best.{k}": v for k, v in best_params.items()})
-        counts = frame["status"].value_counts().to_dict() if len(frame) else {}
-        base = baseline_value(frame, cfg)
+        counts = trials_frame["status"].value_counts().to_dict() if len(trials_frame) else {}
+        base = baseline_value(trials_frame, cfg)
         num_val = len(data.val)
         sep = None
         if base is not None and not math.isnan(best_value) and cfg.search.primary_metric.endswith("err"):
             sep = separation_in_se(best_value, base, num_val)
-        parent.log_metrics({f"best/{cfg.search.primary_metric}": best_value, "trials": len(frame),
+        parent.log_metrics({f"best/{cfg.search.primary_metric}": best_value, "trials": len(trials_frame),
                             **({"baseline/" + cfg.search.primary_metric: base} if base is not None else {}),
                             **({"best_vs_baseline_se": sep} if sep is not None and math.isfinite(sep) else {}),
                             **{f"trials_{k}": v for k, v in counts.items()},
@@ -312,15 +325,43 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             progress(f"warning: {fidelity['warning']}")
         result = StudyResult(str(out_dir), best_params, best_value, cfg.search.primary_metric, cfg.search.primary_mode,
                              list(cfg.search.space), str(out_dir / "best_config.yaml"), parent.run_id, tracker.uri,
-                             parent.experiment_id, len(frame), time.perf_counter() - start, base, num_val, sep,
+                             parent.experiment_id, len(trials_frame), time.perf_counter() - start, base, num_val, sep,
                              fidelity=fidelity, reproducible=reproducible, reproducible_reason=why_not,
                              optuna_storage=_redacted(optuna_url), optuna_study=cfg.name if optuna_url else "",
-                             smooth_epochs=cfg.search.smooth_epochs)
+                             smooth_epochs=cfg.search.smooth_epochs,
+                             race_verdict=race["verdict"] if race else "", winner_params=winner_params,
+                             race=race or {})
         result.to_json()
         parent.log_artifact(result.path(out_dir), "study")
     tracker.add_view_columns(experiment, metrics=[f"best/{cfg.search.primary_metric}", cfg.search.primary_metric],
                              params=[f"best.{n}" for n in cfg.search.space] + list(cfg.search.space))
     return result
+
+
+def race_stage(cfg: PipelineConfig, data, frame, out_dir: Path, parent, resume: bool) -> dict[str, Any] | None:
+    """The race after the search (study.search.race.run_race): its record, tagged on the study run; None when
+    `search.race_top_k` is 0."""
+    from study.search.race import run_race  # lazy: pulls ray, torch
+
+    race = run_race(cfg, data, frame, out_dir, parent, resume=resume, log=lambda line: progress(f"[race] {line}"))
+    if race:
+        parent.set_tags({"cutmix.race_verdict": race["verdict"][:5000],
+                         "cutmix.race_winner": race["winner"]["name"] if race["winner"] else ""})
+        parent.log_metrics({"race_wall_s": race["wall_s"], "race_settings": len(race["settings"]),
+                            "race_rounds": len(race["rounds"])})
+    return race
+
+
+def race_rows(race, frame, cfg: PipelineConfig):
+    """results.parquet's `race` columns (study.search.race.race_rows); not-applicable epochs/wall for the
+    references' own rows are 0, so the trial table prints them."""
+    from study.search.race import race_rows as rows  # lazy: pulls ray, torch
+
+    out = rows(race, frame, cfg)
+    for col in ("epochs", "wall_s"):
+        if col in out:
+            out[col] = out[col].fillna(0)
+    return out
 
 
 def measure_fidelity(cfg: PipelineConfig, records: list) -> dict[str, Any]:
@@ -357,13 +398,6 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def _plain(v: Any) -> Any:
-    """numpy scalars from pandas back to Python values (the config is strict about types)."""
-    if hasattr(v, "item"):
-        v = v.item()
-    return v
-
-
 def report(result: StudyResult) -> str:
     """The trial table and the study's answer, as printed after `cutmix-study study` and inside `run`."""
     cfg_metric = result.metric
@@ -375,13 +409,15 @@ def report(result: StudyResult) -> str:
         signal = ("" if sep is None else f", {sep:.1f} binomial standard errors of the {result.num_val}-image "
                   f"val split apart: " + ("a signal" if sep >= 2 else "within noise, the ranking is not resolved"))
         lines.append(f"baseline trial (no mixing) {cfg_metric}: {result.baseline_value:.3f}{signal}")
-    from study.search.fidelity import describe_fidelity  # lazy: pulls ray
-
-    if result.fidelity:
-        lines.append(describe_fidelity(result.fidelity))
-    if result.reproducible is not None:
-        lines.append("reproducible given search.seed: " + ("yes" if result.reproducible else
-                                                           f"no ({result.reproducible_reason})"))
+    race = getattr(result, "race", None) or {}
+    if race:  # the race's own block
+        lines.append(f"\nrace on {race['metric']} (mean of the last {race.get('smooth_epochs', 1)} epoch(s)); rule: "
+                     f"{race['rule']}")
+        for st in race["settings"].values():
+            vals = st["values"]
+            mean = sum(vals) / len(vals) if vals else math.nan
+            lines.append(f"  {st['label']}: {mean:.3f} over {len(vals)} seeds  [{st['fate']}]")
+        lines.append(f"race verdict: {result.race_verdict}")
     lines += [f"results: {Path(result.out_dir) / 'results.parquet'}", f"best config: {result.best_config}"]
     if result.optuna_storage:
         lines.append(f"optuna study {result.optuna_study}: optuna-dashboard {result.optuna_storage}")

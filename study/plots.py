@@ -495,3 +495,33 @@ def save_budget_plot(analysis: dict[str, Any], path: str | Path, title: str | No
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def save_race_plot(race: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
+    """The race of a study (study.search.race.run_race's record): per setting, its race seeds' values by the round
+    they ran in (dots), its running mean after each round (a line), and how it left: a cross at its last round when
+    eliminated, a star for the winner, a circle for the settings that tied. The legend gives each one's fate."""
+    settings = race["settings"]
+    per_round = max((r["seeds"] for r in race["rounds"][:1]), default=1)
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    for i, (name, st) in enumerate(settings.items()):
+        color, values = f"C{i % 10}", list(st["values"])
+        rounds = [k // per_round + 1 for k in range(len(values))]
+        jitter = (i - (len(settings) - 1) / 2) * 0.04
+        ax.scatter([r + jitter for r in rounds], values, color=color, s=14, alpha=0.6)
+        reached = sorted(set(rounds))
+        means = [float(np.nanmean(values[:r * per_round])) for r in reached]
+        fate = st.get("fate", "")
+        marker = "*" if fate.startswith("winner") else ("x" if fate.startswith("eliminated") else "o")
+        ax.plot([r + jitter for r in reached], means, color=color, lw=1.5,
+                label=f"{st.get('label', name)}: {fate}"[:90])
+        if reached:
+            ax.scatter([reached[-1] + jitter], [means[-1]], color=color, marker=marker, s=110, zorder=3,
+                       edgecolors="k" if marker != "x" else None)
+    ax.set_xticks(range(1, len(race["rounds"]) + 1))
+    ax.set_xlabel(f"round ({per_round} new seeds per surviving setting each)")
+    ax.set_ylabel(f"{race['metric']} (mean of the last {race.get('smooth_epochs', 1)} epoch(s)), per seed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    ax.set_title(title or race.get("verdict", "")[:110], fontsize=8)
+    return _save(fig, path)

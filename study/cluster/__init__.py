@@ -8,7 +8,7 @@ Each name is re-exported from its leaf module; inside `study/`, import the leaf 
 from study.cluster.session import (  # noqa: F401
     started_locally, init_ray, shutdown_if_started, has_dashboard, dashboard_url)
 from study.cluster.tasks import (  # noqa: F401
-    MAX_RETRIES, DEFAULT_PLACEMENT_TIMEOUT_S, run_tasks, put)
+    MAX_RETRIES, DEFAULT_PLACEMENT_TIMEOUT_S, run_tasks, run_seed_tasks, put)
 from study.cluster.capacity import (  # noqa: F401
     REPORT_S, POLL_S, PlacementError, Demand, trial_demand, task_demand, shortfall, alive_nodes, fixed_size,
     check_placeable, watch)

@@ -63,6 +63,16 @@ def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Any, dict[str, Any]]]
     return results
 
 
+def run_seed_tasks(fn: Callable[..., Any], jobs: list[tuple[Any, dict[str, Any]]], data: Any,
+                   resources: ResourcesConfig, **kwargs: Any) -> dict[Any, Any]:
+    """`run_tasks` for training runs that share one dataset (retrain seeds, budget runs, race runs): Ray started or
+    joined, `data` stored once in the object store, every job given its reference as `data`; `kwargs` go to
+    run_tasks (on_done, what, key, placement_timeout_s)."""
+    init_ray()
+    shared = put(data)  # one copy in the object store for every task
+    return run_tasks(fn, [(key, {**kw, "data": shared}) for key, kw in jobs], resources, **kwargs)
+
+
 def _call(fn: Callable[..., Any], threads: int, **kwargs: Any) -> Any:
     """In the task's worker: torch threads = the task's CPUs, then the work, with when and where it ran."""
     import torch

@@ -123,12 +123,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Dimension:
-    """One searched hyperparameter. `choice` takes `values`; the others take `low`/`high`."""
+    """One searched hyperparameter. `choice` takes `values`; the others take `low`/`high`. `when` makes it
+    conditional on other searched `choice` dimensions, e.g. `{model.arch: cnn}` or `{model.arch: [cnn, resnet20]}`
+    (a value or a list of values each): a per-architecture parameter is sampled, gridded and recorded only for the
+    architectures it belongs to (study.search.space.applies)."""
 
     type: str = "choice"
     low: float | None = None
     high: float | None = None
     values: tuple[Any, ...] = ()
+    when: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,13 @@ class SearchConfig:
     # (study.search.optuna_search).
     reproducible: bool = True
     space: Mapping[str, Dimension] = field(default_factory=dict)
+    # The race after the search (study.search.race, issue 15): the top `race_top_k` settings, cutmix_paper and the
+    # baseline re-run on train/val with `race_seeds` new seeds each per round, for at most `race_rounds` rounds,
+    # eliminated at level `race_alpha` (Friedman, then paired t-tests against the best, Holm). 0 disables the race.
+    race_top_k: int = 3
+    race_seeds: int = 2
+    race_rounds: int = 3
+    race_alpha: float = 0.05
 
     @property
     def metrics(self) -> tuple[str, ...]:

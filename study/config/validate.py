@@ -120,6 +120,12 @@ def validate(cfg: PipelineConfig) -> None:
            "sqlite:///path/optuna.db or postgresql+psycopg2://user@host/db, or empty for <output>/optuna.db)")
     for name, dim in s.space.items():
         validate_dimension(cfg, name, dim)
+    validate_conditions(s.space)
+    _check(s.race_top_k >= 0, f"search.race_top_k={s.race_top_k} is not allowed (>= 0; 0 disables the race)")
+    _check(s.race_seeds >= 2, f"search.race_seeds={s.race_seeds} is not allowed (>= 2 new seeds per round: a paired "
+                              "test needs a spread)")
+    _check(s.race_rounds >= 1, f"search.race_rounds={s.race_rounds} is not allowed (>= 1)")
+    _check(0 < s.race_alpha < 1, f"search.race_alpha={s.race_alpha} is not allowed (0 < value < 1)")
 
     b = cfg.budget
     _check(len(b.epochs) >= 2 and all(e >= 1 for e in b.epochs) and list(b.epochs) == sorted(set(b.epochs)),
@@ -194,6 +200,21 @@ def validate_dimension(cfg: PipelineConfig, name: str, dim: Dimension) -> None:
                 validate(with_params(cfg, {name: int(v) if dim.type == "int" else float(v)}))
             except ConfigError as exc:
                 raise ConfigError(f"{where}: bound {v} gives {exc}") from None
+
+
+def validate_conditions(space) -> None:
+    """`when` of each dimension: every key a searched `choice` dimension that is itself unconditional (one level,
+    so no cycle), every value one of its listed values."""
+    for name, dim in space.items():
+        for key, want in dim.when.items():
+            where = f"search.space.{name}.when.{key}"
+            parent = space.get(key)
+            _check(key != name and parent is not None and parent.type == "choice" and not parent.when,
+                   f"{where}: unknown condition (a searched unconditional choice dimension: "
+                   f"{', '.join(n for n, d in space.items() if d.type == 'choice' and not d.when and n != name)})")
+            for v in want if isinstance(want, list | tuple) else [want]:
+                _check(v in parent.values, f"{where}={v!r} is not allowed (one of: "
+                                           f"{', '.join(map(str, parent.values))})")
 
 
 def check_metrics(s) -> None:

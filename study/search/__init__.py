@@ -6,7 +6,7 @@ Each name is re-exported from its leaf module; inside `study/`, import the leaf 
 """
 
 from study.search.space import (  # noqa: F401
-    CONDITIONAL, applies, ordered_space, suggest, DefineByRun, grid_points, default_points, trial_params)
+    CONDITIONAL, applies, ordered_space, suggest, DefineByRun, grid_points, default_points, typed_value, trial_params)
 from study.search.pareto import (  # noqa: F401
     pareto_mask, save_pareto_plot)
 from study.search.tune import (  # noqa: F401

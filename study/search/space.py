@@ -20,7 +20,13 @@ CONDITIONAL = ("cutmix.alpha", "cutmix.mode", "cutmix.cutout_size", "cutmix.labe
 
 
 def applies(name: str, params: Mapping[str, Any], base: PipelineConfig) -> bool:
-    """Whether parameter `name` has any effect given the values chosen so far (or the base config's)."""
+    """Whether parameter `name` has any effect given the values chosen so far (or the base config's): alpha only
+    where the batch is mixed, and a dimension with `when` (a per-architecture parameter) only where each condition
+    holds."""
+    dim = base.search.space.get(name)
+    if dim is not None and dim.when and not all(_holds(params.get(k, _flat_get(base, k)), want)
+                                                for k, want in dim.when.items()):
+        return False
     method = params.get("cutmix.method", base.cutmix.method)
     mixed = dataclasses.replace(base.cutmix, method=method, prob=params.get("cutmix.prob", base.cutmix.prob)).mixes
     if name == "cutmix.alpha":
@@ -32,9 +38,15 @@ def applies(name: str, params: Mapping[str, Any], base: PipelineConfig) -> bool:
     return True
 
 
+def _holds(value: Any, want: Any) -> bool:
+    return value in want if isinstance(want, list | tuple) else value == want
+
+
 def ordered_space(cfg: PipelineConfig) -> list[tuple[str, Dimension]]:
-    """Method and p first (they decide which other parameters apply), then the rest in config order."""
-    first = [n for n in ("cutmix.method", "cutmix.prob") if n in cfg.search.space]
+    """Method, p and every dimension a `when` names first (they decide which other parameters apply), then the rest
+    in config order."""
+    conditions = [k for d in cfg.search.space.values() for k in d.when]
+    first = list(dict.fromkeys(n for n in ("cutmix.method", "cutmix.prob", *conditions) if n in cfg.search.space))
     rest = [n for n in cfg.search.space if n not in first]
     return [(n, cfg.search.space[n]) for n in first + rest]
 
@@ -109,6 +121,18 @@ def _flat_get(cfg: PipelineConfig, name: str) -> Any:
     for part in name.split("."):
         node = getattr(node, part)
     return node
+
+
+def typed_value(dim: Dimension, value: Any) -> Any:
+    """A parameter's value read back from a table (results.parquet holds numeric columns as float, NaN where a
+    parameter did not apply) in its dimension's own type: an int for `int`, the listed value for `choice`."""
+    if hasattr(value, "item"):  # numpy scalars from pandas
+        value = value.item()
+    if dim.type == "int":
+        return int(round(value))
+    if dim.type == "choice":
+        return next((v for v in dim.values if v == value), value)
+    return value
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -124,10 +124,12 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
     return {**summary, "history": trainer.history, "resumed_from": resumed_from}
 
 
-def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str) -> dict[str, Any]:
+def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str, validate: bool = False) -> dict[str, Any]:
     """One retrain seed as a Ray task (study.cluster.tasks.run_tasks): train `cfg` (plain data) into `run_dir` on
     `data` (train+val merged), the final epoch being the model; its val images are training images, so val is not
-    evaluated, and the clean error on the training split is (`train/top1_err`, after the last epoch). Continues
+    evaluated, and the clean error on the training split is (`train/top1_err`, after the last epoch). With
+    `validate` (a race run, study.search.race: `data` is the study's train/val split) val is evaluated every epoch
+    instead and the clean train error is not. Continues
     from `checkpoints/last.pt` when an earlier attempt left one, so Ray's retry of a task whose worker died
     resumes it. Writes `task.json` (PID, start time, attempt) first, for whoever watches the run, and adds the
     epoch it resumed from at the end. Returns train_run's summary with the per-epoch history."""
@@ -138,8 +140,8 @@ def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str) -> dict[str,
     attempts = json.loads((out / "task.json").read_text()).get("attempt", 0) + 1 if (out / "task.json").is_file() else 1
     task = {"pid": os.getpid(), "started": time.time(), "attempt": attempts}
     atomic_write_text(out / "task.json", json.dumps(task))
-    summary = train_run(from_dict(cfg), out, data=data, resume=True, label=label, select_last=True, eval_val=False,
-                        eval_train=True)
+    summary = train_run(from_dict(cfg), out, data=data, resume=True, label=label, select_last=True, eval_val=validate,
+                        eval_train=not validate)
     # The epoch this attempt started from: > 0 when a retry found the dead attempt's checkpoint, 0 when it had to
     # start again (the checkpoint was lost with a node's local disk, or none had been written).
     atomic_write_text(out / "task.json", json.dumps({**task, "resumed_from": summary["resumed_from"]}))

@@ -14,6 +14,10 @@ TINY = [
     "data.image_size=8", "data.pad=1", "model.arch=cnn", "model.width=8", "train.epochs=2", "train.batch_size=64",
     "train.lr=0.05", "train.num_threads=1", "detect.image_size=64", "detect.num_train=8", "detect.num_val=4",
     "detect.epochs=1", "detect.batch_size=4", "retrain.seeds=2",
+    "search.race_top_k=0",  # no race after a tiny study (tests/pipelines/test_study_stage.py races one end to end)
+    # α and p only (the default also searches the architecture; a test adds the dimensions it studies)
+    "search.space={cutmix.alpha: {type: loguniform, low: 0.1, high: 4.0}, cutmix.prob: {type: uniform, low: 0.0, "
+    "high: 1.0}}",
 ]
 
 

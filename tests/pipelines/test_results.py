@@ -32,6 +32,9 @@ SAMPLES = {
                       mode="max", searched=["cutmix.alpha", "model.arch"], best_config="/x/best_config.yaml",
                       parent_run_id="a" * 32, tracking_uri="http://127.0.0.1:5000", experiment_id="7", trials=9,
                       wall_s=60.0, baseline_value=10.0, num_val=500, best_vs_baseline_se=1.5,
+                      race_verdict="trial_1 wins the race: it beat cutmix_paper, baseline resolvably",
+                      winner_params={"cutmix.alpha": 0.5, "model.arch": "cnn"},
+                      race={"metric": "val/ece", "settings": {"baseline": {"values": [1.0, 2.0], "fate": "tie r1"}}},
                       fidelity={"metric": "val/ece", "rungs": [{"epoch": 4, "rho": 0.5, "p": 0.2, "n": 5}],
                                 "warning": "early stopping at epoch 4 ranks trials unlike epoch 12: rho = 0.50"},
                       reproducible=False, reproducible_reason="ASHA", optuna_storage="sqlite:////x/optuna.db",
@@ -139,3 +142,14 @@ def test_an_unreadable_summary_says_to_rerun_with_overwrite(tmp_path, content):
     msg = str(info.value)
     assert msg == f"{path} is not a readable study summary (rerun the stage with --overwrite)"
     assert isinstance(info.value, ValueError)  # the CLI maps ValueErrors of ours to exit 2
+
+
+def test_a_study_summary_from_before_the_race_reads_with_no_race(tmp_path):
+    path = StudyResult(out_dir=str(tmp_path), best_params={"cutmix.alpha": 0.5}, trials=3).to_json()
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("race_verdict", "winner_params", "race")}
+    path.write_text(json.dumps(old))
+    back = StudyResult.from_dir(tmp_path)
+    assert (back.race_verdict, back.winner_params, back.race) == ("", None, {})
+    from pipelines.retrain_stage import study_winner
+
+    assert study_winner(back) == ({"cutmix.alpha": 0.5}, "")  # retrain falls back to the best trial

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from pipelines.results import StudyResult
 from pipelines.study_stage import run as run_study
 from study.config.load import load_config, replace
 from study.models import build_model
@@ -212,7 +216,7 @@ def test_two_objectives_run_a_multi_objective_study_with_its_pareto_front(ray_lo
 
     cfg = load_config(None, SHAPES + [
         "search.metric=[val/top1_err, val/maxboxacc_v2]", "search.mode=auto", "search.algorithm=random",
-        "search.num_samples=4", "search.scheduler=none", "search.evaluate_defaults=false",
+        "search.num_samples=4", "search.scheduler=none", "search.evaluate_defaults=false", "search.race_top_k=0",
         "search.space={cutmix.alpha: {type: loguniform, low: 0.1, high: 4.0}, "
         "cutmix.prob: {type: uniform, low: 0.0, high: 1.0}}"])
     assert cfg.search.modes == ("min", "max")
@@ -243,6 +247,73 @@ def test_a_localization_metric_on_data_without_boxes_is_refused_before_any_trial
     code, _, err = run_main(capsys, "study", "--output", str(tmp_path / "out"),
                             *set_args(TINY + ["search.metric=val/no_such_metric"]))
     assert_one_line_error(code, err, "val/no_such_metric", "val/maxboxacc_v2")
+
+
+def race_children(uri, parent_id):
+    return [r for r in child_runs(client(uri), parent_id) if r.data.tags.get("cutmix.stage") == "race"]
+
+
+@pytest.mark.slow
+def test_a_study_races_its_top_settings_and_resumes_the_race(ray_local, tmp_path):
+    cfg = load_config(None, TINY + [
+        "name=study-race", "search.num_samples=3", "search.max_concurrent=2", "search.scheduler=none",
+        "search.race_top_k=2", "search.race_seeds=2", "search.race_rounds=2",
+        "search.space.cutmix.alpha={type: loguniform, low: 0.2, high: 3.0}",
+        "search.space.cutmix.prob={type: uniform, low: 0.0, high: 1.0}",
+        "search.space.model.arch={type: choice, values: [cnn, resnet20]}",
+        "search.space.model.width={type: choice, values: [4, 8], when: {model.arch: cnn}}",
+    ])
+    out = tmp_path / "out"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_study(cfg, out, Tracker(uri, out))
+
+    race = result.race
+    assert result.race_verdict == race["verdict"] and race["rule"].startswith("F-race")
+    names = list(race["settings"])
+    # top-2 trials beside the references; the default points (the paper's recipe, p=0) coincide with them when the
+    # best trial has their architecture
+    assert {"baseline", "cutmix_paper"} <= set(names) and 3 <= len(names) <= 4
+    if race["winner"] is None:
+        assert result.race_verdict.startswith("no setting distinguishable from ") and result.winner_params is None
+    else:
+        assert result.winner_params == race["winner"]["params"]
+    runs = sum(len(st["values"]) for st in race["settings"].values())
+    assert runs >= 2 * len(names)  # round 1 ran every setting with 2 seeds
+    # Per-architecture parameters: width only where the trial's architecture is the cnn.
+    frame = pd.read_parquet(out / "results.parquet")
+    trials = frame[frame["status"] != "race"]
+    assert len(trials) == 3 and (trials["model.width"].notna() == (trials["model.arch"] == "cnn")).all()
+    raced = frame[frame["race"].notna()]
+    assert len(raced) == len(names)
+    assert all(any(w in v for w in ("winner", "eliminated r", "tie r")) for v in raced["race"])
+    refs = frame[frame["status"] == "race"]
+    assert set(refs["trial_id"]) <= {"race_baseline", "race_cutmix_paper"}
+    assert (raced["race/seeds"] >= 2).all()
+    # The race's runs: MLflow children of the study run, one per (setting, seed), on val, never on test.
+    children = race_children(uri, result.parent_run_id)
+    assert len(children) == runs
+    assert {r.data.tags["cutmix.variant"] for r in children} == set(names)
+    for r in children:
+        assert "val/top1_err" in r.data.metrics and "test/top1_err" not in r.data.metrics
+    assert (out / "plots" / "race.png").stat().st_size > 0
+    summary = json.loads(StudyResult.path(out).read_text())
+    assert summary["race_verdict"] == result.race_verdict
+    # best_config.yaml: the winner's config, or after a tie the paper's recipe on the references' model.
+    best = yaml.safe_load((out / "best_config.yaml").read_text())
+    chosen = result.winner_params if result.winner_params is not None else race["settings"]["cutmix_paper"]["params"]
+    assert best["model"]["arch"] == chosen["model.arch"] and best["cutmix"]["prob"] == chosen["cutmix.prob"]
+
+    # A race cut short: one run's directory lost, the summary not written yet. --resume trains only that run.
+    lost = out / "race" / "baseline" / "seed1"
+    shutil.rmtree(lost)
+    StudyResult.path(out).unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "race").glob("*/seed*/metrics.json")}
+    again = run_study(cfg, out, Tracker(uri, out), resume=True)
+    assert again.parent_run_id == result.parent_run_id
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # finished runs read back, not retrained
+    assert (lost / "metrics.json").is_file()
+    assert len(race_children(uri, result.parent_run_id)) == runs  # the same children, found again
+    assert set(again.race["settings"]) == set(names)
 
 
 def test_the_optuna_study_can_live_in_any_rdb_such_as_postgresql(ray_local, digits8, postgres, tmp_path):  # noqa: F811

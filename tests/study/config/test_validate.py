@@ -296,3 +296,42 @@ def test_a_study_needs_a_space_and_a_grid_needs_listed_values():
     validate_study(dataclasses.replace(grid, search=dataclasses.replace(grid.search, algorithm="tpe")))
     validate_study(dataclasses.replace(grid, search=dataclasses.replace(grid.search, space={"model.arch": space[
         "model.arch"]})))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-architecture dimensions (`when`) and the race's knobs
+
+
+ARCH = Dimension("choice", values=("cnn", "resnet20"))
+
+
+def test_a_condition_on_a_searched_choice_passes():
+    validate(_space(**{"model.arch": ARCH, "model.width": Dimension("choice", values=(8, 16),
+                                                                    when={"model.arch": "cnn"}),
+                       "train.lr": Dimension("loguniform", 0.01, 0.1, when={"model.arch": ["cnn", "resnet20"]})}))
+
+
+@pytest.mark.parametrize(("when", "message"), [
+    ({"model.depth": 3}, "search.space.model.width.when.model.depth: unknown condition (a searched unconditional "
+                         "choice dimension: model.arch)"),
+    ({"model.arch": "vgg"}, "search.space.model.width.when.model.arch='vgg' is not allowed (one of: cnn, resnet20)"),
+    ({"model.arch": ["cnn", "vgg"]},
+     "search.space.model.width.when.model.arch='vgg' is not allowed (one of: cnn, resnet20)"),
+    ({"model.width": 8}, "search.space.model.width.when.model.width: unknown condition (a searched unconditional "
+                         "choice dimension: model.arch)"),
+])
+def test_a_bad_condition_is_one_line_naming_what_is_allowed(when, message):
+    with pytest.raises(ConfigError) as info:
+        validate(_space(**{"model.arch": ARCH, "model.width": Dimension("choice", values=(8, 16), when=when)}))
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(("bad", "edge", "needle"), [
+    ({"search.race_top_k": -1}, {"search.race_top_k": 0}, "search.race_top_k=-1 is not allowed (>= 0; 0 disables"),
+    ({"search.race_seeds": 1}, {"search.race_seeds": 2}, "search.race_seeds=1 is not allowed (>= 2 new seeds"),
+    ({"search.race_rounds": 0}, {"search.race_rounds": 1}, "search.race_rounds=0 is not allowed (>= 1)"),
+    ({"search.race_alpha": 1.0}, {"search.race_alpha": 0.5}, "search.race_alpha=1.0 is not allowed (0 < value < 1)"),
+])
+def test_race_knobs(bad, edge, needle):
+    assert needle in _error(bad)
+    validate(with_params(BASE, edge))

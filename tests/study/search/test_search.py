@@ -106,10 +106,10 @@ def test_grid_needs_listed_values():
 
 
 def test_default_points_are_the_papers_defaults_then_the_baseline():
-    cfg = load_config()  # the default: alpha loguniform [0.1, 4], p uniform [0, 1]; alpha=1, p=0.5
+    cfg = load_config()  # the default: alpha loguniform [0.1, 4], p uniform [0, 1]; alpha=1, p=0.5; cnn width 16
     assert default_points(cfg) == [
-        {"cutmix.prob": 0.5, "cutmix.alpha": 1.0},
-        {"cutmix.prob": 0.0},  # no mixing: alpha does not apply
+        {"cutmix.prob": 0.5, "cutmix.alpha": 1.0, "model.arch": "cnn", "model.width": 16},
+        {"cutmix.prob": 0.0, "model.arch": "cnn", "model.width": 16},  # no mixing: alpha does not apply
     ]
 
 
@@ -147,19 +147,25 @@ def test_no_baseline_when_the_space_cannot_express_one():
 # The define-by-run space, sampled by a real Optuna study (no Ray)
 
 
+def sampled(cfg, n: int) -> list[dict]:
+    """The params of `n` trials a real Optuna study (random sampler) draws from the define-by-run space."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = DefineByRun(cfg)
+    seen = []
+    for _ in range(n):
+        trial = study.ask()
+        space(trial)
+        seen.append(trial.params)
+        study.tell(trial, 0.0)
+    return seen
+
+
 def test_define_by_run_samples_alpha_only_where_it_applies():
     cfg = cfg_with(space={"cutmix.prob": "{type: choice, values: [0.0, 1.0]}",
                           "cutmix.alpha": "{type: loguniform, low: 0.2, high: 3.0}",
                           "train.batch_size": "{type: int, low: 16, high: 64}",
                           "model.arch": "{type: choice, values: [cnn, resnet20]}"})
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    space = DefineByRun(cfg)
-    seen = []
-    for _ in range(40):
-        trial = study.ask()
-        space(trial)
-        seen.append(trial.params)
-        study.tell(trial, 0.0)
+    seen = sampled(cfg, 40)
     assert {p["cutmix.prob"] for p in seen} == {0.0, 1.0}
     for p in seen:
         assert ("cutmix.alpha" in p) is (p["cutmix.prob"] > 0)
@@ -172,3 +178,42 @@ def test_nothing_here_started_ray():
     import ray
 
     assert not ray.is_initialized()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-architecture parameters (Dimension.when)
+
+ARCH_SPACE = {"cutmix.prob": "{type: choice, values: [0.0, 0.5]}",
+              "model.width": "{type: choice, values: [8, 16], when: {model.arch: cnn}}",
+              "model.arch": "{type: choice, values: [cnn, resnet20]}"}
+
+
+def test_a_per_architecture_parameter_applies_only_under_its_architecture():
+    cfg = cfg_with(space=ARCH_SPACE)
+    assert [n for n, _ in ordered_space(cfg)][:2] == ["cutmix.prob", "model.arch"]  # the condition is decided first
+    assert applies("model.width", {"model.arch": "cnn"}, cfg)
+    assert not applies("model.width", {"model.arch": "resnet20"}, cfg)
+    assert applies("model.width", {}, cfg) is (cfg.model.arch == "cnn")  # falls back to the base config's arch
+
+
+def test_grid_and_default_points_honour_the_condition():
+    cfg = cfg_with("model.arch=cnn", "model.width=16", space=ARCH_SPACE)
+    points = grid_points(cfg)
+    assert points == [
+        {"cutmix.prob": 0.0, "model.arch": "cnn", "model.width": 8},
+        {"cutmix.prob": 0.0, "model.arch": "cnn", "model.width": 16},
+        {"cutmix.prob": 0.0, "model.arch": "resnet20"},
+        {"cutmix.prob": 0.5, "model.arch": "cnn", "model.width": 8},
+        {"cutmix.prob": 0.5, "model.arch": "cnn", "model.width": 16},
+        {"cutmix.prob": 0.5, "model.arch": "resnet20"},
+    ]
+    assert default_points(cfg) == [{"cutmix.prob": 0.5, "model.arch": "cnn", "model.width": 16},
+                                   {"cutmix.prob": 0.0, "model.arch": "cnn", "model.width": 16}]
+
+
+def test_define_by_run_samples_a_per_architecture_parameter_only_under_it():
+    cfg = cfg_with(space=ARCH_SPACE)
+    seen = sampled(cfg, 30)
+    assert {p["model.arch"] for p in seen} == {"cnn", "resnet20"}
+    for p in seen:
+        assert ("model.width" in p) is (p["model.arch"] == "cnn")
