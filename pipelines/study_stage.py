@@ -409,6 +409,13 @@ def report(result: StudyResult) -> str:
         signal = ("" if sep is None else f", {sep:.1f} binomial standard errors of the {result.num_val}-image "
                   f"val split apart: " + ("a signal" if sep >= 2 else "within noise, the ranking is not resolved"))
         lines.append(f"baseline trial (no mixing) {cfg_metric}: {result.baseline_value:.3f}{signal}")
+    if result.fidelity:
+        from study.search.fidelity import describe_fidelity  # lazy: pulls ray
+
+        lines.append(describe_fidelity(result.fidelity))
+    if result.reproducible is not None:
+        lines.append("reproducible given search.seed: " + ("yes" if result.reproducible else
+                                                           f"no ({result.reproducible_reason})"))
     race = getattr(result, "race", None) or {}
     if race:  # the race's own block
         lines.append(f"\nrace on {race['metric']} (mean of the last {race.get('smooth_epochs', 1)} epoch(s)); rule: "
