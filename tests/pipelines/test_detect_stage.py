@@ -23,13 +23,15 @@ from study.training.runner import train_run
 from tests.helpers.cli import TINY, assert_one_line_error, run_main, set_args
 
 # The default pair (issue 10): the embedded default's classifier (cluttered digits, 24 px, the small CNN, 12 epochs,
-# ~50 CPU-s) pretrains the backbone; Faster R-CNN is fine-tuned on scenes of the same generator with several digits
-# (48 px, 192 train / 64 val scenes, 5 epochs, ~80 CPU-s per detector) from it and from a random-init control.
-# Measured over three detection seeds on one pretrained backbone: pretrained mAP@0.5 0.563 / 0.571 / 0.544 against
-# 0.095 / 0.093 / 0.083 for the control (gaps 0.47, 0.48, 0.46). The 0.3 margin leaves 0.16 of the smallest gap for
+# with the config's CutMix) pretrains the backbone; Faster R-CNN is fine-tuned on scenes of the same generator with
+# several digits (48 px, 192 train / 64 val scenes, 5 epochs, ~80 CPU-s per detector) from it and from a random-init
+# control. Measured on the earlier default (3,000 train images): pretrained mAP@0.5 0.563 / 0.571 / 0.544 against
+# 0.095 / 0.093 / 0.083 (gaps 0.46-0.48). Since issue 15's default (1,500 train images) this test measured 0.358
+# against 0.076 (gap 0.28), and the no-argument runs' baseline backbones 0.482 and 0.447 against 0.076. The 0.15
+# margin (a pretrained detector about three times the control's mAP) leaves 0.13 of the smallest measured gap for
 # the spread between pretraining runs and thread scheduling.
 PRETRAIN = ["name=transfer", "train.eval_test=false"]
-MARGIN = 0.3
+MARGIN = 0.15
 
 
 @pytest.mark.slow
