@@ -156,8 +156,12 @@ class StoredOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         if not self._url:  # in memory: the unpickled study is the whole study
             return
-        study = optuna.load_study(study_name=self._study_name, storage=rdb_storage(self._url),
-                                  sampler=self._ot_study.sampler, pruner=self._ot_study.pruner)
+        try:
+            study = optuna.load_study(study_name=self._study_name, storage=rdb_storage(self._url),
+                                      sampler=self._ot_study.sampler, pruner=self._ot_study.pruner)
+        except KeyError:  # the storage lost the study (default SQLite: deleted with the output directory)
+            self._restart_study(optuna)
+            return
         known = {t._trial_id for t in self._ot_trials.values()}
         self._ot_trials = {tid: optuna.trial.Trial(study, t._trial_id) for tid, t in self._ot_trials.items()
                            if tid not in self._completed_trials}
@@ -167,6 +171,19 @@ class StoredOptunaSearch(OptunaSearch):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+
+
+    def _restart_study(self, optuna: Any) -> None:
+        """A new stored study of the same name when the old one is gone (Tune's storage and MLflow survived the
+        output directory; the Optuna history did not): the trials Tune restores get fresh Optuna trials, so their
+        epochs are reported and told; the finished ones are not in it, which the warning says."""
+        logger.warning("the stored Optuna study %s is not in %s (deleted with the output directory?): a new one is "
+                       "started; trials finished before are not in it", self._study_name, self._url)
+        study = optuna.create_study(study_name=self._study_name, storage=rdb_storage(self._url),
+                                    sampler=self._ot_study.sampler, pruner=self._ot_study.pruner,
+                                    directions=self._ot_study.directions, load_if_exists=True)
+        self._ot_trials = {tid: study.ask() for tid in self._ot_trials if tid not in self._completed_trials}
+        self._ot_study = study
 
 
 class BatchLimiter(ConcurrencyLimiter):
