@@ -242,7 +242,9 @@ def save_optuna_plots(url: str, study_name: str, out_dir: Path) -> tuple[list[Pa
             skipped[name] = why
             continue
         try:
-            with warnings.catch_warnings():
+            # Optuna's matplotlib plots call plt.style.use("ggplot"), which would restyle every later figure of
+            # this process (our own plots, and their colour tests): rc_context puts the rcParams back.
+            with warnings.catch_warnings(), matplotlib.rc_context():
                 warnings.simplefilter("ignore")  # optuna.visualization.matplotlib is marked experimental
                 ax = plot(study)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
