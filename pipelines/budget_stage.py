@@ -71,14 +71,14 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         plot = save_budget_plot(analysis, stage_dir / "test_error_vs_epochs.png", title=f"{cfg.name}: "
                                 f"{cfg.model.arch}, {len(data.train) + len(data.val)} training images")
         result = BudgetResult(str(out_dir), parent.run_id, len(data.test), sorted(cfg.budget.epochs),
-                              cfg.budget.seeds, analysis["budgets"], analysis["crossover"], str(table), str(plot),
+                              cfg.budget.seeds, analysis.budgets, analysis.crossover, str(table), str(plot),
                               time.perf_counter() - start)
         result.to_json()
-        for row in analysis["budgets"]:
-            parent.log_metrics({f"{arm}/{METRIC}_mean": row[arm]["mean"] for arm in ("baseline", "cutmix_paper")}
-                               | {f"diff/{METRIC}": row["diff"]["diff"]}, step=row["epochs"])
-        if analysis["crossover"]["estimate"] is not None:
-            parent.log_metrics({"crossover_epochs": analysis["crossover"]["estimate"]})
+        for row in analysis.budgets:
+            parent.log_metrics({f"{arm}/{METRIC}_mean": row.test[arm].mean for arm in ("baseline", "cutmix_paper")}
+                               | {f"diff/{METRIC}": row.diff.diff}, step=row.epochs)
+        if analysis.crossover.estimate is not None:
+            parent.log_metrics({"crossover_epochs": analysis.crossover.estimate})
         for path in (table, plot, result.path(out_dir)):
             parent.log_artifact(path)
     return result

@@ -11,9 +11,13 @@ cluster with its dashboard on 127.0.0.1 and prints its URL (inside a Ray job, th
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from pipelines.common import stage_main
@@ -60,8 +64,6 @@ def pinned() -> dict[str, str]:
 def version_text() -> str:
     """`cutmix-study 0.1.0` and the installed Ray, Optuna, MLflow and torch, each marked where it differs from the
     pin in constraints.txt. Read from the package metadata: nothing is imported."""
-    from importlib.metadata import PackageNotFoundError, version
-
     def installed(name: str) -> str:
         try:
             return version(name)
@@ -142,8 +144,6 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def dispatch(args: argparse.Namespace) -> int:
     """`run` chains the stages; every other subcommand is one stage through the same door (`stage_main`)."""
-    from importlib import import_module
-
     module = import_module(f"pipelines.{args.command}_stage")
     return int(module.main(args) or 0) if args.command == "run" else stage_main(module, args)
 
@@ -155,8 +155,6 @@ def configure(args: argparse.Namespace) -> None:
     os.environ[ENTRY_POINT_ENV] = f"cutmix-study {args.command}"
     os.environ[QUIET_ENV] = "1" if args.quiet else ""
     if args.quiet:
-        import logging
-
         os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read when mlflow is first imported
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # and if it already is
 
@@ -185,22 +183,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             start_dashboard()
         return dispatch(args)
     except KeyboardInterrupt as exc:
-        import signal
-
-        signum = getattr(exc, "signum", signal.SIGINT)
+        # Ray's blocking calls (ray.get / ray.wait) run the signal handlers themselves and turn whatever they raise
+        # into a bare KeyboardInterrupt (ray/_raylet.pyx, check_status: IsInterrupted -> KeyboardInterrupt()): a
+        # SIGTERM, or a `signals.stop(reason)`, during a Ray task's wait arrives here without its signum or reason,
+        # so the handlers' record is read instead (a SIGTERM mid-retrain was reported as SIGINT, exit 130, before).
+        handlers = sys.modules.get("study.cluster.signals")
+        reason = handlers.reason() if handlers else None
+        if isinstance(reason, Exception) and reason is not exc:
+            return _error_code(reason)
+        signum = getattr(exc, "signum", None) or (handlers.received() if handlers else None) or signal.SIGINT
         print(f"error: stopped by {signal.Signals(signum).name} (continue with --resume)", file=sys.stderr)
         return 128 + signum
     except Exception as exc:
-        if isinstance(exc, user_errors()):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        if isinstance(exc, WriteError):  # a full or failing volume: not bad input, but one line says it all
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        raise
+        return _error_code(exc)
     finally:
         if stopping is not None:
             stopping()
+
+
+def _error_code(exc: Exception) -> int:
+    """One line and exit 2 for bad input, 1 for a failing volume; anything else is a bug: its traceback."""
+    if isinstance(exc, user_errors()):
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, WriteError):  # a full or failing volume: not bad input, but one line says it all
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    raise exc
 
 
 def _start_command():
@@ -223,7 +232,18 @@ def _start_command():
 
 
 def entrypoint() -> None:
-    sys.exit(main())
+    code = main()
+    if "study.cluster.signals" in sys.modules:  # a command ran (not just --help / bad arguments)
+        from study.cluster import session, signals  # lazy: pulls torch, torchvision (loaded already when a command ran)
+
+        # A SIGTERM now (a pod stopped just as the command finished) would kill the process half-way through Ray's
+        # shutdown (raylet and GCS left behind) or its teardown, exit -15, though the work was done and recorded.
+        signals.ignore_until_exit()
+        # The local Ray this command started, shut down here rather than by Ray's atexit hook. One window stays:
+        # inside ray.shutdown, Ray's core worker resets SIGTERM to SIG_DFL at the C level (RayLog::
+        # UninstallSignalAction) before it stops raylet and GCS, with no hook in between.
+        session.shutdown_if_started()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipelines.common import Source, check_writable, open_stage
 from pipelines.results import EvaluateResult, RetrainResult
 from study.cluster.session import init_ray
@@ -35,6 +37,7 @@ from study.evaluation.plots import save_evaluation_plots
 from study.evaluation.report import method_table, paired_tests
 from study.evaluation.sources import HINT, models_from_source
 from study.evaluation.suite import EvaluationResult, evaluate_checkpoint
+from study.summaries import ModelRow
 from study.training.runner import Progress, load_dataset
 
 # What `--from` may name as an MLflow run (its `cutmix.stage` tag); directories and checkpoint files are read as they
@@ -47,8 +50,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         overwrite: bool = False) -> EvaluateResult:
     """Evaluate every model of `source` (a RetrainResult, a path or an MLflow run id: see the module docstring;
     default the output directory's retrain) on its test split, with `cfg.evaluate`'s settings."""
-    import numpy as np
-
 
     if isinstance(source, RetrainResult):
         source = source.stage_dir
@@ -67,7 +68,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                "robustness_images": e.robustness_images, "fgsm_eps": tuple(e.fgsm_eps), "ood_images": e.ood_images,
                "ood_bootstrap": e.ood_bootstrap, "prior_sigma": e.prior_sigma}
     start = time.perf_counter()
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    rows: dict[tuple[str, int], ModelRow] = {}
     from study.tracking.context import dataset_specs  # lazy: pulls mlflow, like the tracker
 
     with tracker.stage_run("evaluate", cfg.tracking.experiment or cfg.name, reuse=resume,
@@ -77,8 +78,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         jobs = []
         for ref in refs:
             path = edir / ref.variant / f"seed{ref.seed}.json"
-            if resume and path.is_file():  # evaluated before the interruption
-                rows[ref.variant, ref.seed] = {m: v for m, v in json.loads(path.read_text()).items() if m != "curves"}
+            if resume and path.is_file():  # evaluated before the interruption; its curves are the plots', not a row's
+                rows[ref.variant, ref.seed] = ModelRow.from_dict({m: v for m, v in json.loads(path.read_text()).items()
+                                                                  if m != "curves"})
             else:
                 jobs.append(((ref.variant, ref.seed), {"checkpoint": str(ref.checkpoint), "config": ref.config,
                                                         "options": {**options, "seed": ref.seed}}))
@@ -92,11 +94,11 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             def finished(key: tuple[str, int], out: dict[str, Any]) -> None:
                 variant, k = key
                 ref = by_key[key]
-                row = {"seed": k, "checkpoint": str(ref.checkpoint), "origin": ref.origin, "run_id": ref.run_id,
-                       **out["metrics"], "seconds": out["seconds"], "info": out["info"]}
+                row = ModelRow(k, str(ref.checkpoint), ref.origin, ref.run_id, out["metrics"], out["seconds"],
+                               out["info"])
                 path = edir / variant / f"seed{k}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps({**row, "curves": out["curves"]}, default=float))
+                path.write_text(json.dumps({**row.to_dict(), "curves": out["curves"]}, default=float))
                 np.savez_compressed(path.with_name(f"seed{k}_predictions.npz"),
                                     **{name: t.numpy() for name, t in out["predictions"].items()})
                 if k == min(r.seed for r in refs if r.variant == variant):
@@ -109,30 +111,30 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                     child.log_metrics(out["metrics"])
                 rows[key] = row
                 progress.update(len(rows) - (len(refs) - len(jobs)),
-                                f"{variant} seed {k}: top-1 err {row.get('top1_err', float('nan')):.2f}, "
+                                f"{variant} seed {k}: top-1 err {row.metrics.get('top1_err', float('nan')):.2f}, "
                                 f"{sum(out['seconds'].values()):.0f} s")
 
             run_tasks(evaluate_checkpoint, jobs, cfg.retrain.resources, on_done=finished, what="an evaluate task",
                       key="retrain.resources", placement_timeout_s=cfg.search.placement_timeout_s)
-        per_seed: dict[str, list[dict[str, Any]]] = {}
+        per_seed: dict[str, list[ModelRow]] = {}
         for ref in refs:
             per_seed.setdefault(ref.variant, []).append(rows[ref.variant, ref.seed])
-        info = {**info, **next(iter(rows.values())).get("info", {})}
+        info = {**info, **next(iter(rows.values())).info}
         priors = info.pop("priors", None) or {}
-        correct = {v: {r["seed"]: np.load(edir / v / f"seed{r['seed']}_predictions.npz")["correct"] for r in rs}
+        correct = {v: {r.seed: np.load(edir / v / f"seed{r.seed}_predictions.npz")["correct"] for r in rs}
                    for v, rs in per_seed.items()}
         table = edir / "table.md"
         report = method_table(table, per_seed, num_test=len(split["labels"]), epochs=epochs, info=info,
                               priors=priors, paired=paired_tests(correct))
-        result = EvaluateResult(str(out_dir), stage.run_id, len(split["labels"]), report["metrics"],
-                                report["comparisons"], per_seed, str(table), time.perf_counter() - start)
+        result = EvaluateResult(str(out_dir), stage.run_id, len(split["labels"]), report.metrics,
+                                report.comparisons, per_seed, str(table), time.perf_counter() - start)
         result.to_json()
-        stage.log_metrics({f"{v}/{m}_mean": s["mean"] for v, ms in report["metrics"].items() for m, s in ms.items()})
+        stage.log_metrics({f"{v}/{m}_mean": s.mean for v, ms in report.metrics.items() for m, s in ms.items()})
         stage.log_artifact(table)
         stage.log_artifact(result.path(out_dir))
     tracker.add_view_columns(cfg.tracking.experiment or cfg.name,
-                             metrics=[f"{v}/{m}_mean" for v in report["metrics"] for m in ("maxboxacc_v2", "top1_loc")
-                                      if m in report["metrics"][v]])
+                             metrics=[f"{v}/{m}_mean" for v in report.metrics for m in ("maxboxacc_v2", "top1_loc")
+                                      if m in report.metrics[v]])
     return result
 
 

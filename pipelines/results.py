@@ -3,19 +3,50 @@
 The next stage consumes the typed object (or reads it back with `from_dir`), never dict keys: this module is the
 only place that knows the keys of a stage summary. Each result lives at `<output>/<stage>/summary.json`, except
 `train`, whose run directory is the stage directory (`<output>/train/`, its summary beside metrics.json).
+
+The entries are typed too (study.stats' `Summary`, `Comparison`, `Crossover`; study.summaries' per variant, seed,
+model and budget): `to_dict` writes each in the JSON shape the summaries have always had, and a result's `DECODE`
+names the `from_dict` of each typed field, so a summary written before the types existed reads back as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from study.atomic import atomic_write_text
+from study.stats import Comparison, Crossover, Summary
+from study.summaries import BudgetRow, ModelRow, VariantSummary
 
 T = TypeVar("T", bound="StageResult")
+E = TypeVar("E")
+
+
+@runtime_checkable
+class _Entry(Protocol):
+    def to_dict(self) -> dict[str, object]: ...
+
+
+def _plain(value: object) -> object:
+    """`value` as JSON-ready data: an entry as its `to_dict` (the on-disk shape, which is not always its fields: a
+    VariantSummary's metrics sit beside its seeds), dicts, lists and tuples walked, anything else as it is (a
+    Path is written by json.dumps' `default=str`)."""
+    if isinstance(value, _Entry):  # a study.stats or study.summaries entry
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _each(decode: Callable[[Any], E]) -> Callable[[Mapping[str, Any]], dict[str, E]]:
+    """A decoder of a JSON object of entries keyed by user data (variant, metric name) from the entry's decoder."""
+    return lambda d: {k: decode(v) for k, v in d.items()}
 
 
 class ResultError(ValueError):
@@ -35,8 +66,21 @@ class StageResult:
     def exists(cls, out_dir: str | Path) -> bool:
         return cls.path(out_dir).is_file()
 
+    # field name -> how its JSON value becomes the typed value (fields not named here are plain JSON already)
+    DECODE: ClassVar[Mapping[str, Callable[[Any], object]]] = {}
+
+    def to_dict(self) -> dict[str, object]:
+        """The summary.json object: every field, entries in their on-disk shape (`_plain`)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        """The inverse of `to_dict`; keys that are not fields (a later version's) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: cls.DECODE[k](v) if k in cls.DECODE else v for k, v in data.items() if k in names})
+
     def to_json(self) -> Path:
-        return atomic_write_text(self.path(self.out_dir), json.dumps(dataclasses.asdict(self), indent=2, default=str))
+        return atomic_write_text(self.path(self.out_dir), json.dumps(self.to_dict(), indent=2, default=str))
 
     @classmethod
     def from_dir(cls: type[T], out_dir: str | Path) -> T:
@@ -49,8 +93,11 @@ class StageResult:
             data = None
         if not isinstance(data, dict) or "out_dir" not in data:  # also valid JSON that is not a summary: `null`
             raise ResultError(f"{path} is not a readable {cls.STAGE} summary (rerun the stage with --overwrite)")
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError, AttributeError):  # an entry without its keys: one line, not a trace
+            raise ResultError(f"{path} is not a readable {cls.STAGE} summary (rerun the stage with --overwrite)") \
+                from None
 
     @property
     def stage_dir(self) -> Path:
@@ -124,8 +171,9 @@ class RetrainResult(StageResult):
     study_run_id: str | None = None
     retrain_run_id: str = ""
     num_test: int = 0
-    variants: dict[str, Any] = field(default_factory=dict)  # variant -> {seeds: [...], metric: summarize(...)}
-    comparisons: dict[str, Any] = field(default_factory=dict)  # variant -> {metric: stats.compare(...) vs baseline}
+    variants: dict[str, VariantSummary] = field(default_factory=dict)  # variant -> its seeds and metric summaries
+    # variant -> metric -> stats.compare(variant, baseline) over seeds (every variant but the baseline)
+    comparisons: dict[str, dict[str, Comparison]] = field(default_factory=dict)
     best_run_dir: str = ""
     best_checkpoint: str = ""
     cutmix_gain_top1_points: float | None = None  # baseline - cutmix mean test error: positive when CutMix helps
@@ -137,10 +185,12 @@ class RetrainResult(StageResult):
     winner: str | None = None
     race_verdict: str = ""
 
+    DECODE: ClassVar[Mapping[str, Callable[[Any], object]]] = {
+        "variants": _each(VariantSummary.from_dict), "comparisons": _each(_each(Comparison.from_dict))}
+
     def seed_runs(self) -> list[tuple[str, int, Path]]:
         """(variant, seed index, run directory) of every retrained model."""
-        return [(v, i, Path(row["run_dir"])) for v, stats in self.variants.items()
-                for i, row in enumerate(stats["seeds"])]
+        return [(v, i, Path(row.run_dir)) for v, stats in self.variants.items() for i, row in enumerate(stats.seeds)]
 
 
 @dataclass(frozen=True)
@@ -148,11 +198,16 @@ class EvaluateResult(StageResult):
     STAGE: ClassVar[str] = "evaluate"
     run_id: str = ""
     num_test: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)  # variant -> metric -> summarize(...) over seeds
-    comparisons: dict[str, Any] = field(default_factory=dict)  # variant -> metric -> stats.compare(...)
-    per_seed: dict[str, Any] = field(default_factory=dict)  # variant -> [ {seed, metric: value, ...} ]
+    metrics: dict[str, dict[str, Summary]] = field(default_factory=dict)  # variant -> metric -> summary over seeds
+    # variant -> metric -> stats.compare against the baseline, with Welch's p (and Holm's, off the primary endpoint)
+    comparisons: dict[str, dict[str, Comparison]] = field(default_factory=dict)
+    per_seed: dict[str, list[ModelRow]] = field(default_factory=dict)  # variant -> one row per evaluated model
     table: str = ""  # path of the markdown method table
     wall_s: float = 0.0
+
+    DECODE: ClassVar[Mapping[str, Callable[[Any], object]]] = {
+        "metrics": _each(_each(Summary.from_dict)), "comparisons": _each(_each(Comparison.from_dict)),
+        "per_seed": _each(lambda rows: [ModelRow.from_dict(r) for r in rows])}
 
 
 @dataclass(frozen=True)
@@ -191,10 +246,17 @@ class BudgetResult(StageResult):
     num_test: int = 0
     epochs: list[int] = field(default_factory=list)  # the budgets, increasing
     seeds: int = 0
-    # One row per budget: {"epochs", "baseline": summarize(test err), "cutmix_paper": ..., "baseline_train",
-    # "cutmix_paper_train": summarize(clean train err), "diff": stats.compare(cutmix_paper, baseline)}
-    budgets: list[dict[str, Any]] = field(default_factory=list)
-    crossover: dict[str, Any] = field(default_factory=dict)  # study.stats.crossover
+    # One row per budget, increasing: each arm's test and clean train error, cutmix_paper - baseline
+    budgets: list[BudgetRow] = field(default_factory=list)
+    crossover: Crossover | None = None  # study.stats.crossover; None (written `{}`, as before) when not measured
     table: str = ""  # path of table.md
     plot: str = ""  # path of test_error_vs_epochs.png
     wall_s: float = 0.0
+
+    DECODE: ClassVar[Mapping[str, Callable[[Any], object]]] = {
+        "budgets": lambda rows: [BudgetRow.from_dict(r) for r in rows],
+        "crossover": lambda d: Crossover.from_dict(d) if d else None}
+
+    def to_dict(self) -> dict[str, object]:
+        # an unmeasured crossover was the empty dict: keep writing it so
+        return super().to_dict() | ({"crossover": {}} if self.crossover is None else {})

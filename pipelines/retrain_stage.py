@@ -31,6 +31,7 @@ from study.cluster.tasks import run_seed_tasks
 from study.config.load import replace
 from study.config.schema import PipelineConfig, flatten, to_dict
 from study.stats import compare, format_ci, format_diff, summarize
+from study.summaries import SeedRun, VariantSummary
 from study.training.references import CUTMIX_PAPER, retrain_variants, winner_name
 from study.training.runner import Progress, log_seed_run, read_finished, train_seed
 
@@ -136,26 +137,28 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
             run_seed_tasks(train_seed, jobs, merged, cfg.retrain.resources, on_done=finished, what="a retrain task",
                            key="retrain.resources", placement_timeout_s=cfg.search.placement_timeout_s)
-        rows: dict[str, list[dict[str, Any]]] = {}
+        rows: dict[str, list[SeedRun]] = {}
         for variant, k, scfg in plan:
             summary = summaries[variant, k]
-            rows.setdefault(variant, []).append({"seed": scfg.train.seed, "method": scfg.cutmix.method,
-                                                 "run_dir": str(out_dir / "retrain" / variant / f"seed{k}"),
-                                                 **{m: summary["final"].get(m, math.nan) for m in REPORTED},
-                                                 "task": summary.get("task")})  # when and where it ran
-        stats = {v: {"seeds": r, **{m: summarize([x[m] for x in r]) for m in REPORTED}} for v, r in rows.items()}
-        comparisons = {v: {m: compare([x[m] for x in r], [x[m] for x in rows["baseline"]]) for m in REPORTED}
+            rows.setdefault(variant, []).append(SeedRun(scfg.train.seed, scfg.cutmix.method,
+                                                        str(out_dir / "retrain" / variant / f"seed{k}"),
+                                                        {m: summary["final"].get(m, math.nan) for m in REPORTED},
+                                                        summary.get("task")))  # when and where it ran
+        stats = {v: VariantSummary(tuple(r), {m: summarize([x.metrics[m] for x in r]) for m in REPORTED})
+                 for v, r in rows.items()}
+        comparisons = {v: {m: compare([x.metrics[m] for x in r], [x.metrics[m] for x in rows["baseline"]])
+                           for m in REPORTED}
                        for v, r in rows.items() if v != "baseline" and "baseline" in rows}
         # The model export takes: the study winner's best seed (its own row or the reference it coincides with),
         # else the paper recipe's.
         main_variant = winner_name(chosen) or CUTMIX_PAPER
-        best = min(rows[main_variant], key=lambda r: r["test/top1_err"])
+        best = min(rows[main_variant], key=lambda r: r.metrics["test/top1_err"])
         gain = None
         if "baseline" in rows and main_variant in stats:
-            gain = stats["baseline"]["test/top1_err"]["mean"] - stats[main_variant]["test/top1_err"]["mean"]
+            gain = stats["baseline"].metrics["test/top1_err"].mean - stats[main_variant].metrics["test/top1_err"].mean
         result = RetrainResult(str(out_dir), str(out_dir / "best_config.yaml"), epochs, study_run_id, parent.run_id,
                                len(data.test), stats, comparisons,
-                               best["run_dir"], str(Path(best["run_dir"]) / "checkpoints" / "best.pt"), gain,
+                               best.run_dir, str(Path(best.run_dir) / "checkpoints" / "best.pt"), gain,
                                labels={v.name: v.label for v in chosen},
                                notes={v.name: v.note for v in chosen if v.note}, winner=winner_name(chosen),
                                race_verdict=race_verdict)
@@ -163,16 +166,16 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         flat: dict[str, float] = {"num_test": result.num_test}
         for variant, s in stats.items():
             for m in REPORTED:
-                flat.update({f"{variant}/{m}_mean": s[m]["mean"], f"{variant}/{m}_std": s[m]["std"]})
+                flat.update({f"{variant}/{m}_mean": s.metrics[m].mean, f"{variant}/{m}_std": s.metrics[m].std})
         for variant, c in comparisons.items():
-            flat[f"{variant}/diff_test/top1_err"] = c["test/top1_err"]["diff"]
+            flat[f"{variant}/diff_test/top1_err"] = c["test/top1_err"].diff
         if gain is not None:
             flat["cutmix_gain_top1_points"] = gain
         parent.log_metrics(flat)
         parent.log_artifact(result.path(out_dir))
         parent.log_artifact(result.best_checkpoint, "checkpoints")
-        parent.log_artifact(Path(best["run_dir"]) / "config.yaml")
-        parent.log_artifact(Path(best["run_dir"]) / "metrics.json")
+        parent.log_artifact(Path(best.run_dir) / "config.yaml")
+        parent.log_artifact(Path(best.run_dir) / "metrics.json")
     tracker.add_view_columns(cfg.tracking.experiment or cfg.name,
                              metrics=[f"{v}/test/top1_err_mean" for v in stats] + ["test/top1_err"])
     return result
@@ -192,8 +195,8 @@ def report(result: RetrainResult) -> str:
         lines.append("no study winner retrained: the references only")
     width = max(len(result.labels.get(v, v)) for v in result.variants)
     for variant, stats in result.variants.items():
-        t = stats["test/top1_err"]
-        values = ", ".join(f"{v:.2f}" for v in t["values"])
+        t = stats.metrics["test/top1_err"]
+        values = ", ".join(f"{v:.2f}" for v in t.values)
         note = f"  [{result.notes[variant]}]" if variant in result.notes else ""
         lines.append(f"{result.labels.get(variant, variant):>{width}}: {format_ci(t)} ({values}){note}")
     for variant, comp in result.comparisons.items():

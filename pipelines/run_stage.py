@@ -9,6 +9,7 @@ does), which is what makes a resubmitted `ray job submit` safe. (`python -m pipe
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -71,7 +72,5 @@ def main(args: argparse.Namespace) -> int:
 
 def entrypoint() -> None:
     """`python -m pipelines.run ...` for `ray job submit` and KubeRay entrypoints."""
-    import sys
-
 
     sys.exit(cli_main(["run", *sys.argv[1:]]))

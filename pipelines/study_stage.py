@@ -201,13 +201,14 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         search.delete_experiment(cfg, out_dir)
     resuming = resume and search.can_resume(cfg, out_dir)
     optuna_url = search.optuna_url(cfg, out_dir) if cfg.search.algorithm != "grid" else ""
-    if cfg.search.optuna_storage and optuna_url and not resuming:
-        from study.search.optuna_search import delete_study, study_exists  # lazy: pulls ray
+    from study.search.optuna_search import delete_study, is_shared_storage, study_exists  # lazy: pulls ray
 
+    if optuna_url and is_shared_storage(cfg.search.optuna_storage) and not resuming:
         if study_exists(optuna_url, cfg.name):
             if not overwrite:
-                raise OutputError(f"the Optuna storage search.optuna_storage already holds a study named {cfg.name} "
-                                  "(pass --resume to continue, --overwrite to replace, or change name)")
+                raise OutputError(f"the Optuna storage (search.optuna_storage or $OPTUNA_STORAGE) already holds a "
+                                  f"study named {cfg.name} (pass --resume to continue, --overwrite to replace, or "
+                                  "change name)")
             delete_study(optuna_url, cfg.name)
     run_file = out_dir / RUN_FILE
     experiment = cfg.tracking.experiment or cfg.name

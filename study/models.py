@@ -4,10 +4,11 @@ CutMix (Yun et al. 2019, arXiv 1905.04899) reports CIFAR results on PyramidNet-2
 parameters) and on lighter networks (PyramidNet-110 with alpha-tilde = 64, CIFAR ResNets), and ImageNet results on
 ResNet-50/101; its public code is clovaai/CutMix-PyTorch. The models here follow the public references:
 
-* ``resnet20/56/110``: He et al. 2016, "Deep Residual Learning for Image Recognition" (arXiv 1512.03385),
+* ``resnet8/20/56/110``: He et al. 2016, "Deep Residual Learning for Image Recognition" (arXiv 1512.03385),
   Section 4.2: 3 stages of 16/32/64 channels, 2n+2n+2n basic blocks, **option A** shortcuts (identity, with
   stride-2 subsampling and zero-padded extra channels, so shortcuts add no parameters), as in
-  akamaster/pytorch_resnet_cifar10 (ResNet-20 = 0.27M parameters).
+  akamaster/pytorch_resnet_cifar10 (ResNet-20 = 0.27M parameters; ResNet-8, n = 1, 0.078M: the embedded
+  default's cheap second architecture).
 * ``resnet18/34/50/101``: torchvision's ImageNet ResNets (``torchvision.models.resnetXX``), unchanged, so the
   backbone's state_dict keys are torchvision's and load into ``resnet_fpn_backbone(...).body``.
 * ``resnet18_cifar/resnet50_cifar``: the same torchvision modules with a 3x3 stride-1 stem and no max-pool for
@@ -46,7 +47,7 @@ from study.config.schema import MODEL_NAMES, ModelConfig
 FAMILIES = ("torchvision-resnet", "cifar-resnet", "pyramidnet", "cnn")
 
 # Blocks per stage n of the CIFAR ResNets (depth = 6n + 2).
-_CIFAR_RESNET_N = {"resnet20": 3, "resnet56": 9, "resnet110": 18}
+_CIFAR_RESNET_N = {"resnet8": 1, "resnet20": 3, "resnet56": 9, "resnet110": 18}
 # Fixed (depth, default alpha-tilde) of the named PyramidNets; "pyramidnet" takes both from the config.
 _PYRAMIDNETS = {"pyramidnet": (110, 64.0), "pyramidnet110": (110, 64.0), "pyramidnet200": (200, 240.0)}
 _TORCHVISION = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50", "resnet101": "resnet101",

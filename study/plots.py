@@ -25,6 +25,8 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from study.summaries import BudgetAnalysis  # noqa: E402
+
 __all__ = ["save_box_grid", "save_learning_curves", "save_sample_grid", "save_study_plots"]
 
 DPI = 110
@@ -458,38 +460,38 @@ def save_study_plots(df: Any, metric: str, mode: str, out_dir: str | Path) -> li
         paths.append(_isolation(df, params, value, column, mode, out_dir))
     paths.append(_best_so_far(value, column, mode, out_dir))
     return paths
-def save_budget_plot(analysis: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
+def save_budget_plot(analysis: BudgetAnalysis, path: str | Path, title: str | None = None) -> Path:
     """Test top-1 error against the training budget (epochs, log scale) for each arm of a budget study
     (study.training.budget.analyse): the mean with its 95 % t-interval, every seed as a dot, the clean train error
     dashed, and the crossover with its bootstrap interval shaded when it lies in range."""
-    rows = analysis["budgets"]
-    epochs = np.array([r["epochs"] for r in rows], dtype=float)
+    rows = analysis.budgets
+    epochs = np.array([r.epochs for r in rows], dtype=float)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    arms = [k for k in rows[0] if isinstance(rows[0][k], dict) and "mean" in rows[0][k] and
-            not k.endswith("_train")]
+    arms = list(rows[0].test)
     for i, arm in enumerate(arms):
         color = f"C{i}"
-        mean = np.array([r[arm]["mean"] for r in rows])
-        lo = np.array([r[arm]["ci95"][0] for r in rows])
-        hi = np.array([r[arm]["ci95"][1] for r in rows])
+        mean = np.array([r.test[arm].mean for r in rows])
+        lo = np.array([r.test[arm].ci95[0] for r in rows])
+        hi = np.array([r.test[arm].ci95[1] for r in rows])
         ax.errorbar(epochs, mean, yerr=[mean - lo, hi - mean], color=color, marker="o", capsize=3,
                     label=f"{arm} (test)")
         for r in rows:
-            ax.scatter([r["epochs"]] * len(r[arm]["values"]), r[arm]["values"], color=color, s=8, alpha=0.5)
-        if all(r.get(f"{arm}_train") for r in rows):
-            ax.plot(epochs, [r[f"{arm}_train"]["mean"] for r in rows], color=color, ls="--", lw=1,
+            ax.scatter([r.epochs] * len(r.test[arm].values), r.test[arm].values, color=color, s=8, alpha=0.5)
+        trains = [r.train.get(arm) for r in rows]
+        if all(t is not None for t in trains):
+            ax.plot(epochs, [t.mean for t in trains if t is not None], color=color, ls="--", lw=1,
                     label=f"{arm} (train, clean)")
-    cross = analysis.get("crossover") or {}
-    if cross.get("estimate") is not None:
-        lo, hi = cross["ci95"]
+    cross = analysis.crossover
+    if cross.estimate is not None:
+        lo, hi = cross.ci95
         ax.axvspan(lo if lo is not None else epochs[0], hi if hi is not None else epochs[-1], color="0.85",
                    zorder=0, label="crossover, 95 % bootstrap")
-        ax.axvline(cross["estimate"], color="0.4", ls=":", lw=1)
+        ax.axvline(cross.estimate, color="0.4", ls=":", lw=1)
     ax.set_xscale("log", base=2)
     ax.set_xticks(epochs, [f"{int(e)}" for e in epochs])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("training budget (epochs, each with its own full schedule)")
-    ax.set_ylabel(f"top-1 error (%), mean and 95 % CI over {rows[0][arms[0]]['n']} seeds")
+    ax.set_ylabel(f"top-1 error (%), mean and 95 % CI over {rows[0].test[arms[0]].n} seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if title:

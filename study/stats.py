@@ -13,12 +13,136 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 CONFIDENCE = 0.95
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The entries: frozen dataclasses, each with `to_dict` (the JSON shape a stage's summary.json has always had, so
+# old summaries load and outside readers of the files see no change) and `from_dict` (its inverse). `from_dict`
+# takes what `json.loads` gave, hence `Mapping[str, Any]`; tuples hold the sequences (the entries are immutable)
+# and `to_dict` writes them as lists.
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A metric over seeds (`summarize`), in the metric's own units (percent for errors and accuracies).
+
+    `mean`; `std`: sample std (ddof=1), 0 for one value, NaN when a value is not finite; `n`: seeds; `values`: the
+    per-seed values in seed order; `ci95`: (low, high) of the t-interval of the mean at `summarize`'s confidence,
+    (mean, mean) for one value or no spread."""
+
+    mean: float
+    std: float
+    n: int
+    values: tuple[float, ...]
+    ci95: tuple[float, float]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"mean": self.mean, "std": self.std, "n": self.n, "values": list(self.values), "ci95": list(self.ci95)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Summary:
+        lo, hi = d["ci95"]
+        return cls(d["mean"], d["std"], d["n"], tuple(d["values"]), (lo, hi))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`values - baseline` (`compare`), in the metric's units (percentage points for an error in percent).
+
+    `diff`: difference of means; `ci95`: Welch's t-interval, None for a side that cannot be formed (one seed: both;
+    a value not finite: both); `verdict`: "better", "worse" or "not resolved"; `method`: "welch-t"; `n`: (seeds of
+    values, seeds of baseline). The evaluate table adds `p` (Welch's two-sided p-value) to every cell and `p_holm`,
+    `holm_m` (Holm-adjusted p-value, family size) to its secondary columns: None where not set, and then absent
+    from `to_dict`, as those keys were absent from the dicts before."""
+
+    diff: float
+    ci95: tuple[float | None, float | None]
+    verdict: str
+    method: str
+    n: tuple[int, int]
+    p: float | None = None
+    p_holm: float | None = None
+    holm_m: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"diff": self.diff, "ci95": list(self.ci95), "verdict": self.verdict,
+                                  "method": self.method, "n": list(self.n)}
+        extra = {"p": self.p, "p_holm": self.p_holm, "holm_m": self.holm_m}
+        return out | {k: v for k, v in extra.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Comparison:
+        lo, hi = d["ci95"]
+        na, nb = d["n"]
+        return cls(d["diff"], (lo, hi), d["verdict"], d["method"], (na, nb), d.get("p"), d.get("p_holm"),
+                   d.get("holm_m"))
+
+
+@dataclass(frozen=True)
+class BootstrapShares:
+    """Fractions (0 to 1) of a crossover's seed resamples whose crossover lies inside, before or after the range."""
+
+    inside: float
+    before: float
+    after: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"inside": self.inside, "before": self.before, "after": self.after}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BootstrapShares:
+        return cls(d["inside"], d["before"], d["after"])
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """Where a treated arm stops being worse than the baseline across budgets (`crossover`), in budget units
+    (epochs). `estimate`: None unless `position` is "inside" ("before": already not worse at the smallest budget;
+    "after": worse at every budget); `ci95`: the percentile-bootstrap interval, None on an open side; `bootstrap`:
+    where the resamples' crossovers fell; `resamples`; `budgets`: the budgets, increasing."""
+
+    estimate: float | None
+    position: str
+    ci95: tuple[float | None, float | None]
+    bootstrap: BootstrapShares
+    resamples: int
+    budgets: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"estimate": self.estimate, "position": self.position, "ci95": list(self.ci95),
+                "bootstrap": self.bootstrap.to_dict(), "resamples": self.resamples, "budgets": list(self.budgets)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Crossover:
+        lo, hi = d["ci95"]
+        return cls(d["estimate"], d["position"], (lo, hi), BootstrapShares.from_dict(d["bootstrap"]),
+                   d["resamples"], tuple(d["budgets"]))
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's exact test of two classifiers on the same `n` images (`mcnemar`): `a_only`, `b_only`: images only
+    a / only b gets right; `diff`: error of a minus error of b, in percentage points; `p`: two-sided exact p-value."""
+
+    a_only: int
+    b_only: int
+    diff: float
+    p: float
+    n: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"a_only": self.a_only, "b_only": self.b_only, "diff": self.diff, "p": self.p, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> McNemar:
+        return cls(d["a_only"], d["b_only"], d["diff"], d["p"], d["n"])
 
 
 def _stdev(values: list[float]) -> float:
@@ -29,9 +153,9 @@ def _stdev(values: list[float]) -> float:
     return statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
 
 
-def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any]:
+def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summary:
     """Mean, sample std (ddof=1; 0 for one value), n, the values, and the t-interval of the mean as `ci95`
-    ([mean, mean] for one value or no spread: nothing to widen it with)."""
+    ((mean, mean) for one value or no spread: nothing to widen it with), in the units of `values`."""
     from scipy import stats
 
     values = [float(v) for v in values]
@@ -40,18 +164,18 @@ def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[s
     std = _stdev(values)
     if n > 1 and std > 0:
         half = stats.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n)
-        ci = [mean - half, mean + half]
+        ci = (mean - half, mean + half)
     else:
-        ci = [mean, mean]
-    return {"mean": mean, "std": std, "n": n, "values": values, "ci95": ci}
+        ci = (mean, mean)
+    return Summary(mean, std, n, tuple(values), ci)
 
 
 def compare(values: Sequence[float], baseline: Sequence[float], *, lower_is_better: bool = True,
-            confidence: float = CONFIDENCE) -> dict[str, Any]:
-    """`values - baseline` (difference of means) with Welch's t-interval and a verdict: "better", "worse" or
-    "not resolved" (the interval holds zero). With fewer than two values per side, or no spread on either side,
-    no interval can be formed: the difference is resolved only if it is exactly zero-free and both sides are
-    constant (then the interval is the point itself)."""
+            confidence: float = CONFIDENCE) -> Comparison:
+    """`values - baseline` (difference of means, in the units of the values: percentage points for errors in
+    percent) with Welch's t-interval and a verdict: "better", "worse" or "not resolved" (the interval holds zero).
+    With fewer than two values per side, or no spread on either side, no interval can be formed: the difference is
+    resolved only if it is exactly zero-free and both sides are constant (then the interval is the point itself)."""
     from scipy import stats
 
     a = [float(v) for v in values]
@@ -72,8 +196,8 @@ def compare(values: Sequence[float], baseline: Sequence[float], *, lower_is_bett
         verdict = "better" if improved else "worse"
     else:
         verdict = "not resolved"
-    shown = [c if math.isfinite(c) else None for c in ci]
-    return {"diff": diff, "ci95": shown, "verdict": verdict, "method": "welch-t", "n": [len(a), len(b)]}
+    lo, hi = (c if math.isfinite(c) else None for c in ci)
+    return Comparison(diff, (lo, hi), verdict, "welch-t", (len(a), len(b)))
 
 
 def binomial_se_points(error_pct: float, n: int) -> float:
@@ -91,18 +215,18 @@ def separation_in_se(error_a: float, error_b: float, n: int) -> float:
     return abs(error_a - error_b) / se
 
 
-def format_ci(stat: dict[str, Any], unit: str = "") -> str:
-    lo, hi = stat["ci95"]
-    return f"{stat['mean']:.2f} ± {stat['std']:.2f}{unit} over {stat['n']} seeds (95 % CI {lo:.2f} to {hi:.2f})"
+def format_ci(stat: Summary, unit: str = "") -> str:
+    lo, hi = stat.ci95
+    return f"{stat.mean:.2f} ± {stat.std:.2f}{unit} over {stat.n} seeds (95 % CI {lo:.2f} to {hi:.2f})"
 
 
-def format_diff(stat: dict[str, Any], unit: str = " points") -> str:
-    lo, hi = stat["ci95"]
+def format_diff(stat: Comparison, unit: str = " points") -> str:
+    lo, hi = stat.ci95
     if lo is not None and hi is not None:
         ci = f"95 % CI {lo:+.2f} to {hi:+.2f}"
     else:
-        ci = "no interval with one seed" if min(stat["n"]) < 2 else "no interval: a value is not finite"
-    return f"{stat['diff']:+.2f}{unit} ({ci}, Welch's t): {stat['verdict']}"
+        ci = "no interval with one seed" if min(stat.n) < 2 else "no interval: a value is not finite"
+    return f"{stat.diff:+.2f}{unit} ({ci}, Welch's t): {stat.verdict}"
 
 
 def _first_turn(budgets: np.ndarray, diffs: np.ndarray) -> np.ndarray:
@@ -121,7 +245,7 @@ def _first_turn(budgets: np.ndarray, diffs: np.ndarray) -> np.ndarray:
 
 
 def crossover(budgets: Sequence[int], treated: Sequence[Sequence[float]], baseline: Sequence[Sequence[float]], *,
-              resamples: int = 2000, confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
+              resamples: int = 2000, confidence: float = CONFIDENCE, seed: int = 0) -> Crossover:
     """The budget at which `treated` stops being worse than `baseline` (lower is better, e.g. top-1 error).
 
     `treated[i]`, `baseline[i]`: the per-seed values at `budgets[i]` (increasing). The crossover is the first turn
@@ -132,8 +256,9 @@ def crossover(budgets: Sequence[int], treated: Sequence[Sequence[float]], baseli
     before/after it, so an interval can be open on one side (None there). With 3 seeds a cell has only 10
     distinct resamples: the interval is coarse, and says so by its width.
 
-    Returns {"estimate": float | None, "position": "inside" | "before" | "after", "ci95": [lo | None, hi | None],
-    "bootstrap": {"inside", "before", "after": fractions of resamples}, "resamples", "budgets"} (JSON-safe).
+    Returns a `Crossover`: the estimate (None unless "inside"), its position ("inside", "before", "after"), the
+    interval (None on an open side), the fractions of resamples inside, before and after the range, the resamples
+    and the budgets, all in budget units (epochs).
     """
     b = np.asarray(budgets, dtype=np.int64)
     if len(b) < 2 or np.any(np.diff(b) <= 0) or len(treated) != len(b) or len(baseline) != len(b):
@@ -152,28 +277,31 @@ def crossover(budgets: Sequence[int], treated: Sequence[Sequence[float]], baseli
     point = _first_turn(b, np.array([[np.mean(t) - np.mean(c) for t, c in zip(treated, baseline)]]))[0]
     boot = _first_turn(b, means(treated) - means(baseline))
     q = (1 - confidence) / 2
-    ci = [float(np.quantile(boot, p, method="inverted_cdf")) for p in (q, 1 - q)]
+    lo, hi = (float(np.quantile(boot, p, method="inverted_cdf")) for p in (q, 1 - q))
 
     def where(v: float) -> str:
         return "before" if v == -np.inf else "after" if v == np.inf else "inside"
 
-    return {"estimate": float(point) if np.isfinite(point) else None, "position": where(point),
-            "ci95": [c if math.isfinite(c) else None for c in ci],
-            "bootstrap": {w: float(np.mean([where(v) == w for v in boot])) for w in ("inside", "before", "after")},
-            "resamples": int(resamples), "budgets": [int(x) for x in b]}
+    def share(w: str) -> float:
+        return float(np.mean([where(v) == w for v in boot]))
+
+    return Crossover(float(point) if np.isfinite(point) else None, where(point),
+                     (lo if math.isfinite(lo) else None, hi if math.isfinite(hi) else None),
+                     BootstrapShares(share("inside"), share("before"), share("after")), int(resamples),
+                     tuple(int(x) for x in b))
 
 
-def format_crossover(c: dict[str, Any], treated: str = "cutmix_paper", baseline: str = "baseline") -> str:
+def format_crossover(c: Crossover, treated: str = "cutmix_paper", baseline: str = "baseline") -> str:
     """One line for a `crossover` result: the budget with its bootstrap interval, or "no crossover in range"."""
-    lo, hi = c["ci95"]
-    first, last = c["budgets"][0], c["budgets"][-1]
+    lo, hi = c.ci95
+    first, last = c.budgets[0], c.budgets[-1]
     span = (f"{lo:.0f}" if lo is not None else f"< {first}") + " to " + (f"{hi:.0f}" if hi is not None else
                                                                          f"> {last}")
-    share = f"{100 * c['bootstrap']['inside']:.0f} % of {c['resamples']} seed resamples cross in range"
-    if c["position"] == "inside":
-        return (f"crossover: {treated} stops being worse than {baseline} at ~{c['estimate']:.0f} epochs "
+    share = f"{100 * c.bootstrap.inside:.0f} % of {c.resamples} seed resamples cross in range"
+    if c.position == "inside":
+        return (f"crossover: {treated} stops being worse than {baseline} at ~{c.estimate:.0f} epochs "
                 f"(95 % bootstrap interval {span}; {share})")
-    if c["position"] == "after":
+    if c.position == "after":
         return (f"no crossover in range: {treated} is worse than {baseline} at every budget from {first} to {last} "
                 f"epochs (bootstrap interval of the crossover {span}; {share})")
     return (f"no crossover in range: {treated} is already no worse than {baseline} at {first} epochs (bootstrap "
@@ -205,8 +333,6 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     smallest (0-based) by `m - i`, take the running maximum, cap at 1. A hypothesis is rejected at family-wise
     level alpha when its adjusted p-value is <= alpha. Controls the family-wise error under any dependence.
     (scipy.stats.false_discovery_control is Benjamini-Hochberg, which controls the false discovery rate instead.)"""
-    import numpy as np
-
     p = np.asarray([float(v) for v in pvalues], dtype=np.float64)
     if p.size == 0:
         return []
@@ -219,13 +345,12 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, Any]:
+def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNemar:
     """McNemar's exact test of two classifiers on the same images (paired by image): `correct_*` bool [N].
 
-    Returns `{"a_only", "b_only"}` (images only a / only b gets right), `diff` (error of a minus error of b, in
-    points: (b_only - a_only) / N * 100) and `p`, the two-sided exact binomial p-value of a_only among the
-    discordant pairs under p = 1/2 (1.0 when there are none)."""
-    import numpy as np
+    Returns `a_only`, `b_only` (images only a / only b gets right), `diff` (error of a minus error of b, in
+    points: (b_only - a_only) / N * 100), `p`, the two-sided exact binomial p-value of a_only among the
+    discordant pairs under p = 1/2 (1.0 when there are none), and `n` = N."""
     from scipy import stats
 
     a = np.asarray(correct_a, dtype=bool)
@@ -235,7 +360,7 @@ def mcnemar(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, A
     a_only, b_only = int((a & ~b).sum()), int((~a & b).sum())
     n = a_only + b_only
     p = 1.0 if n == 0 else float(stats.binomtest(a_only, n, 0.5).pvalue)
-    return {"a_only": a_only, "b_only": b_only, "diff": 100.0 * (b_only - a_only) / a.size, "p": p, "n": int(a.size)}
+    return McNemar(a_only, b_only, 100.0 * (b_only - a_only) / a.size, p, int(a.size))
 
 
 def welch_power(diff: float, sd: float, n: int, alpha: float = 1 - CONFIDENCE) -> float:

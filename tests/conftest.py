@@ -16,6 +16,7 @@ import pytest
 
 # One launcher for local MLflow servers, shared with bench/: started in its own process group, stopped whole.
 from tests.helpers.cli import REPO, SHARED, TINY, assert_one_line_error, run_main, set_args  # noqa: F401
+from tests.helpers.postgres import postgres_server
 from tests.helpers.processes import descendants, kill_tree  # noqa: F401
 from tests.helpers.tracking_server import free_port, start_mlflow_server, wait_http  # noqa: F401
 
@@ -52,6 +53,13 @@ def tiny_cfg():
     from study.config.load import load_config
 
     return load_config(None, TINY)
+
+
+@pytest.fixture
+def postgres() -> Iterator[tuple[str, int]]:
+    """A private PostgreSQL on 127.0.0.1 (tests/helpers/postgres.py): (SQLAlchemy URL of its `mlflow` database,
+    port)."""
+    yield from postgres_server()
 
 
 @pytest.fixture(scope="session")

@@ -15,4 +15,4 @@ from study.cluster.capacity import (  # noqa: F401
 from study.cluster.lock import (  # noqa: F401
     LOCK_NAME, HEARTBEAT_S, STALE_AFTER_S, LockError, OutputLock, begin_session, hold, end_session)
 from study.cluster.signals import (  # noqa: F401
-    Stopped, install, graceful, reinstall, uninstall, received, stop, raise_if_stopped, reason)
+    Stopped, install, graceful, polled, reinstall, uninstall, received, stop, raise_if_stopped, reason)

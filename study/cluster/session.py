@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from study.cluster.signals import reinstall
+from study.cluster.signals import current_handlers, reinstall, restore_handlers
 
 _STARTED = {"here": False}  # whether init_ray started the local cluster of this process (shut down on a signal)
 
@@ -60,7 +60,12 @@ def shutdown_if_started() -> None:
 
     _STARTED["here"] = False
     if ray.is_initialized():
+        handlers = current_handlers()
         ray.shutdown()
+        # ray.shutdown puts back, at the C level, the SIGTERM action the core worker found at ray.init (SIG_DFL)
+        # while Python still reports its own handler: a SIGTERM after it would kill the process with -15 (measured
+        # with a handler set after ray.init). Setting Python's handlers again makes them true.
+        restore_handlers(handlers)
 
 
 def has_dashboard() -> bool:

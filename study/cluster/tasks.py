@@ -19,10 +19,12 @@ from typing import Any
 
 from study.cluster.capacity import check_placeable, task_demand, watch
 from study.cluster.session import init_ray  # noqa: F401 - the one way this package starts or joins Ray
+from study.cluster.signals import polled, raise_if_stopped
 from study.config.schema import ResourcesConfig
 
 MAX_RETRIES = 3  # retries of a task whose worker process died (Ray's default for tasks)
 DEFAULT_PLACEMENT_TIMEOUT_S = 900.0  # as search.placement_timeout_s
+WAIT_S = 1.0  # how often the driver comes back from ray.wait to run pending signal handlers
 
 
 def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Any, dict[str, Any]]], resources: ResourcesConfig, *,
@@ -47,9 +49,15 @@ def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Any, dict[str, Any]]]
     pending = {remote.remote(fn, threads, **kwargs): key for key, kwargs in jobs}
     results: dict[Any, Any] = {}
     try:
-        with watch(demand, placement_timeout_s):
+        with watch(demand, placement_timeout_s), polled():
             while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
+                # A bounded wait, then the stop check: a blocked ray.wait never ran the handler of a stop requested by
+                # the placement watch (it waited for ever behind a task no node could place), and a handler that
+                # raised inside it came out as a bare KeyboardInterrupt or a SystemError (study.cluster.signals).
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_S)
+                raise_if_stopped()
+                if not done:
+                    continue
                 job = pending.pop(done[0])
                 try:
                     results[job] = ray.get(done[0])

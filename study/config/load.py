@@ -6,6 +6,7 @@ one validation (`study.config.validate`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,8 +41,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     Keys are checked against the dataclass tree, so `--set no.such.key=1` is an error here, not later.
     Under `search.space` any dotted parameter name may follow (`search.space.cutmix.alpha={...}`).
     """
-    import copy
-
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:

@@ -17,9 +17,14 @@ from typing import Any
 
 from study.metric_names import metric_mode
 
+# The environment variable that stands in for an empty `search.optuna_storage` (Optuna's own CLI reads it): read by
+# study.search.optuna_search.storage_url and checked by study.config.validate.
+OPTUNA_STORAGE_ENV = "OPTUNA_STORAGE"
+
 # Architectures of the model registry (study.models builds each; it checks it covers exactly these).
 MODEL_NAMES: tuple[str, ...] = (
     "cnn",
+    "resnet8",
     "resnet20",
     "resnet56",
     "resnet110",

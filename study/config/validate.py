@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from study.config.schema import (
     METHODS,
     MODEL_NAMES,
     MODES,
+    OPTUNA_STORAGE_ENV,
     SCHEDULERS,
     SCHEDULES,
     ConfigError,
@@ -115,6 +117,10 @@ def validate(cfg: PipelineConfig) -> None:
     _check(s.resources_per_trial.gpu >= 0, f"search.resources_per_trial.gpu={s.resources_per_trial.gpu} (>= 0)")
     _check(s.eval_every >= 1, f"search.eval_every={s.eval_every} is not allowed (>= 1)")
     _check(s.smooth_epochs >= 1, f"search.smooth_epochs={s.smooth_epochs} is not allowed (>= 1)")
+    from_env = os.environ.get(OPTUNA_STORAGE_ENV, "")  # the fallback of study.search.optuna_search.storage_url
+    _check(s.optuna_storage or not from_env or "://" in from_env,
+           f"{OPTUNA_STORAGE_ENV} is not allowed as set (an Optuna RDB URL such as postgresql+psycopg2://user@host/db; "
+           "unset it for <output>/optuna.db)")
     _check(not s.optuna_storage or "://" in s.optuna_storage,
            f"search.optuna_storage={s.optuna_storage} is not allowed (an Optuna RDB URL such as "
            "sqlite:///path/optuna.db or postgresql+psycopg2://user@host/db, or empty for <output>/optuna.db)")

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -195,8 +196,6 @@ def load_cub_bundle(cfg):
     """CUB-200-2011 as a training dataset with boxes (`data.name: cub`, `data.root` the extracted folder): the
     official train split, `val_fraction` of it held out (stratified, `split_seed`), the official test split as test;
     decoded at `image_size` and held in memory (11,788 images at 224 px: ~1.8 GB of uint8)."""
-    import numpy as np
-
     if not cfg.root:
         raise DataError("data.name=cub needs data.root (the extracted CUB_200_2011/ folder: images/, images.txt, "
                         "image_class_labels.txt, train_test_split.txt, bounding_boxes.txt)")

@@ -19,13 +19,18 @@ Pure Python on the per-seed metric rows: no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from study.metric_names import metric_mode
 from study.stats import (
+    Comparison,
+    McNemar,
+    Summary,
     compare,
     holm,
     mcnemar,
@@ -35,8 +40,10 @@ from study.stats import (
     summarize,
     welch_p,
 )
+from study.summaries import ModelRow
 
-__all__ = ["ALPHA", "BASELINE", "HEADLINE", "PRIMARY", "comparisons", "method_table", "prior_verdicts"]
+__all__ = ["ALPHA", "BASELINE", "HEADLINE", "PRIMARY", "MethodTable", "PriorVerdict", "comparisons", "method_table",
+           "prior_verdicts"]
 
 ALPHA = 0.05
 PRIMARY = "top1_err"
@@ -50,27 +57,48 @@ HEADLINE = (("top1_err", "top-1 err"), ("ece", "ECE"), ("maxboxacc_v2", "MaxBoxA
             ("fgsm_acc_eps0.031", "FGSM acc ε=8/255"))
 NOT_BEYOND = "not localizing beyond the prior"
 
+PerSeed = Mapping[str, Sequence[ModelRow]]  # variant -> one row per evaluated model (seed)
 
-def _values(rows: Sequence[Mapping[str, Any]], key: str) -> list[float] | None:
-    vals = [r.get(key) for r in rows]
+
+@dataclass(frozen=True)
+class PriorVerdict:
+    """A variant's MaxBoxAccV2 minus the centre prior over seeds (percentage points), and whether it localizes
+    beyond the prior: "beyond the prior" or NOT_BEYOND."""
+
+    stat: Summary
+    verdict: str
+
+
+@dataclass(frozen=True)
+class MethodTable:
+    """What `method_table` measured besides the markdown it wrote: variant -> column -> summary over seeds,
+    variant -> column -> comparison with the baseline, variant -> prior verdict, and the columns in table order."""
+
+    metrics: dict[str, dict[str, Summary]]
+    comparisons: dict[str, dict[str, Comparison]]
+    prior: dict[str, PriorVerdict]
+    columns: list[str]
+
+
+def _values(rows: Sequence[ModelRow], key: str) -> list[float] | None:
+    vals = [r.metrics.get(key) for r in rows]
     return None if any(v is None for v in vals) else [float(v) for v in vals]
 
 
-def headline_columns(per_seed: Mapping[str, Sequence[Mapping[str, Any]]], near_sets: Sequence[str]
-                     ) -> list[tuple[str, str]]:
+def headline_columns(per_seed: PerSeed, near_sets: Sequence[str]) -> list[tuple[str, str]]:
     cols = [*HEADLINE, *((f"ood_{s}_auroc", f"OOD AUROC {s}") for s in near_sets)]
     return [(k, label) for k, label in cols if any(_values(rows, k) is not None for rows in per_seed.values())]
 
 
-def comparisons(per_seed: Mapping[str, Sequence[Mapping[str, Any]]], columns: Sequence[str],
-                baseline: str = BASELINE, alpha: float = ALPHA) -> dict[str, dict[str, dict[str, Any]]]:
+def comparisons(per_seed: PerSeed, columns: Sequence[str], baseline: str = BASELINE, alpha: float = ALPHA
+                ) -> dict[str, dict[str, Comparison]]:
     """variant -> column -> ``stats.compare`` against ``baseline`` plus ``p`` (Welch), ``p_holm`` and the verdict:
     the primary column keeps its uncorrected verdict, every other column (but ``− centre prior``) is judged by its
     Holm-adjusted p-value across all cells of the table. Empty without a baseline or with one row."""
     if baseline not in per_seed or len(per_seed) < 2:
         return {}
     base = per_seed[baseline]
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+    out: dict[str, dict[str, Comparison]] = {}
     family: list[tuple[str, str]] = []
     for variant, rows in per_seed.items():
         if variant == baseline:
@@ -80,22 +108,21 @@ def comparisons(per_seed: Mapping[str, Sequence[Mapping[str, Any]]], columns: Se
             if a is None or b is None or key == PRIOR_DIFF:
                 continue
             comp = compare(a, b, lower_is_better=metric_mode(key) == "min")
-            comp["p"] = welch_p(a, b)
-            out.setdefault(variant, {})[key] = comp
+            out.setdefault(variant, {})[key] = dataclasses.replace(comp, p=welch_p(a, b))
             if key != PRIMARY:
                 family.append((variant, key))
-    for (variant, key), adj in zip(family, holm([out[v][k]["p"] for v, k in family])):
+    for (variant, key), adj in zip(family, holm([out[v][k].p for v, k in family])):
         comp = out[variant][key]
-        comp["p_holm"] = adj
-        comp["holm_m"] = len(family)
+        verdict = comp.verdict
         if adj > alpha:
-            comp["verdict"] = "not resolved"
-        elif comp["verdict"] == "not resolved":  # Welch's interval and its p-value agree except at the boundary
-            comp["verdict"] = "better" if (comp["diff"] < 0) == (metric_mode(key) == "min") else "worse"
+            verdict = "not resolved"
+        elif verdict == "not resolved":  # Welch's interval and its p-value agree except at the boundary
+            verdict = "better" if (comp.diff < 0) == (metric_mode(key) == "min") else "worse"
+        out[variant][key] = dataclasses.replace(comp, p_holm=adj, holm_m=len(family), verdict=verdict)
     return out
 
 
-def prior_verdicts(per_seed: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+def prior_verdicts(per_seed: PerSeed) -> dict[str, PriorVerdict]:
     """variant -> ``summarize`` of MaxBoxAccV2 minus the centre prior over seeds, with ``verdict``: "beyond the
     prior" when the 95 % t-interval (one seed: the value) lies above zero, else "not localizing beyond the prior"."""
     out = {}
@@ -104,13 +131,12 @@ def prior_verdicts(per_seed: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[
         if vals is None:
             continue
         s = summarize(vals)
-        s["verdict"] = "beyond the prior" if s["ci95"][0] > 0 else NOT_BEYOND
-        out[variant] = s
+        out[variant] = PriorVerdict(s, "beyond the prior" if s.ci95[0] > 0 else NOT_BEYOND)
     return out
 
 
-def primary_lines(per_seed: Mapping[str, Sequence[Mapping[str, Any]]], comps: Mapping[str, Any],
-                  paired: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str = BASELINE) -> list[str]:
+def primary_lines(per_seed: PerSeed, comps: Mapping[str, Mapping[str, Comparison]],
+                  paired: Mapping[str, Mapping[int, McNemar]], baseline: str = BASELINE) -> list[str]:
     """The primary endpoint's paragraph: Welch, McNemar per seed pair, the minimum detectable difference."""
     lines = []
     base = _values(per_seed.get(baseline, []), PRIMARY)
@@ -119,23 +145,23 @@ def primary_lines(per_seed: Mapping[str, Sequence[Mapping[str, Any]]], comps: Ma
         if comp is None or base is None:
             continue
         a = _values(per_seed[variant], PRIMARY)
-        lo, hi = comp["ci95"]
+        lo, hi = comp.ci95
         ci = "no interval with one seed" if lo is None or hi is None else f"95 % CI {lo:+.2f} to {hi:+.2f}"
         sd = pooled_sd(a, base)
         n = min(len(a), len(base))
         mdd = min_detectable_difference(sd, n)
-        need = seeds_to_detect(comp["diff"], sd)
-        text = (f"- {variant} − {baseline}: {comp['diff']:+.2f} points ({ci}, Welch, p = {comp['p']:.3g}): "
-                f"**{comp['verdict']}**. Minimum detectable difference at 80 % power with {n} seeds per arm and the "
+        need = seeds_to_detect(comp.diff, sd)
+        text = (f"- {variant} − {baseline}: {comp.diff:+.2f} points ({ci}, Welch, p = {comp.p:.3g}): "
+                f"**{comp.verdict}**. Minimum detectable difference at 80 % power with {n} seeds per arm and the "
                 f"observed spread (pooled sd {sd:.2f}): {_fmt_mdd(mdd)}")
-        if comp["verdict"] == "not resolved":
+        if comp.verdict == "not resolved":
             text += ("; the observed difference would need " + (f"{need} seeds per arm" if need else
                                                                  "more than 10,000 seeds per arm") + " to resolve")
-        pairs = paired.get(variant, [])
+        pairs = paired.get(variant, {})
         if pairs:
             text += ". McNemar per seed pair (exact, same test images): " + "; ".join(
-                f"seed {p['seed']}: {p['diff']:+.2f} points, {p['a_only']} vs {p['b_only']} discordant images, "
-                f"p = {p['p']:.3g}" for p in pairs)
+                f"seed {seed}: {p.diff:+.2f} points, {p.a_only} vs {p.b_only} discordant images, "
+                f"p = {p.p:.3g}" for seed, p in pairs.items())
         lines.append(text + ".")
     return lines
 
@@ -144,36 +170,35 @@ def _fmt_mdd(v: float) -> str:
     return "none (one seed)" if math.isinf(v) else f"{v:.2f} points"
 
 
-def paired_tests(correct: Mapping[str, Mapping[int, Any]], baseline: str = BASELINE
-                 ) -> dict[str, list[dict[str, Any]]]:
-    """variant -> McNemar (``stats.mcnemar``) of each seed against the baseline's seed of the same index, from
-    per-image top-1 correctness (bool ``[N]`` per variant and seed)."""
+def paired_tests(correct: Mapping[str, Mapping[int, Sequence[bool]]], baseline: str = BASELINE
+                 ) -> dict[str, dict[int, McNemar]]:
+    """variant -> seed -> McNemar (``stats.mcnemar``) of that seed against the baseline's seed of the same index,
+    in increasing seed order, from per-image top-1 correctness (bool ``[N]`` per variant and seed)."""
     base = correct.get(baseline, {})
     out = {}
     for variant, seeds in correct.items():
         if variant == baseline:
             continue
-        out[variant] = [{"seed": k, **mcnemar(c, base[k])} for k, c in sorted(seeds.items()) if k in base]
+        out[variant] = {k: mcnemar(c, base[k]) for k, c in sorted(seeds.items()) if k in base}
     return out
 
 
-def _cell(stat: Mapping[str, Any] | None, comp: Mapping[str, Any] | None) -> str:
+def _cell(stat: Summary | None, comp: Comparison | None) -> str:
     if stat is None:
         return "–"
-    text = f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+    text = f"{stat.mean:.2f} ± {stat.std:.2f}"
     if comp is not None:
-        text += f" ({comp['diff']:+.2f}, {comp['verdict']})"
+        text += f" ({comp.diff:+.2f}, {comp.verdict})"
     return text
 
 
-def method_table(path: Path, per_seed: Mapping[str, Sequence[Mapping[str, Any]]], *, num_test: int,
-                 epochs: int | None, info: Mapping[str, Any], priors: Mapping[str, Any],
-                 paired: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-                 baseline: str = BASELINE) -> dict[str, Any]:
-    """Write the markdown method table to ``path``; returns ``{"metrics", "comparisons", "prior", "columns"}``.
+def method_table(path: Path, per_seed: PerSeed, *, num_test: int, epochs: int | None, info: Mapping[str, Any],
+                 priors: Mapping[str, Any], paired: Mapping[str, Mapping[int, McNemar]] | None = None,
+                 baseline: str = BASELINE) -> MethodTable:
+    """Write the markdown method table to ``path``; returns its summaries, comparisons, prior verdicts and columns.
 
     Args:
-        per_seed: variant -> one metric row per seed (``evaluate_model`` metrics).
+        per_seed: variant -> one row per seed (``evaluate_model`` metrics in ``ModelRow.metrics``).
         info: ``cam_size`` ``[h, w]``, ``image_size``, ``arch``, ``ood_kinds`` (set -> near / far / noise),
             ``num_in`` (in-distribution images of the OOD scores), ``ood_images``.
         priors: ``centre_prior`` and ``random_cam``: ``{"maxboxacc_v2", "per_iou"}`` on the same test boxes
@@ -191,7 +216,7 @@ def method_table(path: Path, per_seed: Mapping[str, Sequence[Mapping[str, Any]]]
     cam, size = info.get("cam_size"), info.get("image_size", "?")
     size = size[-1] if isinstance(size, (list, tuple)) else size
     cam_text = f"CAM {cam[0]}×{cam[1]} at {size} px" if cam else "no CAM"
-    m = next((c[k].get("holm_m") for c in comps.values() for k in c if "holm_m" in c[k]), 0)
+    m = next((c[k].holm_m for c in comps.values() for k in c if c[k].holm_m is not None), 0)
     lines = [f"Test split: {num_test} images" + (f"; trained for {epochs} epochs" if epochs else "")
              + f"; {cam_text}; mean ± std over seeds.",
              "Primary endpoint: top-1 error (Welch's 95 % interval against the baseline, α = 0.05). "
@@ -203,7 +228,7 @@ def method_table(path: Path, per_seed: Mapping[str, Sequence[Mapping[str, Any]]]
     for variant, ms in metrics.items():
         n = len(per_seed[variant])
         cells = [_cell(ms.get(k), comps.get(variant, {}).get(k)) for k in keys]
-        if PRIOR_DIFF in keys and variant in prior and prior[variant]["verdict"] != "beyond the prior":
+        if PRIOR_DIFF in keys and variant in prior and prior[variant].verdict != "beyond the prior":
             cells[keys.index(PRIOR_DIFF)] += f" ({NOT_BEYOND})"
         lines.append(f"| {variant} | {n} | " + " | ".join(cells) + " |")
     for name, label in (("centre_prior", "centre prior (Gaussian)"), ("random_cam", "random CAM")):
@@ -221,21 +246,20 @@ def method_table(path: Path, per_seed: Mapping[str, Sequence[Mapping[str, Any]]]
                   f"{priors.get('sigma', 0.25):g} of the image side, the same map for every image) scores MaxBoxAccV2 "
                   f"{cp['maxboxacc_v2']:.2f} (per IoU {per})"
                   + (f"; random CAMs at {cam_text} score {rc['maxboxacc_v2']:.2f}" if rc else "") + "."]
-        for variant, s in prior.items():
-            lo, hi = s["ci95"]
-            lines.append(f"- {variant}: MaxBoxAccV2 − centre prior = {s['mean']:+.2f} (95 % CI {lo:+.2f} to "
-                         f"{hi:+.2f} over {s['n']} seeds): {s['verdict']}.")
+        for variant, pv in prior.items():
+            lo, hi = pv.stat.ci95
+            lines.append(f"- {variant}: MaxBoxAccV2 − centre prior = {pv.stat.mean:+.2f} (95 % CI {lo:+.2f} to "
+                         f"{hi:+.2f} over {pv.stat.n} seeds): {pv.verdict}.")
     primary = primary_lines(per_seed, comps, paired or {}, baseline)
     if primary:
         lines += ["", "Primary endpoint (top-1 error, uncorrected α = 0.05):", *primary]
     lines += _ood_section(per_seed, kinds, info)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
-    return {"metrics": metrics, "comparisons": comps, "prior": prior, "columns": keys}
+    return MethodTable(metrics, comps, prior, keys)
 
 
-def _ood_section(per_seed: Mapping[str, Sequence[Mapping[str, Any]]], kinds: Mapping[str, str],
-                 info: Mapping[str, Any]) -> list[str]:
+def _ood_section(per_seed: PerSeed, kinds: Mapping[str, str], info: Mapping[str, Any]) -> list[str]:
     sets = [s for s in kinds if any(_values(rows, f"ood_{s}_auroc") for rows in per_seed.values())]
     if not sets:
         return []
@@ -255,9 +279,9 @@ def _ood_section(per_seed: Mapping[str, Sequence[Mapping[str, Any]]], kinds: Map
                 cells.append("–")
                 continue
             st = summarize(vals)
-            ci = [(r.get(f"ood_{s}_auroc_lo"), r.get(f"ood_{s}_auroc_hi")) for r in per_seed[v]]
+            ci = [(r.metrics.get(f"ood_{s}_auroc_lo"), r.metrics.get(f"ood_{s}_auroc_hi")) for r in per_seed[v]]
             shown = ", ".join(f"[{lo:.1f}, {hi:.1f}]" for lo, hi in ci if lo is not None and hi is not None)
-            cells.append(f"{st['mean']:.2f} ± {st['std']:.2f}" + (f" {shown}" if shown else ""))
+            cells.append(f"{st.mean:.2f} ± {st.std:.2f}" + (f" {shown}" if shown else ""))
         kind = {"noise": "sanity (noise)"}.get(kinds[s], kinds[s])
         lines.append(f"| {s} | {kind} | " + " | ".join(cells) + " |")
     return lines

@@ -15,7 +15,8 @@ from study.search.tune import (  # noqa: F401
     experiment_path, train_storage_path, can_resume, delete_experiment, run_search, optuna_url, is_reproducible,
     smoothed_metrics)
 from study.search.optuna_search import (  # noqa: F401
-    DB_FILE, storage_url, rdb_storage, study_exists, delete_study, StoredOptunaSearch, BatchLimiter,
+    DB_FILE, STORAGE_ENV, storage_url, is_shared_storage, rdb_storage, study_exists, delete_study, StoredOptunaSearch,
+    BatchLimiter,
     save_optuna_plots)
 from study.search.fidelity import (  # noqa: F401
     RHO_WARN, MIN_TRIALS, SMOOTH_SUFFIX, smooth_key, smoothed, smoothed_history, rung_epochs, measure, rho_metrics,

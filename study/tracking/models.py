@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
 import mlflow
@@ -70,8 +71,6 @@ def _fluent(uri: str, experiment_id: str) -> Iterator[None]:
 def requirements() -> list[str]:
     """What loading the model needs, pinned to what logged it (no local version label: `2.14.1`, not
     `2.14.1+cu130`, so a CPU or other CUDA build of the same release satisfies it)."""
-    from importlib.metadata import version
-
     return [f"torch=={version('torch').split('+')[0]}"]
 
 

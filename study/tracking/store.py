@@ -25,6 +25,8 @@ continues its runs instead of creating second ones.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import math
 import os
 import secrets
@@ -319,8 +321,6 @@ def _lifecycle(client: MlflowClient, run_id: str, system_metrics: bool = False) 
 def start_system_metrics(client: MlflowClient, run_id: str, interval_s: float | None = None) -> Any:
     """MLflow's SystemMetricsMonitor on `run_id` (a daemon thread; `system/...` metrics every `interval_s`, default
     $MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL or 10 s). GPU metrics need nvidia-ml-py and an NVIDIA GPU."""
-    import logging
-
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     # The monitor announces itself at INFO ("Started monitoring system metrics.", "Skip logging GPU metrics.").
@@ -444,8 +444,6 @@ class Tracker:
         """Add columns to the experiment's shared runs-table view (created on first use): metrics and params by
         name, in the UI's canonical keys (`metrics.`name``). The table is sorted by start time, newest first: the
         only order in which MLflow 3.17 keeps child runs under their parents (VIEW_ORDER)."""
-        import json
-
         experiment_id = self.experiment(experiment)
         tag = VIEW_TAG + VIEW_KEY
         exp = self.client.get_experiment(experiment_id)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from study.config.load import replace
 from study.config.schema import PipelineConfig
-from study.stats import compare, crossover, format_crossover, summarize
+from study.stats import Summary, compare, crossover, format_crossover, summarize
+from study.summaries import BudgetAnalysis, BudgetRow
 from study.training.references import BASELINE, CUTMIX_PAPER, REFERENCES
 
 ARMS = (BASELINE, CUTMIX_PAPER)
@@ -55,7 +55,7 @@ def plan(cfg: PipelineConfig) -> list[BudgetRun]:
     return runs
 
 
-def analyse(cfg: PipelineConfig, finals: dict[tuple[str, int, int], dict[str, float]]) -> dict[str, Any]:
+def analyse(cfg: PipelineConfig, finals: dict[tuple[str, int, int], dict[str, float]]) -> BudgetAnalysis:
     """`finals[(arm, epochs, index)]`: a run's final metrics. Returns per budget each arm's summary of test (and
     train) error and the difference with its Welch interval, and the crossover (study.stats.crossover)."""
     budgets = sorted(cfg.budget.epochs)
@@ -63,34 +63,33 @@ def analyse(cfg: PipelineConfig, finals: dict[tuple[str, int, int], dict[str, fl
     values = {(arm, e): [finals[arm, e, k][METRIC] for k in seeds] for arm in ARMS for e in budgets}
     rows = []
     for e in budgets:
-        row: dict[str, Any] = {"epochs": e}
+        test: dict[str, Summary] = {}
+        train: dict[str, Summary | None] = {}
         for arm in ARMS:
-            row[arm] = summarize(values[arm, e])
-            train = [finals[arm, e, k].get(TRAIN_METRIC) for k in seeds]
-            row[f"{arm}_train"] = summarize(train) if all(v is not None for v in train) else None
-        row["diff"] = compare(values[CUTMIX_PAPER, e], values[BASELINE, e])
-        rows.append(row)
+            test[arm] = summarize(values[arm, e])
+            measured = [finals[arm, e, k].get(TRAIN_METRIC) for k in seeds]
+            train[arm] = summarize([v for v in measured if v is not None]) if None not in measured else None
+        rows.append(BudgetRow(e, test, train, compare(values[CUTMIX_PAPER, e], values[BASELINE, e])))
     cross = crossover(budgets, [values[CUTMIX_PAPER, e] for e in budgets], [values[BASELINE, e] for e in budgets],
                       resamples=cfg.budget.bootstrap, seed=cfg.budget.bootstrap_seed)
-    return {"metric": METRIC, "budgets": rows, "crossover": cross}
+    return BudgetAnalysis(METRIC, rows, cross)
 
 
-def format_table(analysis: dict[str, Any]) -> str:
+def format_table(analysis: BudgetAnalysis) -> str:
     """The budget table as markdown: per budget both arms' test (and train) error, mean ± std over seeds, and
     cutmix_paper - baseline with Welch's 95 % interval and its verdict; then the crossover line."""
     lines = ["| epochs | baseline test err | cutmix_paper test err | cutmix_paper - baseline (95 % CI) | verdict | "
              "baseline train err | cutmix_paper train err |", "|---|---|---|---|---|---|---|"]
 
-    def cell(s: dict[str, Any] | None) -> str:
-        return "–" if s is None else f"{s['mean']:.2f} ± {s['std']:.2f}"
+    def cell(s: Summary | None) -> str:
+        return "–" if s is None else f"{s.mean:.2f} ± {s.std:.2f}"
 
-    for row in analysis["budgets"]:
-        d = row["diff"]
-        lo, hi = d["ci95"]
+    for row in analysis.budgets:
+        d = row.diff
+        lo, hi = d.ci95
         ci = "–" if lo is None else f"{lo:+.2f} to {hi:+.2f}"
-        lines.append(f"| {row['epochs']} | {cell(row[BASELINE])} | {cell(row[CUTMIX_PAPER])} | {d['diff']:+.2f} "
-                     f"({ci}) | {d['verdict']} | {cell(row[BASELINE + '_train'])} | "
-                     f"{cell(row[CUTMIX_PAPER + '_train'])} |")
-    n = analysis["budgets"][0][BASELINE]["n"]
+        lines.append(f"| {row.epochs} | {cell(row.test[BASELINE])} | {cell(row.test[CUTMIX_PAPER])} | {d.diff:+.2f} "
+                     f"({ci}) | {d.verdict} | {cell(row.train[BASELINE])} | {cell(row.train[CUTMIX_PAPER])} |")
+    n = analysis.budgets[0].test[BASELINE].n
     return "\n".join([f"Test top-1 error (%), mean ± std over {n} seeds; train error on the clean training split.",
-                      "", *lines, "", format_crossover(analysis["crossover"])])
+                      "", *lines, "", format_crossover(analysis.crossover)])

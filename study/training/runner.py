@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -87,8 +89,6 @@ def train_run(cfg: PipelineConfig, out_dir: Path, *, data=None, resume: bool = F
     train+val where no held-out split is left to select an epoch by. `eval_val` / `eval_train`: the Trainer's
     switches (study.training.engine.Trainer: val every epoch; the clean train error after the last).
     """
-    import shutil
-
     from study.plots import save_learning_curves  # lazy: pulls matplotlib
 
     out_dir = Path(out_dir)
@@ -133,8 +133,6 @@ def train_seed(cfg: dict[str, Any], run_dir: str, data, label: str, validate: bo
     from `checkpoints/last.pt` when an earlier attempt left one, so Ray's retry of a task whose worker died
     resumes it. Writes `task.json` (PID, start time, attempt) first, for whoever watches the run, and adds the
     epoch it resumed from at the end. Returns train_run's summary with the per-epoch history."""
-    import os
-
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     attempts = json.loads((out / "task.json").read_text()).get("attempt", 0) + 1 if (out / "task.json").is_file() else 1

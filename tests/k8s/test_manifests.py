@@ -87,7 +87,8 @@ def test_network_policies(name: str) -> None:
     check_network_policies(objs)
     postgres = one(objs, "StatefulSet", "postgres")
     mlflow = one(objs, "Deployment", "mlflow")
-    assert admitted_pods(objs, postgres["spec"]["template"]["metadata"]["labels"]) == {f"{obj_id(mlflow)}[pod]"}
+    head = f"{obj_id(one(objs, 'RayJob'))}[head]"  # its driver keeps the Optuna study in database `optuna`
+    assert admitted_pods(objs, postgres["spec"]["template"]["metadata"]["labels"]) == {f"{obj_id(mlflow)}[pod]", head}
     # The UI ingress: an ingress controller's pods, by namespace and pod label.
     peers = [peer for np in find(objs, "NetworkPolicy")
              if selector_matches(np["spec"]["podSelector"], mlflow["spec"]["template"]["metadata"]["labels"])
@@ -121,6 +122,25 @@ def test_rayjob_contract(name: str, external: dict) -> None:
     if name == "gpu":
         assert 0 < resources.gpu < 1, "the gpu overlay packs several trials per GPU"
         assert all(p.spec.get("nodeSelector") for p in ray_pods(objs) if p.role.startswith("worker:"))
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_the_optuna_study_lives_in_the_postgresql_database_the_manifests_create(name: str) -> None:
+    """The head, and only the head (the workers never touch Optuna), gets $OPTUNA_STORAGE from Secret cutmix-optuna;
+    its example points at database `optuna` on the postgres Service, which the StatefulSet's initdb ConfigMap creates
+    on first start (the SQL itself runs on a real PostgreSQL in tests/pipelines/test_study_stage.py)."""
+    objs = render(name)
+    for pod in ray_pods(objs):
+        refs = {(e.get("secretRef") or {}).get("name") for c in pod.containers for e in c.get("envFrom", [])}
+        assert ("cutmix-optuna" in refs) == (pod.role == "head"), f"{pod}: envFrom {sorted(map(str, refs))}"
+    postgres = one(objs, "StatefulSet", "postgres")
+    (mount,) = [m for m in postgres["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+                if m["mountPath"] == "/docker-entrypoint-initdb.d"]
+    (volume,) = [v for v in postgres["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    (initdb,) = [o for o in find(objs, "ConfigMap") if o["metadata"]["name"] == volume["configMap"]["name"]]
+    assert [sql.strip().splitlines()[-1] for sql in initdb["data"].values()] == ["CREATE DATABASE optuna;"]
+    example = (SECRETS_DIR / "cutmix-optuna.example.env").read_text()
+    assert re.search(r"postgresql\+psycopg2://[^@]+@postgres\.cutmix-study\.svc\.cluster\.local:5432/optuna\b", example)
 
 
 def test_raycluster_schema() -> None:

@@ -4,10 +4,8 @@ stopped by PID at the end."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -147,48 +145,6 @@ def test_ray_job_submit_runs_the_pipeline_and_a_resubmission_resumes(ray_head, t
     assert len(trial_runs) == 2
     for path, mtime in stamp.items():
         assert (out / path).stat().st_mtime_ns == mtime, f"{path} was redone"
-
-
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[-1:]
-    if not found:
-        pytest.fail(f"PostgreSQL's {name} is not installed: run `bash .ci/system-deps.sh` (apt package postgresql)")
-    return found if isinstance(found, str) else found[0]
-
-
-@pytest.fixture
-def postgres():
-    """A private PostgreSQL cluster on 127.0.0.1 (initdb + pg_ctl, as the postgres user when run as root, in a
-    directory of its own: pytest's temporary root is private to root). Stopped and removed at the end."""
-    import tempfile
-
-    port = free_port()
-    root = Path(tempfile.mkdtemp(prefix="cutmix-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        user = pwd.getpwnam("postgres")
-        for d in (root, sock):
-            os.chown(d, user.pw_uid, user.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    pid = None
-    try:
-        subprocess.run([*as_user, _pg_bin("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"], check=True,
-                       capture_output=True, timeout=120)
-        subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "-o",
-                        f"-c listen_addresses=127.0.0.1 -p {port} -k {sock}", "start"], check=True,
-                       capture_output=True, timeout=120)
-        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
-        subprocess.run([*as_user, _pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                        "mlflow"], check=True, capture_output=True, timeout=60)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow", port
-    finally:
-        if pid is not None:
-            subprocess.run([*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                           capture_output=True, timeout=60)
-            kill_tree(pid)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -207,3 +207,16 @@ def test_a_trial_no_node_can_place_is_reported_then_refused_on_a_joined_cluster(
     (line,) = [x for x in err.splitlines() if x.startswith("error:")]
     assert line.startswith("error: a trial needs 8 CPUs (search.resources_per_trial.cpu=8); the cluster has ")
     assert "did not grow within search.placement_timeout_s=3" in line
+
+
+@pytest.mark.slow
+def test_a_retrain_task_no_node_can_place_is_refused_with_the_placement_line_on_a_joined_cluster(cluster, tmp_path):
+    """The same for a Ray task: the driver waits in ray.wait, which turns what the placement watch raises into a bare
+    KeyboardInterrupt (ray/_raylet.pyx check_status); the CLI still reports the placement error, not a SIGINT."""
+    proc = cli(cluster, "retrain", "--output", str(tmp_path / "out"), *set_args(TINY + [
+        "name=unplaceable-task", "retrain.resources.cpu=8", "search.placement_timeout_s=3"]))
+    rc, err = finish(proc, timeout=300)
+    assert rc == 2, err[-3000:]
+    assert "waiting for resources" in err and "Traceback" not in err and "stopped by" not in err, err[-3000:]
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "retrain.resources.cpu=8" in line and "did not grow within search.placement_timeout_s=3" in line, line

@@ -1,5 +1,6 @@
-"""pipelines.results: every stage result round-trips through its summary.json, and a summary that is missing or
-unreadable is a one-line ResultError that says what to run."""
+"""pipelines.results: every stage result round-trips through its summary.json, summaries written before their
+entries were typed load and are written back byte for byte, and a summary that is missing or unreadable is a
+one-line ResultError that says what to run."""
 
 from __future__ import annotations
 
@@ -23,7 +24,12 @@ from pipelines.results import (
     StudyResult,
     TrainResult,
 )
+from study.stats import BootstrapShares, Comparison, Crossover, Summary
+from study.summaries import BudgetRow, ModelRow, SeedRun, VariantSummary
 
+OLD = Path(__file__).parent / "data" / "summaries_cb67987"  # see its make_fixture.py
+S = Summary(9.0, 1.0, 2, (8.0, 10.0), (0.0, 18.0))
+C = Comparison(-1.0, (None, None), "not resolved", "welch-t", (1, 2))
 # Every field away from its default, so a field that is not written or not read back shows.
 SAMPLES = {
     TrainResult: dict(final={"val/top1_err": 12.5, "epoch": 2.0}, best={"val/top1_err": 11.0}, best_epoch=1,
@@ -40,22 +46,29 @@ SAMPLES = {
                       reproducible=False, reproducible_reason="ASHA", optuna_storage="sqlite:////x/optuna.db",
                       optuna_study="digits", smooth_epochs=2),
     RetrainResult: dict(config="/x/best_config.yaml", epochs=4, study_run_id="b" * 32, retrain_run_id="c" * 32,
-                        num_test=500, variants={"cutmix": {"seeds": [{"run_dir": "/r/cutmix/seed0"}],
-                                                           "test/top1_err": {"mean": 9.0, "ci95": [8.0, 10.0]}}},
-                        comparisons={"cutmix": {"test/top1_err": {"diff": -1.0, "ci95": [None, None]}}},
+                        num_test=500,
+                        variants={"cutmix": VariantSummary((SeedRun(0, "cutmix", "/r/cutmix/seed0",
+                                                                    {"test/top1_err": 9.0}, {"pid": 7.0}),),
+                                                           {"test/top1_err": S})},
+                        comparisons={"cutmix": {"test/top1_err": C}},
                         best_run_dir="/r/cutmix/seed0", best_checkpoint="/r/cutmix/seed0/checkpoints/best.pt",
                         cutmix_gain_top1_points=1.0, labels={"cutmix_a1_p0.5": "cutmix α=1 p=0.5"},
                         notes={"cutmix_a1_p0.5": "in effect the baseline"}, winner="cutmix_a1_p0.5",
                         race_verdict="no setting distinguishable from baseline"),
-    EvaluateResult: dict(run_id="d" * 32, num_test=200, metrics={"cutmix": {"ece": {"mean": 2.0}}},
-                         comparisons={"cutmix": {"ece": {"verdict": "better"}}},
-                         per_seed={"cutmix": [{"seed": 0, "ece": 2.0}]}, table="/x/evaluate/table.md", wall_s=4.0),
+    EvaluateResult: dict(run_id="d" * 32, num_test=200, metrics={"cutmix": {"ece": S}},
+                         comparisons={"cutmix": {"ece": Comparison(-1.0, (-2.0, 0.0), "better", "welch-t", (2, 2),
+                                                                   p=0.04, p_holm=0.08, holm_m=2)}},
+                         per_seed={"cutmix": [ModelRow(0, "/x/best.pt", "retrain", None, {"ece": 2.0}, {"ood": 1.0},
+                                                       {"cam_size": [6, 6]})]},
+                         table="/x/evaluate/table.md", wall_s=4.0),
     ExportResult: dict(manifest={"arch": "cnn", "sha256": "00"}, registered_model={"name": "m", "version": "1"}),
     DetectResult: dict(backbone="/x/export/backbone.pt", arch="cnn", pretrained_on="digits", data="synthetic",
                        run_id="e" * 32, map=0.25, map_50=0.5, random_map_50=0.3, random_map=0.1, gain_map_50=0.2,
                        wall_s=70.0),
     BudgetResult: dict(run_id="f" * 32, num_test=500, epochs=[6, 12], seeds=3,
-                       budgets=[{"epochs": 6, "diff": {"diff": 1.0}}], crossover={"estimate": 9.0},
+                       budgets=[BudgetRow(6, {"baseline": S, "cutmix_paper": S}, {"baseline": S, "cutmix_paper": None},
+                                          C)],
+                       crossover=Crossover(9.0, "inside", (7.0, None), BootstrapShares(0.5, 0.0, 0.5), 100, (6, 12)),
                        table="/x/budget/table.md", plot="/x/budget/test_error_vs_epochs.png", wall_s=10.0),
 }
 
@@ -104,8 +117,10 @@ def test_unknown_keys_in_a_summary_are_ignored(tmp_path):
 
 
 def test_derived_views():
-    r = RetrainResult(out_dir="/o", variants={"none": {"seeds": [{"run_dir": "/o/a"}, {"run_dir": "/o/b"}]},
-                                              "cutmix": {"seeds": [{"run_dir": "/o/c"}]}})
+    def runs(*dirs: str) -> VariantSummary:
+        return VariantSummary(tuple(SeedRun(k, "none", d, {}) for k, d in enumerate(dirs)), {})
+
+    r = RetrainResult(out_dir="/o", variants={"none": runs("/o/a", "/o/b"), "cutmix": runs("/o/c")})
     assert r.seed_runs() == [("none", 0, Path("/o/a")), ("none", 1, Path("/o/b")), ("cutmix", 0, Path("/o/c"))]
     assert ExportResult(out_dir="/o").backbone == Path("/o/export/backbone.pt")
 
@@ -153,3 +168,48 @@ def test_a_study_summary_from_before_the_race_reads_with_no_race(tmp_path):
     from pipelines.retrain_stage import study_winner
 
     assert study_winner(back) == ({"cutmix.alpha": 0.5}, "")  # retrain falls back to the best trial
+
+
+@pytest.mark.parametrize("cls", [RetrainResult, EvaluateResult, BudgetResult], ids=lambda c: c.__name__)
+def test_a_summary_written_before_the_typed_entries_loads_and_is_written_back_byte_for_byte(tmp_path, cls):
+    """The fixture was written by the code of cb67987 (entries as dicts; tests/pipelines/data/summaries_cb67987/
+    make_fixture.py): its statistics functions and dataclasses.asdict, as its to_json did."""
+    old = cls.path(OLD).read_text()
+    back = cls.from_dir(OLD)
+    assert json.dumps(back.to_dict(), indent=2, default=str) == old
+    moved = dataclasses.replace(back, out_dir=str(tmp_path))  # and through to_json itself, at another place
+    assert json.loads(moved.to_json().read_text()) == {**json.loads(old), "out_dir": str(tmp_path)}
+
+
+def test_the_old_summaries_read_back_typed():
+    retrain = RetrainResult.from_dir(OLD)
+    paper = retrain.variants["cutmix_paper"]
+    assert isinstance(paper, VariantSummary) and paper.metrics["test/top1_err"].n == 3
+    assert [s.seed for s in paper.seeds] == [0, 1, 2] and paper.seeds[0].task == {"started": 100.0, "ended": 160.5,
+                                                                                  "pid": 4242}
+    assert retrain.variants["cutmix_a0.3_p0.02"].seeds[0].task is None
+    assert retrain.comparisons["cutmix_a0.3_p0.02"]["test/top1_err"].ci95 == (None, None)  # one seed
+    assert retrain.seed_runs()[0] == ("baseline", 0, Path("/o/retrain/baseline/seed0"))
+    evaluation = EvaluateResult.from_dir(OLD)
+    assert evaluation.comparisons["cutmix_paper"]["ece"].holm_m is not None
+    assert evaluation.comparisons["cutmix_paper"]["top1_err"].p_holm is None  # the primary endpoint
+    assert evaluation.per_seed["baseline"][1].run_id is None and "ood_clutter_auroc_lo" in \
+        evaluation.per_seed["baseline"][0].metrics
+    budget = BudgetResult.from_dir(OLD)
+    assert [r.epochs for r in budget.budgets] == [1, 2, 4] and budget.budgets[0].train["cutmix_paper"] is None
+    assert budget.crossover is not None and budget.crossover.budgets == (1, 2, 4)
+
+
+def test_a_budget_summary_without_a_crossover_keeps_the_empty_object(tmp_path):
+    path = BudgetResult(out_dir=str(tmp_path)).to_json()
+    assert json.loads(path.read_text())["crossover"] == {}  # the field's old default
+    assert BudgetResult.from_dir(tmp_path).crossover is None
+
+
+@pytest.mark.parametrize("variants", [{"cutmix": {"test/top1_err": {"mean": 9.0}}}, {"cutmix": [1, 2]},
+                                      {"cutmix": {"seeds": [{"seed": 0}]}}])
+def test_a_summary_whose_entries_lack_their_keys_says_to_rerun_with_overwrite(tmp_path, variants):
+    path = RetrainResult(out_dir=str(tmp_path)).to_json()
+    path.write_text(json.dumps({**json.loads(path.read_text()), "variants": variants}))
+    with pytest.raises(ResultError, match="is not a readable retrain summary"):
+        RetrainResult.from_dir(tmp_path)

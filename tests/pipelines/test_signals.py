@@ -78,12 +78,17 @@ def experiment_runs(client: MlflowClient, name: str) -> list:
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
 
 
+# Both signals mid-study and mid-retrain. What a resume finds does not depend on which signal stopped the command
+# (one handler for both, study.cluster.signals), so the resume is checked once per stage, to keep CI time.
 @pytest.mark.slow
-def test_sigterm_mid_study_then_resume_without_the_output_directory(mlflow_server, tmp_path):
+@pytest.mark.parametrize("signum, then_resume", [(signal.SIGTERM, True), (signal.SIGINT, False)],
+                         ids=["SIGTERM-then-resume", "SIGINT"])
+def test_a_signal_mid_study_then_resume_without_the_output_directory(mlflow_server, tmp_path, signum, then_resume):
     epochs = 8  # long enough that the running trial is still running when the signal arrives, on a loaded machine
+    name = f"sig-study-{signum.name}"  # an experiment per case: the tracking server is the session's
     out, storage = tmp_path / "out", tmp_path / "tune-storage"
     args = ["study", "--output", str(out), "--tracking-uri", mlflow_server,
-            *set_args(TINY + ["name=sig-study", f"train.epochs={epochs}", "search.num_samples=2",
+            *set_args(TINY + [f"name={name}", f"train.epochs={epochs}", "search.num_samples=2",
                               "search.max_concurrent=1", "search.scheduler=none", "search.checkpoint_every=1",
                               f"search.storage={storage}"])]
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -92,7 +97,7 @@ def test_sigterm_mid_study_then_resume_without_the_output_directory(mlflow_serve
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:  # stop once a trial has finished and the next one is training
             assert proc.poll() is None, proc.stderr.read()[-3000:]
-            runs = [r for r in experiment_runs(client, "sig-study") if r.data.tags.get("cutmix.stage") == "trial"]
+            runs = [r for r in experiment_runs(client, name) if r.data.tags.get("cutmix.stage") == "trial"]
             if any(r.info.status == "FINISHED" for r in runs) and \
                     any(r.info.status == "RUNNING" and r.data.metrics.get("epoch", 0) >= 1 for r in runs):
                 break
@@ -102,9 +107,9 @@ def test_sigterm_mid_study_then_resume_without_the_output_directory(mlflow_serve
     except BaseException:
         kill_tree(proc.pid)
         raise
-    rc, err, took, alive = stop_and_wait(proc, signal.SIGTERM)
-    assert_stopped_cleanly(rc, err, took, alive, signal.SIGTERM, out)
-    before = experiment_runs(client, "sig-study")
+    rc, err, took, alive = stop_and_wait(proc, signum)
+    assert_stopped_cleanly(rc, err, took, alive, signum, out)
+    before = experiment_runs(client, name)
     assert not [r for r in before if r.info.status == "RUNNING"]
     (parent,) = [r for r in before if r.data.tags.get("cutmix.stage") == "study"]
     assert parent.info.status == "KILLED"
@@ -112,13 +117,15 @@ def test_sigterm_mid_study_then_resume_without_the_output_directory(mlflow_serve
                 if r.data.tags.get("cutmix.stage") == "trial"}
     assert "KILLED" in statuses.values() and set(statuses.values()) <= {"FINISHED", "KILLED"}, statuses
     trials_before = set(statuses)
+    if not then_resume:
+        return
 
     shutil.rmtree(out)  # study_run.json with it; Tune's storage and the tracking server stay
     resume(*args)
 
     frame = pq.read_table(out / "results.parquet").to_pandas()
     assert len(frame) == 2 and frame["trial_id"].is_unique and (frame["status"] == "completed").all()
-    after = experiment_runs(client, "sig-study")
+    after = experiment_runs(client, name)
     parents = [r for r in after if r.data.tags.get("cutmix.stage") == "study"]
     assert [r.info.run_id for r in parents] == [parent.info.run_id]  # one study run, the first one, reopened
     assert parents[0].info.status == "FINISHED"
@@ -132,7 +139,9 @@ def test_sigterm_mid_study_then_resume_without_the_output_directory(mlflow_serve
 
 
 @pytest.mark.slow
-def test_sigint_mid_retrain_then_resume(tmp_path):
+@pytest.mark.parametrize("signum, then_resume", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["SIGINT-then-resume", "SIGTERM"])
+def test_a_signal_mid_retrain_then_resume(tmp_path, signum, then_resume):
     epochs = 15
     out = tmp_path / "out"
     args = ["retrain", "--output", str(out),
@@ -150,14 +159,16 @@ def test_sigint_mid_retrain_then_resume(tmp_path):
     except BaseException:
         kill_tree(proc.pid)
         raise
-    rc, err, took, alive = stop_and_wait(proc, signal.SIGINT)
-    assert_stopped_cleanly(rc, err, took, alive, signal.SIGINT, out)
+    rc, err, took, alive = stop_and_wait(proc, signum)
+    assert_stopped_cleanly(rc, err, took, alive, signum, out)
     epoch = load_checkpoint(seed0)["epoch"]  # intact: the last finished epoch
     assert 1 <= epoch < epochs
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
     runs = experiment_runs(client, "sig-retrain")
     assert runs and not [r for r in runs if r.info.status == "RUNNING"]
     assert [r.info.status for r in runs if r.data.tags.get("cutmix.stage") == "retrain"] == ["KILLED"]
+    if not then_resume:
+        return
 
     resume(*args)
     summary = json.loads((out / "retrain" / "summary.json").read_text())

@@ -16,8 +16,7 @@ from pipelines.study_stage import run as run_study
 from study.config.load import load_config, replace
 from study.models import build_model
 from study.tracking.store import Tracker
-from tests.helpers.cli import TINY
-from tests.pipelines.test_deploy import postgres  # noqa: F401 - the private PostgreSQL fixture
+from tests.helpers.cli import REPO, TINY
 
 
 @pytest.fixture(scope="module")
@@ -316,14 +315,26 @@ def test_a_study_races_its_top_settings_and_resumes_the_race(ray_local, tmp_path
     assert set(again.race["settings"]) == set(names)
 
 
-def test_the_optuna_study_can_live_in_any_rdb_such_as_postgresql(ray_local, digits8, postgres, tmp_path):  # noqa: F811
+def test_the_optuna_study_can_live_in_any_rdb_such_as_postgresql(ray_local, digits8, postgres, tmp_path,
+                                                                  monkeypatch):
     """search.optuna_storage: a real PostgreSQL (initdb + pg_ctl on 127.0.0.1) holds the study, nothing is written to
-    <out>/optuna.db, and a second study of the same name there is refused unless --overwrite (or --resume)."""
+    <out>/optuna.db, and a second study of the same name there is refused unless --overwrite (or --resume). The
+    second and third studies find the storage in $OPTUNA_STORAGE (Optuna's CLI convention; the k8s manifests pass
+    their PostgreSQL that way) with search.optuna_storage unset, in the database that the manifests' initdb script
+    (k8s/base/postgres-initdb.sql) creates beside MLflow's."""
     import optuna
+    import psycopg2
 
     from pipelines.common import OutputError
 
-    url, _ = postgres
+    mlflow_db, _ = postgres
+    conn = psycopg2.connect(mlflow_db.replace("postgresql+psycopg2", "postgresql"))
+    try:
+        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction (psql's default, as in initdb)
+        conn.cursor().execute((REPO / "k8s" / "base" / "postgres-initdb.sql").read_text())
+    finally:
+        conn.close()
+    url = mlflow_db.rsplit("/", 1)[0] + "/optuna"
     cfg = load_config(None, TINY + ["name=pg", "train.epochs=1", "search.num_samples=2", "search.scheduler=none",
                                     "search.max_concurrent=1", f"search.optuna_storage={url}"])
     result = run_study(cfg, tmp_path / "a", Tracker(f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "a"))
@@ -331,7 +342,10 @@ def test_the_optuna_study_can_live_in_any_rdb_such_as_postgresql(ray_local, digi
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"] and trials[0].intermediate_values
     assert not (tmp_path / "a" / "optuna.db").exists()
     assert result.optuna_storage == url  # no password in this URL, nothing to redact
+    cfg = replace(cfg, {"search.optuna_storage": ""})
+    monkeypatch.setenv("OPTUNA_STORAGE", url)
     with pytest.raises(OutputError, match="already holds a study named pg"):
         run_study(cfg, tmp_path / "b", Tracker(f"sqlite:///{tmp_path / 'b.db'}", tmp_path / "b"))
-    run_study(cfg, tmp_path / "c", Tracker(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "c"), overwrite=True)
+    again = run_study(cfg, tmp_path / "c", Tracker(f"sqlite:///{tmp_path / 'c.db'}", tmp_path / "c"), overwrite=True)
     assert len(optuna.load_study(study_name="pg", storage=url).trials) == 2  # replaced, not appended
+    assert again.optuna_storage == url and not (tmp_path / "c" / "optuna.db").exists()

@@ -109,6 +109,7 @@ def _within(n: int, target: float, tol: float = 0.02) -> bool:
 
 def test_parameter_counts_match_the_papers() -> None:
     assert _within(count_parameters(build_model(ModelConfig(arch="resnet20"), 10)), 0.27e6)
+    assert _within(count_parameters(build_model(ModelConfig(arch="resnet8"), 10)), 0.078e6, tol=0.05)  # n = 1
     assert _within(count_parameters(build_model(ModelConfig(arch="resnet110"), 10)), 1.7e6)
     assert _within(count_parameters(build_model(ModelConfig(arch="pyramidnet110"), 100)), 1.7e6)
     assert _within(count_parameters(build_model(ModelConfig(arch="pyramidnet200"), 100)), 26.8e6)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -61,9 +63,57 @@ def test_during_tune_the_first_signal_goes_to_tune_and_a_second_one_stops_at_onc
         signal.signal(signal.SIGUSR1, previous)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_while_polled_a_signal_or_a_stop_is_recorded_and_raised_by_the_loop(signum):
+    """`polled()` (run_tasks' loop of bounded ray.waits): nothing is raised from the handler, which would run inside
+    Ray's C code; `raise_if_stopped()` raises the signal, or the reason of `stop`, from the loop."""
+    with signals.polled():
+        os.kill(os.getpid(), signum)
+        time.sleep(0.2)  # the handler has run: recorded, nothing raised
+        assert signals.received() == signum
+        with pytest.raises(signals.Stopped) as stopped:
+            signals.raise_if_stopped()
+    assert stopped.value.signum == signum
+    signals.uninstall()
+    signals.install()
+    reason = RuntimeError("the cluster did not grow")
+    with signals.polled():
+        threading.Thread(target=signals.stop, args=(reason,)).start()
+        time.sleep(0.2)
+        with pytest.raises(RuntimeError) as raised:
+            signals.raise_if_stopped()
+    assert raised.value is reason
+
+
 def test_stop_from_another_thread_raises_the_reason_in_the_main_thread():
     reason = ValueError("a trial needs 8 CPUs")
     threading.Timer(0.1, signals.stop, args=(reason,)).start()
     with pytest.raises(ValueError, match="8 CPUs"):
         wait_for_signal()
     assert signals.received() is None
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_after_the_command_ended_a_sigterm_leaves_its_exit_code_alone():
+    """`ignore_until_exit` (the CLI's last step): a SIGTERM during teardown does not turn exit 3 into -15; without
+    it the same process dies of the signal (so the check can fail)."""
+    body = ("import os, signal, sys, time\nfrom study.cluster import signals\n{call}\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(0.2)\nsys.exit(3)\n")
+    assert _run_python(body.format(call="signals.ignore_until_exit()")).returncode == 3
+    assert _run_python(body.format(call="pass")).returncode == -signal.SIGTERM
+
+
+@pytest.mark.slow
+def test_python_handlers_hold_again_after_ray_shutdown():
+    """Ray's shutdown resets SIGTERM to SIG_DFL at the C level while Python still reports its own handler;
+    `session.shutdown_if_started` sets them again, so a later SIGTERM reaches the handler instead of killing."""
+    code = (
+        "import os, signal, sys, time\nfrom study.cluster import session\nsession.init_ray(num_cpus=1)\n"
+        "got = []\nsignal.signal(signal.SIGTERM, lambda s, f: got.append(s))\n"
+        "session.shutdown_if_started()\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(0.3)\n"
+        "print('handled', got)\nsys.exit(0 if got else 1)\n")
+    done = _run_python(code)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -174,6 +174,22 @@ def test_a_value_out_of_range_names_the_key_and_the_range(bad, edge, needle):
         validate(with_params(BASE, edge))
 
 
+def test_optuna_storage_from_the_environment_is_checked_at_the_door_and_the_config_wins(monkeypatch):
+    """$OPTUNA_STORAGE (Optuna's CLI convention) stands in for an empty search.optuna_storage; a value that is no
+    URL is a ConfigError before anything is written, and a configured URL takes precedence over it."""
+    from study.search.optuna_search import storage_url
+
+    monkeypatch.setenv("OPTUNA_STORAGE", "runs/optuna.db")
+    assert _error({}).startswith("OPTUNA_STORAGE is not allowed as set (an Optuna RDB URL")
+    validate(with_params(BASE, {"search.optuna_storage": "sqlite:///x.db"}))  # the config's URL is the one used
+    assert storage_url("sqlite:///x.db", "out") == "sqlite:///x.db"
+    monkeypatch.setenv("OPTUNA_STORAGE", "postgresql+psycopg2://u@db/optuna")
+    validate(BASE)
+    assert storage_url("", "out") == "postgresql+psycopg2://u@db/optuna"
+    monkeypatch.delenv("OPTUNA_STORAGE")
+    assert storage_url("", "out").startswith("sqlite:///") and storage_url("", "out").endswith("/out/optuna.db")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Search-space dimensions (test_config.py covers a bad bound, an empty choice, vgg, loguniform low, low >= high, a
 # misspelt name and an unknown type through from_dict).

@@ -11,6 +11,7 @@ from scipy import stats as sps
 
 from study.evaluation.report import NOT_BEYOND, comparisons, method_table, paired_tests, prior_verdicts
 from study.stats import holm, mcnemar, min_detectable_difference, seeds_to_detect, welch_p, welch_power
+from study.summaries import ModelRow
 
 
 def test_holm_on_planted_p_values():
@@ -31,10 +32,10 @@ def test_mcnemar_by_hand():
     b = np.array([False] * 2 + [True] * 8 + [True] * 20 + [False] * 10)
     res = mcnemar(a, b)
     # 2 images only a gets right, 8 only b: exact two-sided p = 2 * P(X <= 2 | 10, 1/2) = 2 * 56 / 1024.
-    assert (res["a_only"], res["b_only"]) == (2, 8)
-    assert res["p"] == pytest.approx(112 / 1024)
-    assert res["diff"] == pytest.approx(100 * 6 / 40)  # a's error minus b's, in points
-    assert mcnemar(a, a)["p"] == 1.0
+    assert (res.a_only, res.b_only, res.n) == (2, 8, 40)
+    assert res.p == pytest.approx(112 / 1024)
+    assert res.diff == pytest.approx(100 * 6 / 40)  # a's error minus b's, in points
+    assert mcnemar(a, a).p == 1.0
     with pytest.raises(ValueError):
         mcnemar(a, b[:-1])
 
@@ -54,9 +55,10 @@ def test_minimum_detectable_difference():
     assert math.isinf(min_detectable_difference(0.3, 1)) and min_detectable_difference(0.0, 3) == 0.0
 
 
-def _rows(**columns: list[float]) -> list[dict]:
+def _rows(**columns: list[float]) -> list[ModelRow]:
     n = len(next(iter(columns.values())))
-    return [{"seed": k, **{name: vals[k] for name, vals in columns.items()}} for k in range(n)]
+    return [ModelRow(k, f"/o/seed{k}/best.pt", "retrain", None, {name: vals[k] for name, vals in columns.items()}, {},
+                     {}) for k in range(n)]
 
 
 PER_SEED = {
@@ -77,14 +79,17 @@ PRIORS = {"centre_prior": {"maxboxacc_v2": 35.0, "per_iou": {0.3: 70.0, 0.5: 30.
 def test_primary_is_uncorrected_and_the_other_columns_are_holm_corrected():
     keys = ["top1_err", "ece", "maxboxacc_v2", "maxboxacc_v2_over_prior", "ood_clutter_auroc"]
     comps = comparisons(PER_SEED, keys)["cutmix"]
-    assert comps["top1_err"]["verdict"] == "worse" and "p_holm" not in comps["top1_err"]
+    assert comps["top1_err"].verdict == "worse" and comps["top1_err"].p_holm is None
     p = welch_p([3.5, 4.5, 5.5], [1.0, 2.0, 3.0])
     assert 0.025 < p < 0.05  # resolved on its own ...
-    assert comps["ece"]["p_holm"] == pytest.approx(min(1.0, 3 * p))  # ... three secondary tests in the family
-    assert comps["ece"]["verdict"] == "not resolved" and comps["ece"]["holm_m"] == 3
+    assert comps["ece"].p == pytest.approx(p)
+    assert comps["ece"].p_holm == pytest.approx(min(1.0, 3 * p))  # ... three secondary tests in the family
+    assert comps["ece"].verdict == "not resolved" and comps["ece"].holm_m == 3
+    assert "p_holm" in comps["ece"].to_dict() and "p_holm" not in comps["top1_err"].to_dict()  # as summary.json
     assert "maxboxacc_v2_over_prior" not in comps  # MaxBoxAccV2 minus a constant: not a test of its own
     prior = prior_verdicts(PER_SEED)
-    assert prior["baseline"]["verdict"] == "beyond the prior" and prior["cutmix"]["verdict"] == NOT_BEYOND
+    assert prior["baseline"].verdict == "beyond the prior" and prior["cutmix"].verdict == NOT_BEYOND
+    assert prior["cutmix"].stat.values == (-1.0, 0.5, 1.0)
 
 
 def test_method_table_has_prior_rows_per_set_ood_and_the_primary_paragraph(tmp_path):
@@ -99,7 +104,8 @@ def test_method_table_has_prior_rows_per_set_ood_and_the_primary_paragraph(tmp_p
     assert "McNemar per seed pair" in text and "seed 2:" in text
     assert "| clutter | near |" in text and "| uniform | sanity (noise) |" in text
     assert "OOD AUROC clutter" in text.splitlines()[3] and "uniform" not in text.splitlines()[3]  # headline: near
-    assert out["comparisons"]["cutmix"]["top1_err"]["verdict"] == "worse"
+    assert out.comparisons["cutmix"]["top1_err"].verdict == "worse"
+    assert out.columns[0] == "top1_err" and out.metrics["cutmix"]["ece"].mean == pytest.approx(4.5)
 
 
 def test_one_model_one_row_no_verdicts(tmp_path):
@@ -108,4 +114,4 @@ def test_one_model_one_row_no_verdicts(tmp_path):
     text = (tmp_path / "table.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| baseline")]
     assert len(rows) == 1 and "better" not in text and "worse" not in text and "not resolved" not in text
-    assert out["comparisons"] == {} and "no verdicts" in text
+    assert out.comparisons == {} and "no verdicts" in text
