@@ -170,12 +170,15 @@ def test_a_node_lost_mid_retrain_retries_its_task(cluster, tmp_path, storage):
             except (OSError, ValueError):
                 continue
             if on_node(pid, raylet) and (seed / "checkpoints" / "last.pt").is_file():
-                cluster.remove_node(worker, allow_graceful=False)
                 if storage == "node-local":  # the only copy of the checkpoint was on the lost node's disk
-                    # A lost machine takes its processes with it; here the task's worker outlives its raylet for
-                    # a moment and could write one more checkpoint after the delete.
-                    _kill_and_wait(pid)
+                    # A lost machine takes its disk and processes with it at one instant. Here the task's worker
+                    # is frozen first (it cannot write one more checkpoint) and its checkpoints deleted *before*
+                    # the node goes: deleted after, the retry on the head can read them in between (seen in CI:
+                    # resumed_from 1 on the node-local run).
+                    psutil.Process(pid).suspend()
                     shutil.rmtree(seed / "checkpoints")
+                cluster.remove_node(worker, allow_graceful=False)
+                _kill_and_wait(pid)
                 return seed
         return None
 
