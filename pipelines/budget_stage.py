@@ -64,7 +64,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                                 f"{r.name}: test top-1 err {summary['final'][METRIC]:.2f} "
                                 f"({summary['task']['ended'] - summary['task']['started']:.0f} s)")
 
-            run_seed_tasks(train_seed, jobs, data.merged_train_val(), cfg.budget.resources, on_done=finished)
+            run_seed_tasks(train_seed, jobs, data.merged_train_val(), cfg.budget.resources, on_done=finished,
+                           what="a budget task", key="budget.resources",
+                           placement_timeout_s=cfg.search.placement_timeout_s)
         analysis = analyse(cfg, finals)
         table = stage_dir / "table.md"
         table.write_text(format_table(analysis) + "\n")

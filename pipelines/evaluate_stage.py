@@ -106,9 +106,14 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                     for png in save_evaluation_plots(result, edir, prefix=f"{variant}_",
                                                      class_names=split["class_names"]):
                         stage.log_artifact(png, "plots")
+                # Found again by its tags on --resume: an evaluate directory that was lost (the pipeline retried on
+                # a fresh cluster) re-evaluates its models under the same child runs, never a second set.
                 with stage.child(f"evaluate-{variant}-seed{k}", {"cutmix.stage": "evaluate-model",
-                                                                  "cutmix.variant": variant}) as child:
-                    child.log_metrics(out["metrics"])
+                                                                  "cutmix.variant": variant,
+                                                                  "cutmix.seed_index": str(k)},
+                                 reuse=resume) as child:
+                    if not child.reused or child.last_step("top1_err") < 0:  # each metric logged once
+                        child.log_metrics(out["metrics"])
                 rows[key] = row
                 progress.update(len(rows) - (len(refs) - len(jobs)),
                                 f"{variant} seed {k}: top-1 err {row.metrics.get('top1_err', float('nan')):.2f}, "

@@ -28,15 +28,15 @@ WAIT_S = 1.0  # how often the driver comes back from ray.wait to run pending sig
 
 
 def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Any, dict[str, Any]]], resources: ResourcesConfig, *,
-              on_done: Callable[[Any, Any], None] | None = None, max_retries: int = MAX_RETRIES,
-              what: str = "a task", key: str = "retrain.resources",
+              what: str, key: str, on_done: Callable[[Any, Any], None] | None = None, max_retries: int = MAX_RETRIES,
               placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S) -> dict[Any, Any]:
     """Run `fn(**kwargs)` for every (key, kwargs) job as a Ray task with `resources` (CPU, GPU per task), all
     submitted at once; `on_done(key, result)` is called in the driver as each one finishes (in finishing order).
     Returns {key: result}. The first task that raises stops the rest and its exception is re-raised here.
 
-    A task the cluster can never place is refused first (study.cluster.capacity: PlacementError, naming `what` and
-    the config field `key` that sets `resources`); on a joined cluster the wait for it is reported and bounded by
+    A task the cluster can never place is refused first (study.cluster.capacity: PlacementError, naming `what`, "a
+    retrain task", and the config field `key` that sets `resources`, "retrain.resources": required, so that no stage
+    is told to lower another stage's field); on a joined cluster the wait for it is reported and bounded by
     `placement_timeout_s`. A signal (study.cluster.signals) cancels the running tasks: each keeps the checkpoint of
     its last finished epoch."""
     import ray
@@ -46,7 +46,7 @@ def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Any, dict[str, Any]]]
     remote = ray.remote(_call).options(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=max_retries,
                                        retry_exceptions=False)
     threads = max(1, int(resources.cpu))
-    pending = {remote.remote(fn, threads, **kwargs): key for key, kwargs in jobs}
+    pending = {remote.remote(fn, threads, **kwargs): job for job, kwargs in jobs}
     results: dict[Any, Any] = {}
     try:
         with watch(demand, placement_timeout_s), polled():
@@ -62,7 +62,7 @@ def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Any, dict[str, Any]]]
                 try:
                     results[job] = ray.get(done[0])
                 except ray.exceptions.RayTaskError as exc:
-                    raise exc.as_instanceof_cause() from None
+                    raise _cause(exc) from None
                 if on_done is not None:
                     on_done(job, results[job])
     finally:
@@ -71,11 +71,22 @@ def run_tasks(fn: Callable[..., Any], jobs: Iterable[tuple[Any, dict[str, Any]]]
     return results
 
 
+def _cause(exc: Any) -> BaseException:
+    """The exception a task raised, as its own type and message: a WriteError or a bad-input error stays one line for
+    the CLI (RayTaskError.as_instanceof_cause would give it a str() of the whole remote traceback); the remote
+    traceback is kept as a note, which Python prints under a bug's traceback."""
+    cause = getattr(exc, "cause", None)
+    if not isinstance(cause, Exception):
+        return exc.as_instanceof_cause()
+    cause.add_note(f"raised in a Ray task:\n{exc}")
+    return cause
+
+
 def run_seed_tasks(fn: Callable[..., Any], jobs: list[tuple[Any, dict[str, Any]]], data: Any,
                    resources: ResourcesConfig, **kwargs: Any) -> dict[Any, Any]:
     """`run_tasks` for training runs that share one dataset (retrain seeds, budget runs, race runs): Ray started or
     joined, `data` stored once in the object store, every job given its reference as `data`; `kwargs` go to
-    run_tasks (on_done, what, key, placement_timeout_s)."""
+    run_tasks (what, key, on_done, placement_timeout_s)."""
     init_ray()
     shared = put(data)  # one copy in the object store for every task
     return run_tasks(fn, [(key, {**kw, "data": shared}) for key, kw in jobs], resources, **kwargs)

@@ -20,7 +20,7 @@ from typing import Any
 
 from study.atomic import atomic_write_text
 from study.augment import build_mixer, one_hot
-from study.checkpoint import load_checkpoint, save_checkpoint
+from study.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from study.config.load import dump_config, from_dict
 from study.config.schema import DataConfig, PipelineConfig
 from study.console import quiet
@@ -150,9 +150,14 @@ def read_finished(run_dir: str | Path) -> dict[str, Any] | None:
     """A finished `train_seed` run read back (metrics.json with the per-epoch history of its last checkpoint), or
     None when `run_dir` holds no finished run: what a resumed stage does instead of training it again."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").is_file():
+    path = run_dir / "metrics.json"
+    if not path.is_file():
         return None
-    summary = json.loads((run_dir / "metrics.json").read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:  # written atomically, so torn only by hand or another tool
+        raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}; truncated?): delete it to train that run "
+                              "again, or rerun the stage with --overwrite") from None
     summary["history"] = load_checkpoint(run_dir / "checkpoints" / "last.pt").get("history", [])
     return summary
 

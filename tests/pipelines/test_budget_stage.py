@@ -70,3 +70,16 @@ def test_bad_budget_config_is_one_line_and_exit_2(tmp_path, capsys, override, ne
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and "\n" not in err
     assert not (tmp_path / "x").exists()  # nothing written before the config is checked
+
+
+def test_a_budget_task_the_local_ray_can_never_place_is_refused_naming_its_own_field(tmp_path, capsys):
+    """Budget runs are Ray tasks with budget.resources: the refusal names that field, not another stage's."""
+    from tests.helpers.cli import run_main
+
+    code, _, err = run_main(capsys, "budget", "--output", str(tmp_path / "b"),
+                            *set_args(BUDGET + ["budget.resources.cpu=64"]))
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and "Traceback" not in err, err
+    assert line.startswith("error: a budget task needs 64 CPUs (budget.resources.cpu=64); the local Ray has "), line
+    assert line.endswith("(lower budget.resources)"), line
+    assert not list((tmp_path / "b").glob("budget/*/e*/seed*/metrics.json"))  # no run trained

@@ -132,3 +132,16 @@ def test_detect_tiny_export_runs_end_to_end(capsys, tmp_path, tiny_export):
     assert "mAP@0.5" in out and "random-init control" in out
     report = json.loads((tmp_path / "out" / "detect" / "metrics.json").read_text())
     assert set(report["runs"]) == {"pretrained", "random"} and report["arch"] == "cnn"
+
+
+def test_a_detect_task_the_local_ray_can_never_place_is_refused_before_it_starts(capsys, tmp_path, tiny_export):
+    """Each detector is a Ray task with detect.resources: more than the command's own local Ray has is exit 2 and
+    one line naming the field (study.cluster.capacity), and no detector is trained."""
+    code, _, err = run_main(capsys, "detect", "--backbone", str(tiny_export), "--output", str(tmp_path / "out"),
+                            *set_args(TINY + ["detect.resources.cpu=64"]))
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and "Traceback" not in err, err
+    assert line.startswith("error: a detect task needs 64 CPUs (detect.resources.cpu=64); the local Ray has "), line
+    assert line.endswith("(lower detect.resources)"), line
+    assert not (tmp_path / "out" / "detect" / "detector.pt").exists() and \
+        not (tmp_path / "out" / "detect" / "metrics.json").exists()

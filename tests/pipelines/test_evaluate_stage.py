@@ -129,6 +129,17 @@ def test_bad_sources_exit_2_with_one_line(study_dir, tmp_path, capsys):
     assert not (tmp_path / "out" / "evaluate").exists()
 
 
+def test_an_evaluate_task_the_local_ray_can_never_place_is_refused_before_it_starts(study_dir, tmp_path, capsys):
+    """Evaluate tasks are Ray tasks with retrain.resources (study.cluster.capacity): more than the command's own
+    local Ray has is exit 2 and one line naming the field, and no model is evaluated."""
+    code, _, err = _evaluate(capsys, study_dir, tmp_path / "out", "--set", "retrain.resources.cpu=64")
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and "Traceback" not in err, err
+    assert line.startswith("error: an evaluate task needs 64 CPUs (retrain.resources.cpu=64); the local Ray has "), line
+    assert line.endswith("(lower retrain.resources)"), line
+    assert not list((tmp_path / "out").glob("evaluate/*/seed*.json"))
+
+
 @pytest.mark.slow
 def test_a_study_trial_by_its_mlflow_run_id(tmp_path, capsys):
     out = tmp_path / "study"

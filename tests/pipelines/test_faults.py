@@ -2,7 +2,7 @@
 
 - a trial's process SIGKILLed mid-epoch: Tune restarts the trial from its last checkpoint (search.max_failures), the
   study finishes, and neither the trial nor its MLflow run is duplicated; its MLflow curve has every epoch once;
-- the tracking server stopped for 30 s mid-study and started again on the same store and port: the study does not
+- the tracking server stopped for 15 s mid-study and started again on the same store and port: the study does not
   fail and no epoch's metrics are lost (study.tracking.async_logger buffers, MLflow's client and the logger retry).
 """
 

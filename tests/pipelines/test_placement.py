@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.cli import REPO, TINY, run_main, set_args
 from tests.helpers.processes import kill_tree
 
 
@@ -70,6 +70,7 @@ def test_a_killed_retrain_task_is_retried_and_resumed(tmp_path):
     assert summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 2 and [r["seed"] for r in rows] == [0, 1]
     retried = json.loads((seed0 / "task.json").read_text())
     assert retried["attempt"] == 2 and retried["pid"] != killed and rows[0]["task"]["pid"] == retried["pid"]
+    assert 1 <= retried["resumed_from"] < epochs  # the retry continued from the killed attempt's last checkpoint
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     seeds = client.search_runs([client.get_run(summary["retrain_run_id"]).info.experiment_id],
                                filter_string=f"tags.`mlflow.parentRunId` = '{summary['retrain_run_id']}'")
@@ -79,15 +80,15 @@ def test_a_killed_retrain_task_is_retried_and_resumed(tmp_path):
         assert sorted(steps) == list(range(1, epochs + 1)), (run.data.tags, steps)
 
 
-@pytest.mark.slow
-def test_work_the_local_ray_can_never_place_is_refused_before_it_starts(run_cli, tmp_path):
+def test_work_the_local_ray_can_never_place_is_refused_before_it_starts(capsys, tmp_path):
     """The command's own local Ray cannot grow: a trial or a task bigger than it is exit 2 and one line, before any
-    trial or task starts and before the study's MLflow run opens (study.cluster.capacity)."""
+    trial or task starts and before the study's MLflow run opens (study.cluster.capacity). In-process: the CLI's
+    main, as `cutmix-study` calls it (evaluate, detect and budget tasks: in their stages' tests)."""
     out = tmp_path / "out"
-    proc = run_cli("study", "--output", str(out), *set_args(TINY + [
-        "name=too-big", "search.num_samples=1", "search.resources_per_trial.cpu=64"]), timeout=300)
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    code, _, err = run_main(capsys, "study", "--output", str(out), *set_args(TINY + [
+        "name=too-big", "search.num_samples=1", "search.resources_per_trial.cpu=64"]))
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and "Traceback" not in err, err[-3000:]
     assert line.startswith("error: a trial needs 64 CPUs (search.resources_per_trial.cpu=64); the local Ray has ")
     assert line.endswith("(lower search.resources_per_trial)")
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
@@ -95,9 +96,9 @@ def test_work_the_local_ray_can_never_place_is_refused_before_it_starts(run_cli,
     assert exp is None or not client.search_runs([exp.experiment_id])  # no study run was opened
     assert not (out / "tune").exists()
 
-    proc = run_cli("retrain", "--output", str(tmp_path / "retrain"), *set_args(TINY + [
-        "name=too-big", "retrain.resources.cpu=64"]), timeout=300)
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    code, _, err = run_main(capsys, "retrain", "--output", str(tmp_path / "retrain"), *set_args(TINY + [
+        "name=too-big", "retrain.resources.cpu=64"]))
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and "Traceback" not in err, err[-3000:]
     assert line.startswith("error: a retrain task needs 64 CPUs (retrain.resources.cpu=64); the local Ray has ")
     assert not list((tmp_path / "retrain").glob("retrain/*/seed*"))  # no task started

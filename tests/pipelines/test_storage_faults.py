@@ -1,18 +1,28 @@
-"""A full or failing disk, and state left torn by one: a write that fails (ENOSPC, EIO; injected at the fsync of
-the real write path, as a full volume reports it) exits 1 with one line naming the file and what to free, and the
-previous checkpoint stays intact (study.atomic); a truncated last.pt, summary.json or results.parquet found by
---resume is named with the way out (--overwrite) instead of a traceback."""
+"""A full or failing disk, and state left torn by one: a write that fails (ENOSPC, EIO) exits 1 with one line naming
+the file and what to free, and the previous checkpoint stays intact (study.atomic); a truncated last.pt,
+summary.json or results.parquet found by --resume is named with the way out (--overwrite) instead of a traceback.
+
+Two ways to fail a write: injected at the fsync of the real write path, as a full volume reports it (the train
+stage, in-process: a checkpoint and a summary), and a real full volume, a small tmpfs mounted for the test, under
+retrain's Ray tasks (another process, where nothing can be injected); that one needs mount rights (root here)."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pipelines.results import StudyResult
 from study.checkpoint import load_checkpoint
-from tests.helpers.cli import TINY, assert_one_line_error, run_main, set_args
+from tests.helpers.cli import REPO, TINY, assert_one_line_error, run_main, set_args
+from tests.helpers.processes import kill_tree
 
 TRAIN = TINY + ["name=disk", "train.epochs=3"]
 
@@ -53,6 +63,91 @@ def test_a_failed_checkpoint_write_exits_1_naming_the_file_and_keeps_the_previou
     assert load_checkpoint(last)["epoch"] == 3
 
 
+def test_a_failed_summary_write_exits_1_and_resume_writes_it_from_the_finished_checkpoint(capsys, tmp_path,
+                                                                                         monkeypatch):
+    out = tmp_path / "run"
+    fail_fsync_of(monkeypatch, "summary.json", after=0, code=errno.ENOSPC)
+    rc, _, err = run_main(capsys, "train", "--output", str(out), *set_args(TRAIN))
+    summary, last = out / "train" / "summary.json", out / "train" / "checkpoints" / "last.pt"
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert f"cannot write {summary}" in lines[0] and "free on the volume holding" in lines[0], lines[0]
+    assert not summary.exists() and load_checkpoint(last)["epoch"] == 3  # the training itself is kept
+
+    monkeypatch.undo()
+    rc, _, err = run_main(capsys, "train", "--output", str(out), "--resume", *set_args(TRAIN))
+    assert rc == 0, err
+    assert json.loads(summary.read_text())["final"] and load_checkpoint(last)["epoch"] == 3
+
+
+@pytest.fixture
+def small_volume(tmp_path) -> Iterator[Path]:
+    """A 64 MiB tmpfs mounted on a fresh directory for the test, unmounted after it (skipped without mount rights)."""
+    where = tmp_path / "volume"
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (the injected-error tests cover the same path)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(volume: Path) -> Path:
+    """Fill `volume` to the last byte; the filler file, to delete to free it again."""
+    filler = volume / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * (1 << 20))
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+@pytest.mark.slow
+def test_a_full_volume_under_a_retrain_task_exits_1_naming_the_file_and_resume_continues(small_volume, tmp_path):
+    """The volume of `--output` fills up while the retrain's Ray tasks train: the command exits 1 with one line
+    naming the file it could not write, every checkpoint on it still loads (the last finished epoch), and once space
+    is freed --resume continues from those checkpoints."""
+    out = small_volume / "out"
+    args = [sys.executable, "-m", "pipelines.cli", "retrain", "--output", str(out),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",  # the store elsewhere: only --output fills
+            *set_args(TINY + ["name=full", "data.image_size=16", "model.width=16", "train.epochs=20",
+                              "retrain.seeds=1", "retrain.methods=[cutmix]"])]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    seed0 = out / "retrain" / "cutmix_paper" / "seed0" / "checkpoints" / "last.pt"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not seed0.is_file():
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.1)
+        assert seed0.is_file(), "seed 0 never checkpointed"
+        filler = fill(small_volume)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        kill_tree(proc.pid)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"cannot write {out}/" in lines[0] and "no space left on device" in lines[0], lines[0]
+    assert "free on the volume holding" in lines[0] and "--resume" in lines[0], lines[0]
+    epochs = {p: load_checkpoint(p)["epoch"] for p in out.glob("retrain/*/seed*/checkpoints/last.pt")}
+    assert epochs and all(1 <= e < 20 for e in epochs.values()), epochs  # intact, and stopped part-way
+
+    filler.unlink()  # space freed
+    proc = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "retrain" / "summary.json").read_text())
+    assert summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 1
+    task = json.loads((seed0.parent.parent / "task.json").read_text())
+    assert task["resumed_from"] == epochs[seed0]  # continued from the checkpoint the full volume left
+    assert not list(out.rglob(".*.tmp"))  # no temporary file left behind
+
+
 def test_truncated_state_found_by_resume_is_named_with_the_way_out(capsys, tmp_path):
     out = tmp_path / "run"
     rc, _, err = run_main(capsys, "train", "--output", str(out), *set_args(TINY + ["name=torn", "train.epochs=1"]))
@@ -72,6 +167,35 @@ def test_truncated_state_found_by_resume_is_named_with_the_way_out(capsys, tmp_p
 
     rc, _, err = run_main(capsys, "train", "--output", str(out), "--overwrite",
                           *set_args(TINY + ["name=torn", "train.epochs=2"]))
+    assert rc == 0, err
+
+
+def test_truncated_retrain_seed_state_found_by_resume_is_named_with_the_way_out(capsys, tmp_path):
+    """A retrain seed's state torn: a finished seed's metrics.json (read by the driver) and an unfinished seed's
+    last.pt (read in its Ray task, whose error must reach the CLI as the same one line)."""
+    out = tmp_path / "run"
+    argv = ["retrain", "--output", str(out), *set_args(TINY + ["name=torn-retrain", "retrain.seeds=1"])]
+    rc, _, err = run_main(capsys, *argv)
+    assert rc == 0, err
+    (out / "retrain" / "summary.json").unlink()  # as if the driver was killed before the summary
+
+    def one_error_line(needles: tuple[str, ...]) -> None:
+        rc, _, err = run_main(capsys, *argv, "--resume")
+        lines = [x for x in err.splitlines() if x.startswith("error:")]
+        assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+        assert all(n in lines[0] for n in needles), lines[0]
+
+    seed = out / "retrain" / "cutmix_paper" / "seed0"
+    metrics = seed / "metrics.json"
+    metrics.write_text(metrics.read_text()[:30])
+    one_error_line((str(metrics), "truncated", "--overwrite"))
+
+    metrics.unlink()  # unfinished now: its task resumes from last.pt, which is torn too
+    last = seed / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    one_error_line((str(last), "truncated", "--overwrite"))
+
+    rc, _, err = run_main(capsys, *argv, "--overwrite")
     assert rc == 0, err
 
 

@@ -1,9 +1,12 @@
 """A study whose driver is SIGKILLed mid-run resumes with --resume: every trial finishes, none is rerun or
-duplicated in results.parquet or MLflow (checked on a real tracking server)."""
+duplicated in results.parquet or MLflow (checked on a real tracking server). Retrain and evaluate runs are found
+again by their tags when their output directory is gone (study.tracking.lookup; the study's own case, through a
+signal, is in test_signals.py)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +14,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.cli import REPO, TINY, run_main, set_args
 from tests.helpers.processes import descendants, kill_tree
 
 EPOCHS = 8  # long enough that a finished and a running trial are seen together even on a loaded machine
@@ -118,3 +121,52 @@ def test_rerun_without_resume_refuses_and_keeps_results(tmp_path):
                           timeout=300)
     assert proc.returncode == 2 and "already holds results" in proc.stderr and "Traceback" not in proc.stderr
     assert (out / "tune").is_dir()
+
+
+# Evaluate settings for seconds-long runs (tests/pipelines/test_evaluate_stage.py).
+QUICK_EVAL = ["evaluate.ood_images=100", "evaluate.ood_bootstrap=50", "evaluate.robustness_images=50",
+              "evaluate.cam_curve_interval=0.05", "evaluate.fgsm_eps=[0,0.03137254901960784]"]
+
+
+@pytest.mark.slow
+def test_retrain_and_evaluate_runs_are_found_by_their_tags_when_the_output_directory_is_gone(mlflow_server, tmp_path,
+                                                                                              capsys):
+    """Retrain and evaluate into one directory, delete it (the tracking server kept: a RayJob retried on a fresh
+    cluster with an emptyDir `--output`), then both again with --resume: the same retrain and evaluate runs are
+    reopened, with one child per seed and model, each epoch and metric logged once."""
+    from mlflow.tracking import MlflowClient
+
+    out, epochs = tmp_path / "out", 2
+    common = ["--output", str(out), "--tracking-uri", mlflow_server,
+              *set_args(TINY + ["name=by-tags", f"train.epochs={epochs}", "retrain.seeds=1", *QUICK_EVAL])]
+    retrain, evaluate = ["retrain", *common], ["evaluate", "--from", str(out), *common]
+    client = MlflowClient(tracking_uri=mlflow_server)
+
+    def runs() -> dict[str, list]:
+        exp = client.get_experiment_by_name("by-tags")
+        found: dict[str, list] = {}
+        for r in client.search_runs([exp.experiment_id], max_results=1000):
+            found.setdefault(r.data.tags.get("cutmix.stage"), []).append(r)
+        return found
+
+    for argv in (retrain, evaluate):
+        code, _, err = run_main(capsys, *argv)
+        assert code == 0, err
+    before = runs()
+    assert {k: len(v) for k, v in before.items()} == {"retrain": 1, "retrain-seed": 2, "evaluate": 1,
+                                                      "evaluate-model": 2}
+
+    shutil.rmtree(out)  # the summaries and checkpoints with it; only the tracking server remembers
+    for argv in (retrain, evaluate):
+        code, _, err = run_main(capsys, *argv, "--resume")
+        assert code == 0, err
+    after = runs()
+    assert {k: sorted(r.info.run_id for r in v) for k, v in after.items()} == \
+        {k: sorted(r.info.run_id for r in v) for k, v in before.items()}  # the same runs: none opened twice
+    assert all(r.info.status == "FINISHED" for v in after.values() for r in v)
+    for run in after["retrain-seed"]:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, epochs + 1)), steps  # every epoch, once
+    for run in after["evaluate-model"]:
+        assert len(client.get_metric_history(run.info.run_id, "top1_err")) == 1
+    assert (out / "retrain" / "summary.json").is_file() and (out / "evaluate" / "summary.json").is_file()

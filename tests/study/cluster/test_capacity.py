@@ -60,3 +60,33 @@ def test_a_fixed_cluster_refuses_at_once_and_a_joined_one_waits_then_stops(monke
     assert "waiting for resources" in stream.getvalue() and "the cluster has 2" in stream.getvalue()
     (reason,) = stopped
     assert isinstance(reason, capacity.PlacementError) and "search.placement_timeout_s=0.3" in str(reason)
+
+
+def test_the_wait_is_reported_every_report_interval_and_forgotten_once_the_demand_fits(monkeypatch):
+    """A joined cluster: one line every REPORT_S (30 s by default) while the demand does not fit, each giving how long
+    it has waited; a cluster that grew in time resets the clock (no stop); search.placement_timeout_s is 15 min by
+    default. Intervals are scaled down here (REPORT_S 0.2 s, POLL_S 0.02 s)."""
+    import re
+    import time
+
+    from study.config.schema import SearchConfig
+
+    assert capacity.REPORT_S == 30.0 and SearchConfig().placement_timeout_s == 900.0
+    demand = trial("train.workers=2")
+    nodes = [{"CPU": 2.0}]
+    monkeypatch.setattr(capacity, "alive_nodes", lambda: list(nodes))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setattr(capacity, "POLL_S", 0.02)
+    monkeypatch.setattr(capacity, "REPORT_S", 0.2)
+    stopped, stream = [], io.StringIO()
+    monkeypatch.setattr(capacity, "stop", stopped.append)
+    with capacity.watch(demand, timeout_s=30.0, stream=stream):
+        time.sleep(1.1)
+        nodes.append({"CPU": 2.0})  # the autoscaler added a node: the trial fits
+        time.sleep(0.5)
+    lines = stream.getvalue().splitlines()
+    assert 4 <= len(lines) <= 7, lines  # ~1.1 s / 0.2 s, then nothing once the demand fits
+    assert all(line.startswith("waiting for resources (") and "the cluster has 2 " in line for line in lines)
+    waited = [float(re.match(r"waiting for resources \((\d+) s", line).group(1)) for line in lines]
+    assert waited == sorted(waited) and waited[0] == 0
+    assert not stopped  # it fitted before search.placement_timeout_s
