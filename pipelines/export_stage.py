@@ -1,7 +1,8 @@
 """`cutmix-study export --from RUN_DIR_OR_MLFLOW_RUN`: the detection-ready backbone, registered in MLflow.
 
-`--from` takes a study output directory (its retrain summary names the best seed), a `retrain/` directory, a
-`train`/seed run directory, or an MLflow run id of a `retrain` run (its checkpoint is downloaded). Writes
+`--from` takes a pipeline output directory (after `retrain`: the seed the decision rule chose, study.decision;
+after `train`: its model), a `retrain/` directory, a `train`/seed run directory, or an MLflow run id of a `retrain`
+run (its checkpoint is downloaded). Writes
 `<output>/export/` (DESIGN.md section 3) and `export/summary.json` (ExportResult). In MLflow the export run holds
 the classifier and its backbone as MLflow models (`mlflow.pytorch.log_model`: MLmodel, signature, input example;
 both take images as float [B, C, H, W] in [0, 1]), registered as new versions of `export.registered_model` (default:
@@ -17,12 +18,12 @@ import tempfile
 from pathlib import Path
 
 from pipelines.common import OutputError, check_writable, open_stage, resolve_source
-from pipelines.results import ExportResult, RetrainResult
+from pipelines.results import ExportResult, RetrainResult, TrainResult
 from study import export
 from study.config.schema import PipelineConfig
 
 MANIFEST_TAGS = ("arch", "family", "dataset", "input_size", "channels", "feature_strides", "torchvision_body")
-HINT = "give a study output directory after `retrain`, a run directory, or a retrain MLflow run id"
+HINT = ("give a pipeline output directory after `retrain` or `train`, a run directory, or a retrain MLflow run id")
 SOURCE_STAGES = ("retrain", "retrain-seed")
 SOURCE_HINT = HINT
 
@@ -35,6 +36,8 @@ def local_run_dir(source: Path) -> tuple[Path, str | None]:
             return Path(retrain.best_run_dir), retrain.retrain_run_id
     if (source / "checkpoints").is_dir() or source.is_file():
         return source, None
+    if TrainResult.exists(source):  # the --output directory of `cutmix-study train`: its run directory is train/
+        return source / TrainResult.STAGE, TrainResult.from_dir(source).run_id or None
     raise OutputError(f"--from {source}: no retrain/summary.json or checkpoints/ there ({HINT})")
 
 

@@ -147,6 +147,9 @@ class StudyResult(StageResult):
     race_verdict: str = ""
     winner_params: dict[str, Any] | None = None
     race: dict[str, Any] = field(default_factory=dict)
+    # The decision rule's pick (study.decision.study_pick: name, label, params, reason, tie): what best_config.yaml
+    # holds and retrain trains beside the references. {} in a summary from before the rule.
+    pick: dict[str, Any] = field(default_factory=dict)
 
     @property
     def frame(self):
@@ -184,6 +187,11 @@ class RetrainResult(StageResult):
     notes: dict[str, str] = field(default_factory=dict)
     winner: str | None = None
     race_verdict: str = ""
+    # The decision rule (study.decision): `choice` the variant export, `@champion` and detect use, and why
+    # (Choice.to_dict); `export_seed` the seed of it that is exported, chosen without the test split (variant,
+    # seed index, rule, its test and clean train error). {} in a summary from before the rule.
+    choice: dict[str, Any] = field(default_factory=dict)
+    export_seed: dict[str, Any] = field(default_factory=dict)
 
     DECODE: ClassVar[Mapping[str, Callable[[Any], object]]] = {
         "variants": _each(VariantSummary.from_dict), "comparisons": _each(_each(Comparison.from_dict))}

@@ -28,8 +28,9 @@ from typing import Any
 from pipelines.common import OutputError, Source, open_training_stage
 from pipelines.results import RetrainResult, StudyResult
 from study.cluster.tasks import run_seed_tasks
-from study.config.load import replace
+from study.config.load import dump_config, replace
 from study.config.schema import PipelineConfig, flatten, to_dict
+from study.decision import SEED_RULE, median_seed, retrain_choice
 from study.stats import compare, format_ci, format_diff, summarize
 from study.summaries import SeedRun, VariantSummary
 from study.training.references import CUTMIX_PAPER, retrain_variants, winner_name
@@ -39,12 +40,16 @@ REPORTED = ("test/top1_err", "test/top5_err", "test/loss", "train/top1_err")
 
 
 def study_winner(source: StudyResult | None) -> tuple[dict[str, Any] | None, str]:
-    """(the winner's params, the race's verdict) of a study: its raced winner when it ran a race
-    (`race_verdict` set; `winner_params` None when no setting was distinguishable: then only the references are
-    retrained), else its best trial's params; ({}, "") without a study (the config's own setting competes)."""
+    """(the study's pick's params, the race's verdict): the decision rule's pick (study.decision.study_pick: the
+    raced winner, after a tie the best-evidence survivor, without a race the best trial); ({}, "") without a study
+    (the config's own setting competes). A summary from before the rule: its raced winner (None after a tie: the
+    references only), else its best trial's params."""
     if source is None:
         return {}, ""
     verdict = getattr(source, "race_verdict", "") or ""
+    pick = getattr(source, "pick", None) or {}
+    if pick:
+        return dict(pick["params"]), verdict
     if verdict:
         winner = getattr(source, "winner_params", None)
         return (dict(winner) if winner is not None else None), verdict
@@ -99,7 +104,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     merged = data.merged_train_val()
     epochs = cfg.retrain.epochs or cfg.train.epochs
     # The references (baseline, cutmix_paper), the study's winner named by its parameters, the paper's methods.
-    chosen = retrain_variants(replace(cfg, {"train.epochs": epochs}), winner, cfg.retrain.methods)
+    pick = (getattr(source, "pick", None) or {}) if source is not None else {}
+    chosen = retrain_variants(replace(cfg, {"train.epochs": epochs}), winner, cfg.retrain.methods,
+                              role_label="study pick" if pick.get("tie") else "study winner")
     plan = [(v.name, k, replace(v.cfg, {"train.seed": v.cfg.train.seed + k}))
             for v in chosen for k in range(cfg.retrain.seeds)]
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
@@ -149,19 +156,31 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         comparisons = {v: {m: compare([x.metrics[m] for x in r], [x.metrics[m] for x in rows["baseline"]])
                            for m in REPORTED}
                        for v, r in rows.items() if v != "baseline" and "baseline" in rows}
-        # The model export takes: the study winner's best seed (its own row or the reference it coincides with),
-        # else the paper recipe's.
-        main_variant = winner_name(chosen) or CUTMIX_PAPER
-        best = min(rows[main_variant], key=lambda r: r.metrics["test/top1_err"])
+        # The decision rule (study.decision): the study's pick (its own row or the reference it coincides with;
+        # the paper's recipe without one), unless retrain measured it resolvably worse than another candidate;
+        # of that variant the median seed by clean train error, never the test split.
+        pick_variant = winner_name(chosen) or CUTMIX_PAPER
+        candidates = [v.name for v in chosen if v.role != "method"]
+        eliminated = [n for n, st in ((getattr(source, "race", None) or {}).get("settings") or {}).items()
+                      if str(st.get("fate", "")).startswith("eliminated")]
+        choice = retrain_choice(pick_variant, {v: [r.metrics["test/top1_err"] for r in rows[v]] for v in candidates},
+                                eliminated=eliminated, labels={v.name: v.label for v in chosen})
+        main_variant = choice.variant
+        k_best = median_seed([r.metrics["train/top1_err"] for r in rows[main_variant]])
+        best = rows[main_variant][k_best]
+        export_seed = {"variant": main_variant, "seed_index": k_best, "seed": best.seed, "rule": SEED_RULE,
+                       "test/top1_err": best.metrics["test/top1_err"], "train/top1_err": best.metrics["train/top1_err"]}
+        config_path = out_dir / "retrain" / "best_config.yaml"
+        dump_config(next(v.cfg for v in chosen if v.name == main_variant), config_path)
         gain = None
         if "baseline" in rows and main_variant in stats:
             gain = stats["baseline"].metrics["test/top1_err"].mean - stats[main_variant].metrics["test/top1_err"].mean
-        result = RetrainResult(str(out_dir), str(out_dir / "best_config.yaml"), epochs, study_run_id, parent.run_id,
+        result = RetrainResult(str(out_dir), str(config_path), epochs, study_run_id, parent.run_id,
                                len(data.test), stats, comparisons,
                                best.run_dir, str(Path(best.run_dir) / "checkpoints" / "best.pt"), gain,
                                labels={v.name: v.label for v in chosen},
                                notes={v.name: v.note for v in chosen if v.note}, winner=winner_name(chosen),
-                               race_verdict=race_verdict)
+                               race_verdict=race_verdict, choice=choice.to_dict(), export_seed=export_seed)
         result.to_json()
         flat: dict[str, float] = {"num_test": result.num_test}
         for variant, s in stats.items():
@@ -176,6 +195,8 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         parent.log_artifact(result.best_checkpoint, "checkpoints")
         parent.log_artifact(Path(best.run_dir) / "config.yaml")
         parent.log_artifact(Path(best.run_dir) / "metrics.json")
+        parent.log_artifact(config_path)
+        parent.set_tags({"cutmix.choice": main_variant, "cutmix.export_seed": str(k_best)})
     tracker.add_view_columns(cfg.tracking.experiment or cfg.name,
                              metrics=[f"{v}/test/top1_err_mean" for v in stats] + ["test/top1_err"])
     return result
@@ -201,5 +222,12 @@ def report(result: RetrainResult) -> str:
         lines.append(f"{result.labels.get(variant, variant):>{width}}: {format_ci(t)} ({values}){note}")
     for variant, comp in result.comparisons.items():
         lines.append(f"{result.labels.get(variant, variant)} - baseline: {format_diff(comp['test/top1_err'])}")
+    if result.choice:
+        c, e = result.choice, result.export_seed
+        lines.append(f"decision rule: {result.labels.get(c['variant'], c['variant'])}: {c['reason']}"
+                     + (f" ({c['conflict']})" if c.get("conflict") else ""))
+        t = result.variants[e["variant"]].metrics["test/top1_err"]
+        lines.append(f"exported seed: {e['variant']} seed {e['seed_index']} ({e['rule']}): test top-1 err "
+                     f"{e['test/top1_err']:.2f}, beside the variant's {format_ci(t)}")
     lines.append(f"best checkpoint: {result.best_checkpoint}")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ from pathlib import Path
 from pipelines import detect_stage, evaluate_stage, export_stage, retrain_stage, study_stage
 from pipelines.cli import main as cli_main
 from pipelines.common import check_writable, config_from_args, default_output, tracker_for
+from pipelines.recommendation import REPORT, recommendation, write_report
 from study.config.schema import flatten
 from study.console import quiet
 
@@ -52,9 +53,13 @@ def main(args: argparse.Namespace) -> int:
         pipeline.log_metrics({f"best/{study.metric}": study.best_value, "detect/map_50": detect.map_50,
                               **({"cutmix_gain_top1_points": retrain.cutmix_gain_top1_points}
                                  if retrain.cutmix_gain_top1_points is not None else {})})
+        # The decision rule's outcome with its evidence: report.md, and the pipeline run's description in MLflow.
+        advice = recommendation(study, retrain, export, detect)
+        pipeline.log_artifact(write_report(out, advice))
+        pipeline.set_tags({"mlflow.note.content": advice, "cutmix.choice": retrain.choice.get("variant", "")})
 
     print(f"\n== done in {time.perf_counter() - start:.0f} s ==")
-    print(f"best config: {study.best_params} ({study.metric} {study.best_value:.2f})")
+    print(f"best trial: {study.best_params} ({study.metric} {study.best_value:.2f})")
     if study.best_vs_baseline_se is not None:
         print(f"study: best vs the no-mixing trial {study.best_vs_baseline_se:.1f} binomial standard errors apart on "
               f"{study.num_val} val images ({'a signal' if study.best_vs_baseline_se >= 2 else 'within noise'})")
@@ -65,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"registered model: {export.registered_model.get('uri', export.registered_model['name'])}")
     control = f" (random-init control {detect.random_map_50:.3f})" if detect.random_map_50 is not None else ""
     print(f"detector mAP@0.5: {detect.map_50:.3f}{control}")
+    print(f"\n{advice}")
+    print(f"report: {(out / REPORT).resolve()}")
     print(f"results: {out.resolve()}")
     print(f"browse: {tracker.ui_command()}")
     return 0

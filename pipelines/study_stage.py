@@ -22,6 +22,7 @@ from study.config.load import dump_config, replace
 from study.config.schema import PipelineConfig, flatten, to_dict
 from study.config.validate import validate_study
 from study.console import progress
+from study.decision import Pick, study_pick
 from study.metric_names import EvaluationError
 from study.models import build_model
 from study.stats import separation_in_se
@@ -275,12 +276,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             best_params = {n: typed_value(d, row[n]) for n, d in cfg.search.space.items()
                            if n in row and not _missing(row[n])}
         winner_params = race["winner"]["params"] if race and race["winner"] else None
-        # best_config.yaml: the raced winner's; after a tie the paper's recipe on the race's references' model (what
-        # retrain then trains the references on); without a race the best trial's.
-        config_params = (winner_params if winner_params is not None else
-                         race["settings"]["cutmix_paper"]["params"] if race else best_params)
-        best_cfg = replace(cfg, config_params) if config_params else cfg
-        dump_config(best_cfg, out_dir / "best_config.yaml")
+        pick = write_best_config(cfg, race, best_params, out_dir)
 
         from study.plots import save_study_plots  # lazy: pulls matplotlib
 
@@ -331,7 +327,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
                              optuna_storage=_redacted(optuna_url), optuna_study=cfg.name if optuna_url else "",
                              smooth_epochs=cfg.search.smooth_epochs,
                              race_verdict=race["verdict"] if race else "", winner_params=winner_params,
-                             race=race or {})
+                             race=race or {}, pick=pick.to_dict())
         result.to_json()
         parent.log_artifact(result.path(out_dir), "study")
     tracker.add_view_columns(experiment, metrics=[f"best/{cfg.search.primary_metric}", cfg.search.primary_metric],
@@ -365,6 +361,16 @@ def race_rows(race, frame, cfg: PipelineConfig):
     return out
 
 
+def write_best_config(cfg: PipelineConfig, race: dict[str, Any] | None, best_params: dict[str, Any],
+                      out_dir: Path) -> Pick:
+    """`<out_dir>/best_config.yaml` of the decision rule's pick (study.decision.study_pick): the raced winner;
+    after a tie the best-evidence survivor (the baseline when it survived); without a race the best trial. Never a
+    setting the race eliminated. Returns the pick."""
+    pick = study_pick(race, best_params, mode=cfg.search.primary_mode)
+    dump_config(replace(cfg, pick.params) if pick.params else cfg, Path(out_dir) / "best_config.yaml")
+    return pick
+
+
 def measure_fidelity(cfg: PipelineConfig, records: list) -> dict[str, Any]:
     """Spearman's rho between each ASHA rung's smoothed metric and the final one over the trials that ran their
     full budget (study.search.fidelity). Measured at the configured rungs whether or not ASHA ran: with
@@ -375,7 +381,8 @@ def measure_fidelity(cfg: PipelineConfig, records: list) -> dict[str, Any]:
     s = cfg.search
     histories = {r.trial_id: trial_history(r) for r in records if r.status == "completed"}
     rungs = fidelity.rung_epochs(s.grace_period, s.reduction_factor, cfg.train.epochs)
-    out = fidelity.measure(histories, s.primary_metric, rungs, cfg.train.epochs, s.smooth_epochs)
+    out = fidelity.measure(histories, s.primary_metric, rungs, cfg.train.epochs, s.smooth_epochs,
+                           active=s.scheduler != "none")
     out["scheduler"] = s.scheduler
     return out
 
@@ -426,6 +433,9 @@ def report(result: StudyResult) -> str:
             mean = sum(vals) / len(vals) if vals else math.nan
             lines.append(f"  {st['label']}: {mean:.3f} over {len(vals)} seeds  [{st['fate']}]")
         lines.append(f"race verdict: {result.race_verdict}")
+    pick = getattr(result, "pick", None) or {}
+    if pick:
+        lines.append(f"the study's pick (decision rule): {pick['label']}: {pick['reason']}")
     lines += [f"results: {Path(result.out_dir) / 'results.parquet'}", f"best config: {result.best_config}"]
     if result.optuna_storage:
         lines.append(f"optuna study {result.optuna_study}: optuna-dashboard {result.optuna_storage}")

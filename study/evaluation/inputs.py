@@ -27,7 +27,7 @@ from study.data.cluttered_digits import clutter_only_images, held_out_class_imag
 from study.data.cub import read_image_folder
 from study.data.registry import load_data
 from study.evaluation.sources import ModelRef, SourceError
-from study.evaluation.wsol import centre_gaussian_map, prior_max_box_acc, random_cam_baseline
+from study.evaluation.wsol import centre_gaussian_map, gt_known_sweep, prior_max_box_acc, random_cam_baseline
 
 __all__ = ["OOD_KINDS", "cam_size", "localization_priors", "ood_sets", "test_split"]
 
@@ -61,12 +61,15 @@ def cam_size(model: ModelConfig, num_classes: int, in_channels: int, image_size:
 def localization_priors(boxes: torch.Tensor, image_size: int, cam: tuple[int, int], e: EvaluateConfig
                         ) -> dict[str, Any]:
     """What a localizer must beat on these boxes: ``{"centre_prior", "random_cam": {"maxboxacc_v2", "per_iou"},
-    "sigma"}``, the centre-Gaussian map (``e.prior_sigma``) and random CAMs at the ``cam`` size (seed 0), both
-    with ``e.cam_curve_interval`` (``study.evaluation.wsol``)."""
+    "sigma"}`` (the centre prior also with ``gt_known_loc_best`` and its ``best_sigma``), the centre-Gaussian map
+    (``e.prior_sigma``) and random CAMs at the ``cam`` size (seed 0), both with ``e.cam_curve_interval``
+    (``study.evaluation.wsol``)."""
     size = (image_size, image_size)
     centre = prior_max_box_acc(centre_gaussian_map(size, e.prior_sigma), boxes, cam_curve_interval=e.cam_curve_interval)
     rnd = random_cam_baseline(boxes, size, cam, seed=0, cam_curve_interval=e.cam_curve_interval)
-    return {"centre_prior": {"maxboxacc_v2": centre.value, "per_iou": centre.per_iou},
+    sweep = gt_known_sweep(centre_gaussian_map(size, e.prior_sigma), boxes)  # the prior at its own best sigma
+    return {"centre_prior": {"maxboxacc_v2": centre.value, "per_iou": centre.per_iou,
+                             "gt_known_loc_best": sweep["best"], "best_sigma": sweep["best_sigma"]},
             "random_cam": {"maxboxacc_v2": rnd.value, "per_iou": rnd.per_iou}, "sigma": e.prior_sigma}
 
 

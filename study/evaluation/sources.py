@@ -2,8 +2,9 @@
 
 A source is one of (issue 16, point 5):
 
-* a **train run directory** (``cutmix-study train``'s output, or one retrain seed): ``config.yaml`` and
-  ``checkpoints/best.pt`` (``study.training.runner.train_run`` writes both);
+* a **train run directory** (``cutmix-study train``'s ``<output>/train/``, the ``--output`` directory itself, or
+  one retrain seed): ``config.yaml`` and ``checkpoints/best.pt`` (``study.training.runner.train_run`` writes
+  both);
 * a **checkpoint file** (``best.pt``, ``last.pt`` or a study trial's ``checkpoint.pt``): a ``study.checkpoint``
   dict, which carries its config; a ``config.yaml`` beside it (or beside its ``checkpoints/`` folder) is used
   when the checkpoint has none;
@@ -32,6 +33,7 @@ from study.metric_names import EvaluationError
 __all__ = ["HINT", "ModelRef", "SourceError", "default_output_for", "models_from_source"]
 
 RETRAIN_DIR = "retrain"
+TRAIN_DIR = "train"  # `cutmix-study train --output DIR` writes its run directory here
 CHECKPOINT_NAMES = ("best.pt", "last.pt", "checkpoint.pt")
 _SEED_DIR = re.compile(r"seed(\d+)$")
 _RUN_ID = re.compile(r"[0-9a-f]{32}$")
@@ -111,6 +113,8 @@ def _from_directory(path: Path, run_id: str | None = None) -> list[ModelRef]:
         refs = _retrain_runs(root, run_id) if root.is_dir() else []
         if refs:
             return refs
+    if _is_run_dir(path / TRAIN_DIR):  # a pipeline output directory of `cutmix-study train --output DIR`
+        return _from_directory(path / TRAIN_DIR, run_id)
     raise SourceError(f"{path} holds no trained model ({HINT})")
 
 

@@ -16,7 +16,10 @@ Metric names (percent unless said; ``study.metric_names.metric_mode`` gives each
 ``fgsm_acc_eps{e:.3f}`` per eps (``fgsm_acc_eps0.031`` is 8/255); ``ood_{set}_{auroc|tnr95|detacc}`` per OOD set,
 with ``ood_{set}_auroc_lo|hi``, its bootstrap 95 % interval (no mean over sets: a noise set and a near-OOD set
 answer different questions, see ``study.evaluation.ood``); ``maxboxacc_v2_centre_prior`` (the centre-Gaussian
-prior on the same boxes) and ``maxboxacc_v2_over_prior`` (the model minus it). Names avoid characters MLflow rejects
+prior on the same boxes) and ``maxboxacc_v2_over_prior`` (the model minus it); ``loc_whole_image`` (% of images
+whose top-1 Loc box at ``loc_sigma`` is the whole image), ``gt_known_loc_best`` (GT-known Loc at the best sigma
+of ``wsol.LOC_SIGMAS``, chosen on this split as MaxBoxAcc's tau), ``loc_best_sigma`` and
+``gt_known_loc_best_centre_prior`` (the centre prior at its own best sigma). Names avoid characters MLflow rejects
 (such as ``@``).
 """
 
@@ -42,11 +45,13 @@ from study.evaluation.wsol import (
     cam_head,
     centre_gaussian_map,
     class_activation_maps,
+    gt_known_sweep,
     max_box_acc,
     prior_max_box_acc,
     random_cam_baseline,
     scoremaps,
     top1_loc,
+    whole_image,
 )
 from study.metric_names import EPOCH_METRICS, EVALUATIONS, CAMError, EvaluationError, fgsm_name
 from study.models import build_model
@@ -164,6 +169,15 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                                   iou_thresholds=iou_thresholds)
         out.metrics.update(mba.metrics())
         out.metrics.update(loc)
+        # The paper's sigma kept; how often its box is the whole image, and GT-known Loc at the best sigma of a
+        # sweep (study.evaluation.wsol.gt_known_sweep), the model's and the centre prior's (issue 26).
+        out.metrics["loc_whole_image"] = 100.0 * float(whole_image(pred_boxes, size).mean()) if n else 0.0
+        sweep = gt_known_sweep(maps, boxes)
+        prior_sweep = gt_known_sweep(centre_gaussian_map(size, prior_sigma), boxes)
+        out.metrics["gt_known_loc_best"] = sweep["best"]
+        out.metrics["loc_best_sigma"] = sweep["best_sigma"]
+        out.metrics["gt_known_loc_best_centre_prior"] = prior_sweep["best"]
+        out.curves["loc_sigma_sweep"] = {"model": sweep, "centre_prior": prior_sweep}
         out.metrics["maxboxacc_v2_centre_prior"] = prior.value
         out.metrics["maxboxacc_v2_over_prior"] = mba.value - prior.value
         nr = n if random_cam_images is None else min(n, int(random_cam_images))

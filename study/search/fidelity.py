@@ -49,14 +49,16 @@ def rung_epochs(grace_period: int, reduction_factor: int, max_t: int) -> list[in
 
 
 def measure(histories: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, rungs: Sequence[int], epochs: int,
-            k: int) -> dict[str, Any]:
+            k: int, *, active: bool = True) -> dict[str, Any]:
     """Spearman's rho between each rung's smoothed metric and the final smoothed metric, over the trials whose
     history reaches `epochs`.
 
     Returns {"metric", "epochs", "smooth_epochs", "trials": n used, "rungs": [{"epoch", "rho", "p", "n"}],
     "min_rho": lowest rho or None, "reason": why nothing was measured ("" when measured), "warning": the issue's
     sentence for the worst rung below RHO_WARN ("" otherwise)}. rho is None where it is undefined (fewer than
-    MIN_TRIALS trials, or every trial had the same value at the rung or at the end)."""
+    MIN_TRIALS trials, or every trial had the same value at the rung or at the end). `active`: whether ASHA cut
+    trials at these rungs (False with search.scheduler=none: the warning then says what ASHA *would* do there,
+    since no trial was stopped)."""
     from scipy.stats import spearmanr
 
     finished = {tid: h for tid, h in histories.items() if len(h) >= epochs}
@@ -85,8 +87,11 @@ def measure(histories: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, r
     worst = min(rhos, key=lambda r: r["rho"])
     out["min_rho"] = worst["rho"]
     if worst["rho"] < RHO_WARN:
-        out["warning"] = (f"early stopping at epoch {worst['epoch']} ranks trials unlike epoch {epochs}: "
-                          f"rho = {worst['rho']:.2f} (Spearman, {worst['n']} trials; below {RHO_WARN})")
+        rho = f"rho = {worst['rho']:.2f} (Spearman, {worst['n']} trials; below {RHO_WARN})"
+        out["warning"] = (f"early stopping at epoch {worst['epoch']} ranks trials unlike epoch {epochs}: {rho}"
+                          if active else
+                          f"early stopping is off; ASHA would cut at epoch {worst['epoch']} by a ranking unlike "
+                          f"epoch {epochs}'s: {rho}; keep search.scheduler=none")
     return out
 
 

@@ -27,6 +27,7 @@ PAPER_METHODS: dict[str, dict[str, Any]] = {
     "mixup": {"cutmix.method": "mixup", "cutmix.alpha": 1.0, "cutmix.prob": 1.0, "cutmix.off_epochs": 0},
     "cutout": {"cutmix.method": "cutout", "cutmix.prob": 1.0, "cutmix.cutout_size": 0.5, "cutmix.off_epochs": 0},
 }
+WINNER_NOTE = "the study's pick"  # a reference that the study's pick coincides with
 # A setting that mixes in fewer than this fraction of its steps is, in effect, the baseline (issue 15).
 RARE_MIXING = 0.05
 
@@ -91,12 +92,13 @@ def rare_mixing_note(cfg: PipelineConfig) -> str:
 
 
 def retrain_variants(cfg: PipelineConfig, winner: Mapping[str, Any] | None,
-                     methods: tuple[str, ...] | list[str] = ()) -> list[Variant]:
+                     methods: tuple[str, ...] | list[str] = (), *, role_label: str = "study winner") -> list[Variant]:
     """What a retrain trains, with the same seeds: `baseline` and `cutmix_paper` always; the study's `winner`
     (dotted params, e.g. {"cutmix.alpha": 0.12, "cutmix.prob": 0.02}) named by its parameters unless it is one of
     them (then that reference carries a note); and MixUp / Cutout at the paper's settings when `methods` lists
     them ("none" and "cutmix" are the baseline and the winner, always there). `winner=None`: the study declared
-    none (its race found no setting distinguishable), so only the references are trained.
+    none (a summary from before the decision rule whose race tied), so only the references are trained.
+    `role_label`: how the winner's label says what it is ("study winner"; "study pick" after a tied race).
 
     The winner's parameters outside `cutmix.*` (architecture, schedule) apply to every variant, so the references
     are the same model trained without mixing and with the paper's recipe; only the mixing differs.
@@ -109,10 +111,10 @@ def retrain_variants(cfg: PipelineConfig, winner: Mapping[str, Any] | None,
         wcfg = replace(base, {k: v for k, v in winner.items() if k.startswith("cutmix.")})
         same = next((i for i, v in enumerate(out) if mixing_key(v.cfg) == mixing_key(wcfg)), None)
         if same is not None:
-            out[same] = dataclasses.replace(out[same], note="the study's winner")
+            out[same] = dataclasses.replace(out[same], note=WINNER_NOTE)
         else:
             slug, label = variant_name(wcfg)
-            out.append(Variant(slug, f"{label} (study winner)", wcfg, "winner", rare_mixing_note(wcfg)))
+            out.append(Variant(slug, f"{label} ({role_label})", wcfg, "winner", rare_mixing_note(wcfg)))
     for method in methods:
         if method in PAPER_METHODS:
             mcfg = reference_config(base, method)
@@ -123,4 +125,4 @@ def retrain_variants(cfg: PipelineConfig, winner: Mapping[str, Any] | None,
 
 def winner_name(variants: list[Variant]) -> str | None:
     """The variant that is the study's winner: its own row, or the reference it coincides with; None if none."""
-    return next((v.name for v in variants if v.role == "winner" or v.note == "the study's winner"), None)
+    return next((v.name for v in variants if v.role == "winner" or v.note == WINNER_NOTE), None)

@@ -44,7 +44,9 @@ SAMPLES = {
                       fidelity={"metric": "val/ece", "rungs": [{"epoch": 4, "rho": 0.5, "p": 0.2, "n": 5}],
                                 "warning": "early stopping at epoch 4 ranks trials unlike epoch 12: rho = 0.50"},
                       reproducible=False, reproducible_reason="ASHA", optuna_storage="sqlite:////x/optuna.db",
-                      optuna_study="digits", smooth_epochs=2),
+                      optuna_study="digits", smooth_epochs=2,
+                      pick={"name": "baseline", "label": "baseline", "params": {"cutmix.prob": 0.0},
+                            "reason": "tie r2: the baseline among the survivors", "tie": True}),
     RetrainResult: dict(config="/x/best_config.yaml", epochs=4, study_run_id="b" * 32, retrain_run_id="c" * 32,
                         num_test=500,
                         variants={"cutmix": VariantSummary((SeedRun(0, "cutmix", "/r/cutmix/seed0",
@@ -54,7 +56,9 @@ SAMPLES = {
                         best_run_dir="/r/cutmix/seed0", best_checkpoint="/r/cutmix/seed0/checkpoints/best.pt",
                         cutmix_gain_top1_points=1.0, labels={"cutmix_a1_p0.5": "cutmix α=1 p=0.5"},
                         notes={"cutmix_a1_p0.5": "in effect the baseline"}, winner="cutmix_a1_p0.5",
-                        race_verdict="no setting distinguishable from baseline"),
+                        race_verdict="no setting distinguishable from baseline",
+                        choice={"variant": "cutmix_a1_p0.5", "reason": "the study's pick", "overridden": False, "dominated": {}, "conflict": False},
+                        export_seed={"variant": "cutmix_a1_p0.5", "seed": 0, "rule": "median val error"}),
     EvaluateResult: dict(run_id="d" * 32, num_test=200, metrics={"cutmix": {"ece": S}},
                          comparisons={"cutmix": {"ece": Comparison(-1.0, (-2.0, 0.0), "better", "welch-t", (2, 2),
                                                                    p=0.04, p_holm=0.08, holm_m=2)}},
@@ -170,15 +174,25 @@ def test_a_study_summary_from_before_the_race_reads_with_no_race(tmp_path):
     assert study_winner(back) == ({"cutmix.alpha": 0.5}, "")  # retrain falls back to the best trial
 
 
+# The decision rule (issue 26) added retrain's choice and exported seed.
+ADDED_SINCE_CB67987 = {RetrainResult: {"choice", "export_seed"}, EvaluateResult: set(), BudgetResult: set()}
+
+
 @pytest.mark.parametrize("cls", [RetrainResult, EvaluateResult, BudgetResult], ids=lambda c: c.__name__)
 def test_a_summary_written_before_the_typed_entries_loads_and_is_written_back_byte_for_byte(tmp_path, cls):
     """The fixture was written by the code of cb67987 (entries as dicts; tests/pipelines/data/summaries_cb67987/
     make_fixture.py): its statistics functions and dataclasses.asdict, as its to_json did."""
     old = cls.path(OLD).read_text()
     back = cls.from_dir(OLD)
-    assert json.dumps(back.to_dict(), indent=2, default=str) == old
+    # Fields added since cb67987 are written back at their defaults; every old entry comes back byte for byte.
+    added = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+             for f in dataclasses.fields(cls) if f.name not in json.loads(old)}
+    assert set(added) == ADDED_SINCE_CB67987[cls]
+    written = back.to_dict()
+    assert {k: written.pop(k) for k in added} == added
+    assert json.dumps(written, indent=2, default=str) == old
     moved = dataclasses.replace(back, out_dir=str(tmp_path))  # and through to_json itself, at another place
-    assert json.loads(moved.to_json().read_text()) == {**json.loads(old), "out_dir": str(tmp_path)}
+    assert json.loads(moved.to_json().read_text()) == {**json.loads(old), **added, "out_dir": str(tmp_path)}
 
 
 def test_the_old_summaries_read_back_typed():

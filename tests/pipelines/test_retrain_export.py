@@ -166,3 +166,11 @@ def test_run_chains_every_stage(tmp_path, run_cli):
     # Nothing written twice by the refused second run: one run per stage, one per trial, all finished.
     assert stages.count("study") == 1 and stages.count("trial") == 2 and stages.count("retrain") == 1
     assert {r.info.status for r in runs} == {"FINISHED"}
+    # The recommendation (issue 26): in stdout, in report.md, and as the pipeline run's MLflow description.
+    report = (out / "report.md").read_text()
+    assert report.startswith("## Recommendation") and "**Use " in report and " seeds (95 % CI " in report, report
+    assert "## Recommendation" in proc.stdout and f"report: {(out / 'report.md').resolve()}" in proc.stdout
+    (noted,) = [r for r in runs if "mlflow.note.content" in r.data.tags]
+    assert noted.data.tags["mlflow.note.content"].strip() == report.strip()
+    assert noted.data.tags["cutmix.choice"] == json.loads((out / "retrain" / "summary.json").read_text())[
+        "choice"]["variant"]

@@ -14,6 +14,7 @@ import yaml
 from pipelines.results import StudyResult
 from pipelines.study_stage import run as run_study
 from study.config.load import load_config, replace
+from study.decision import study_pick
 from study.models import build_model
 from study.tracking.store import Tracker
 from tests.helpers.cli import REPO, TINY
@@ -297,9 +298,14 @@ def test_a_study_races_its_top_settings_and_resumes_the_race(ray_local, tmp_path
     assert (out / "plots" / "race.png").stat().st_size > 0
     summary = json.loads(StudyResult.path(out).read_text())
     assert summary["race_verdict"] == result.race_verdict
-    # best_config.yaml: the winner's config, or after a tie the paper's recipe on the references' model.
+    # best_config.yaml: the decision rule's pick (study.decision): the winner, or after a tie the best-evidence
+    # survivor, never an eliminated setting.
     best = yaml.safe_load((out / "best_config.yaml").read_text())
-    chosen = result.winner_params if result.winner_params is not None else race["settings"]["cutmix_paper"]["params"]
+    assert result.pick == study_pick(race, result.best_params, mode=cfg.search.primary_mode).to_dict()
+    assert "eliminated" not in race["settings"][result.pick["name"]]["fate"]
+    if result.winner_params is not None:
+        assert result.pick["params"] == result.winner_params
+    chosen = race["settings"][result.pick["name"]]["params"]
     assert best["model"]["arch"] == chosen["model.arch"] and best["cutmix"]["prob"] == chosen["cutmix.prob"]
 
     # A race cut short: one run's directory lost, the summary not written yet. --resume trains only that run.

@@ -41,12 +41,16 @@ def test_evaluate_model_reports_every_metric():
     expected = {"top1_err", "top5_err", "nll", "ece", "maxboxacc_v2", "maxboxacc_iou0.3", "maxboxacc_iou0.5",
                 "maxboxacc_iou0.7", "top1_loc", "gt_known_loc", "random_cam_maxboxacc_v2", "occlusion_center_auc",
                 "occlusion_boundary_auc", "in_between_mixup", "in_between_cutmix", "fgsm_acc_eps0.000",
-                "fgsm_acc_eps0.031", "maxboxacc_v2_centre_prior", "maxboxacc_v2_over_prior"}
+                "fgsm_acc_eps0.031", "maxboxacc_v2_centre_prior", "maxboxacc_v2_over_prior", "loc_whole_image",
+                "gt_known_loc_best", "loc_best_sigma", "gt_known_loc_best_centre_prior"}
     expected |= {f"ood_{s}_{k}" for s in ("flat", "uniform", "gaussian")
                  for k in ("auroc", "tnr95", "detacc", "auroc_lo", "auroc_hi")}
     assert set(m) == expected
     assert all(isinstance(v, float) for v in m.values())
     assert m["maxboxacc_v2_over_prior"] == pytest.approx(m["maxboxacc_v2"] - m["maxboxacc_v2_centre_prior"])
+    # the best sigma of the sweep is at least as good as the paper's 0.15 (which is one point of the sweep)
+    assert m["gt_known_loc_best"] >= m["gt_known_loc"] and 0.05 <= m["loc_best_sigma"] <= 0.95
+    assert 0.0 <= m["loc_whole_image"] <= 100.0
     assert res.info["cam_size"] == [2, 2] and res.info["num_in"] == 40  # every image is in-distribution
     assert res.info["ood_kinds"] == {"flat": "far", "uniform": "noise", "gaussian": "noise"}
     assert all(0 <= m[f"ood_{s}_auroc_lo"] <= m[f"ood_{s}_auroc_hi"] <= 100 for s in ("flat", "uniform", "gaussian"))

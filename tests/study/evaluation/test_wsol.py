@@ -13,8 +13,10 @@ from study.config.schema import ModelConfig
 from study.evaluation.wsol import (
     class_activation_maps,
     component_boxes,
+    gt_known_sweep,
     iou_inclusive,
     largest_component_boxes,
+    largest_component_boxes_sweep,
     max_box_acc,
     random_cam_baseline,
     reference_boxes,
@@ -22,6 +24,7 @@ from study.evaluation.wsol import (
     scoremaps,
     to_uint8_maps,
     top1_loc,
+    whole_image,
 )
 from study.metric_names import CAMError, EvaluationError
 from study.models import build_model
@@ -210,6 +213,46 @@ def test_top1_loc_needs_class_and_box():
     res, pred = top1_loc(maps, boxes, torch.tensor([True, False]))
     assert pred.tolist() == [[4, 4, 8, 8]] * 2
     assert res == {"top1_loc": 50.0, "gt_known_loc": 100.0}
+
+
+def test_a_map_positive_everywhere_gives_the_whole_image_at_sigma_015_and_the_sweep_finds_the_object():
+    # The degenerate case of issue 26: a CAM with a peak on the object over a floor at 30 % of the peak. At the
+    # paper's sigma = 0.15 everything is foreground, the box is the whole image (IoU with the object box < 0.5);
+    # from 0.3 on only the object is left.
+    maps = torch.full((3, 16, 16), 0.3)
+    maps[:, 4:9, 4:9] = 1.0
+    maps[:, 15, 15] = 0.0  # the minimum: the floor is 0.3 of the peak after min-max normalisation
+    maps[2] = 0.0  # a constant map: empty at every sigma
+    boxes = torch.tensor([[4, 4, 8, 8]] * 3)
+    res, pred = top1_loc(scoremaps_like(maps), boxes, torch.tensor([True] * 3))
+    assert whole_image(pred, (16, 16)).tolist() == [True, True, False] and res["gt_known_loc"] == 0.0
+    sweep = gt_known_sweep(scoremaps_like(maps), boxes, sigmas=[0.1, 0.15, 0.3, 0.9])
+    assert sweep["gt_known_loc"] == pytest.approx([0.0, 0.0, 200 / 3, 200 / 3])
+    assert sweep["whole_image"] == pytest.approx([200 / 3, 200 / 3, 0.0, 0.0])
+    assert sweep["best"] == pytest.approx(200 / 3) and sweep["best_sigma"] == 0.3  # ties: the smallest sigma
+
+
+def test_the_sweep_equals_one_sigma_at_a_time_and_a_shared_map_equals_its_copies():
+    g = torch.Generator().manual_seed(3)
+    maps = torch.rand(7, 12, 12, generator=g)
+    sigmas = [0.0, 0.15, 0.5, 0.8]
+    swept = largest_component_boxes_sweep(maps, sigmas)
+    assert swept.shape == (7, 4, 4)
+    for j, sig in enumerate(sigmas):  # the reference: the one-sigma function, sigma by sigma
+        assert (swept[:, j] == largest_component_boxes(maps, sig)).all()
+    boxes = torch.tensor([[2, 3, 9, 10]] * 7)
+    one = gt_known_sweep(maps[0], boxes, sigmas=sigmas)
+    copies = gt_known_sweep(maps[0].expand(7, 12, 12), boxes, sigmas=sigmas)
+    assert one == copies
+    with pytest.raises(EvaluationError):
+        largest_component_boxes_sweep(maps, [1.0])
+
+
+def scoremaps_like(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max normalised per map, as scoremaps leaves them (a constant map: zeros)."""
+    lo = maps.amin(dim=(1, 2), keepdim=True)
+    span = maps.amax(dim=(1, 2), keepdim=True) - lo
+    return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
 
 
 def test_random_cam_baseline_is_reproducible():

@@ -47,6 +47,10 @@ def test_rungs_that_reverse_the_final_ranking_give_rho_minus_one_and_the_warning
                             "fidelity/trials": 5.0}
     line = describe_fidelity(out)
     assert "epoch 4 -1.00, epoch 8 1.00" in line and "warning: early stopping" in line
+    # With search.scheduler=none nothing was stopped: the warning says what ASHA would do at that rung (issue 26.6)
+    off = measure(histories, M, [4, 8], 12, k=2, active=False)
+    assert off["warning"].startswith("early stopping is off; ASHA would cut at epoch 4 by a ranking unlike epoch "
+                                     "12's: rho = -1.00") and off["rungs"] == out["rungs"]
 
 
 def test_rungs_that_agree_give_no_warning():
