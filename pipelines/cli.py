@@ -1,6 +1,6 @@
 """`cutmix-study SUBCOMMAND [--config FILE] [--set key=value ...] [--output DIR]`; `cutmix-study --version`.
 
-Exit codes (DESIGN.md section 3): 0 success, 2 bad input (config, paths, data) with one line
+Exit codes (docs/architecture.md section 3): 0 success, 2 bad input (config, paths, data) with one line
 `error: <what> (<allowed>)` on stderr and no traceback, 1 a failure while running.
 
 Output: stdout holds results and summaries, stderr progress lines, warnings and errors. `--quiet` keeps only the

@@ -2,7 +2,7 @@
 
 The last stage of a CutMix study reuses the CutMix-pretrained backbone in a detector, as the paper's transfer
 experiments do (Yun et al. 2019, arXiv 1905.04899: ImageNet-pretrained ResNet-50 fine-tuned in Faster R-CNN and
-SSD on Pascal VOC). This module writes the files of the ``export/`` contract (DESIGN.md section 3):
+SSD on Pascal VOC). This module writes the files of the ``export/`` contract (docs/architecture.md section 3):
 
 * ``backbone.pt``: the backbone's ``state_dict`` (``torch.save``). For the torchvision ResNets (He et al. 2016)
   the keys are torchvision's (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``, ...; no ``fc.*``), so it

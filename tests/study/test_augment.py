@@ -1,4 +1,4 @@
-"""Tests of study.augment: the CutMix contract of DESIGN.md section 3, proved from the outputs alone.
+"""Tests of study.augment: the CutMix contract (docs/architecture.md section 3), proved from the outputs alone.
 
 Images are built so that every pixel value is distinct and encodes (sample, position): value = i * P + p with
 P = C * H * W. Reading a mixed batch back then tells, for every pixel, which sample it came from and from where,
