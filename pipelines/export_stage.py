@@ -2,8 +2,8 @@
 
 `--from` takes a pipeline output directory (after `retrain`: the seed the decision rule chose, study.decision;
 after `train`: its model), a `retrain/` directory, a `train`/seed run directory, or an MLflow run id of a `retrain`
-run (its checkpoint is downloaded). Writes
-`<output>/export/` (docs/architecture.md section 3) and `export/summary.json` (ExportResult). In MLflow the export run holds
+run (its checkpoint is downloaded). Writes `<output>/export/`
+(docs/architecture.md section 3) and `export/summary.json` (ExportResult). In MLflow the export run holds
 the classifier and its backbone as MLflow models (`mlflow.pytorch.log_model`: MLmodel, signature, input example;
 both take images as float [B, C, H, W] in [0, 1]), registered as new versions of `export.registered_model` (default:
 the study name) and `<that>-backbone` with the alias `champion` and the manifest as version tags, so

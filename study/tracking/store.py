@@ -1,7 +1,7 @@
 """MLflow at the edge: this package (store, context, models) is the only code that imports mlflow.
 
-Layout (docs/architecture.md section 3): an experiment named after the study, tagged for MLflow's model-training view; the
-pipeline as one tree of runs (tag `mlflow.parentRunId`): `cutmix-study run` opens a `pipeline` run
+Layout (docs/architecture.md section 3): an experiment named after the study, tagged for MLflow's model-training
+view; the pipeline as one tree of runs (tag `mlflow.parentRunId`): `cutmix-study run` opens a `pipeline` run
 (`Tracker.pipeline_run`), the stage runs (`study`, `retrain`, `evaluate`, `export`, `detect`; `Tracker.stage_run`)
 nest under it, trials under `study`, seeds under `retrain`, models under `evaluate`. A stage run alone is a top-level
 run. Names are readable and unique: `<stage>-<experiment>-<key>` (`study-digits-3f2a`), where the 4-hex key is the
