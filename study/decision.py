@@ -81,9 +81,14 @@ def study_pick(race: Mapping[str, Any] | None, best_params: Mapping[str, Any], *
     out = f"; eliminated: {', '.join(gone)}" if gone else ""
     if BASELINE in survivors:
         st = settings[BASELINE]
-        why = ("tie: the baseline survived the race, indistinguishable from the best mean "
-               f"({settings[best].get('label', best)}, {means[best]:.2f} vs {means[BASELINE]:.2f}); the rule prefers "
-               f"the baseline (no mixing) when the evidence cannot tell them apart{out}")
+        tied = ", ".join(settings[s].get("label", s) for s in survivors if s != BASELINE)
+        if best == BASELINE:
+            where = f"with the best mean race value ({means[BASELINE]:.2f})"
+        else:
+            where = (f"indistinguishable from the best mean ({settings[best].get('label', best)}, {means[best]:.2f} "
+                     f"vs {means[BASELINE]:.2f})")
+        why = (f"tie: the baseline survived the race {where}, tied with {tied}; the rule prefers the baseline "
+               f"(no mixing) when the evidence cannot tell them apart{out}")
         return Pick(BASELINE, st.get("label", BASELINE), dict(st["params"]), why, tie=True)
     st = settings[best]
     others = ", ".join(settings[s].get("label", s) for s in survivors if s != best)
@@ -135,7 +140,8 @@ def retrain_choice(pick: str, test_errors: Mapping[str, Sequence[float]], *, eli
                                 f"points (95 % CI {lo:+.2f} to {hi:+.2f}, n = {len(test_errors[a])} and "
                                 f"{len(test_errors[b])} seeds)")
     if pick not in dominated:
-        return Choice(pick, f"retrain measured {name(pick)} resolvably worse than no other candidate", False, dominated)
+        return Choice(pick, f"the study's pick, kept: retrain measured no candidate resolvably better than "
+                            f"{name(pick)}", False, dominated)
     kept = [v for v in cands if v not in dominated]
     allowed = [v for v in kept if v not in set(eliminated)]
     conflict = ""
