@@ -22,6 +22,8 @@ from pathlib import Path
 
 from pipelines.common import stage_main
 from study.atomic import WriteError
+from study.cluster import lock, session, signals
+from study.cluster.session import dashboard_url, init_ray
 from study.config.schema import ConfigError
 from study.console import ENTRY_POINT_ENV, QUIET_ENV
 
@@ -161,7 +163,6 @@ def configure(args: argparse.Namespace) -> None:
 
 def start_dashboard() -> None:
     """--ray-dashboard: Ray with its dashboard before any stage starts it; the URL on stderr."""
-    from study.cluster.session import dashboard_url, init_ray  # lazy: pulls torch, torchvision
 
     init_ray(dashboard=True)
     print(f"Ray dashboard: {dashboard_url() or 'not served by this cluster'}", file=sys.stderr, flush=True)
@@ -215,7 +216,6 @@ def _error_code(exc: Exception) -> int:
 def _start_command():
     """Install the signal handlers and open the output-lock session; returns what undoes both (and shuts down the
     local Ray the command started, so that a stopped command leaves no Ray process behind)."""
-    from study.cluster import lock, session, signals  # lazy: pulls torch, torchvision
 
     signals.install()
     lock.begin_session()
@@ -234,7 +234,6 @@ def _start_command():
 def entrypoint() -> None:
     code = main()
     if "study.cluster.signals" in sys.modules:  # a command ran (not just --help / bad arguments)
-        from study.cluster import session, signals  # lazy: pulls torch, torchvision (loaded already when a command ran)
 
         # A SIGTERM now (a pod stopped just as the command finished) would kill the process half-way through Ray's
         # shutdown (raylet and GCS left behind) or its teardown, exit -15, though the work was done and recorded.

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipelines.results import ResultError, StageResult
+from study.cluster.lock import LOCK_NAME, hold
 from study.config.load import apply_overrides, from_dict, load_config
 from study.config.schema import PipelineConfig
 
@@ -83,7 +84,6 @@ def prepare_output(path: Path, owned: list[str], *, resume: bool, overwrite: boo
                           ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {path} is not writable (choose a writable --output)")
-    from study.cluster.lock import LOCK_NAME, hold  # lazy: pulls torch, torchvision
 
     hold(path)  # one writer per output directory, for the rest of the command (LockError: exit 2)
     existing = [name for name in owned if (path / name).exists() and (name != "." or _has_results(path))]
@@ -106,7 +106,6 @@ def prepare_output(path: Path, owned: list[str], *, resume: bool, overwrite: boo
 
 
 def _has_results(path: Path) -> bool:
-    from study.cluster.lock import LOCK_NAME  # lazy: pulls torch, torchvision
 
     return any(child.name != LOCK_NAME for child in path.iterdir())
 

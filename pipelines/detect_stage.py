@@ -23,6 +23,7 @@ from typing import Any
 
 from pipelines.common import OutputError, Source, check_writable, open_stage, resolve_source
 from pipelines.results import DetectResult, ExportResult
+from study.cluster.session import init_ray
 from study.config.schema import PipelineConfig, to_dict
 
 SOURCE_STAGES = ("export",)
@@ -97,7 +98,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         stage.log_params({f"detect.{k}": v for k, v in vars(cfg.detect).items()}
                          | {"backbone.arch": manifest["arch"], "backbone.dataset": manifest.get("dataset")})
         _log_scene_grid(datasets[0], datasets[2], ddir / "scenes.png", stage)
-        from study.cluster.session import init_ray  # lazy: pulls torch, torchvision
         from study.cluster.tasks import run_tasks  # lazy: pulls torch, torchvision
         from study.detection import finetune_task  # lazy: pulls torch, torchvision
 

@@ -25,6 +25,12 @@ from study.console import progress
 from study.decision import Pick, study_pick
 from study.metric_names import EvaluationError
 from study.models import build_model
+from study.search import fidelity
+from study.search import race as search_race
+from study.search.fidelity import describe_fidelity, rho_metrics, smooth_key
+from study.search.pareto import pareto_mask, save_pareto_plot
+from study.search.race import run_race
+from study.search.space import typed_value
 from study.stats import separation_in_se
 from study.training.runner import load_dataset, save_sample_grid_for
 
@@ -86,7 +92,6 @@ def rank_column(frame, metric: str) -> str:
     """The column a study ranks trials by: the final mean of the last search.smooth_epochs epochs
     (`<metric>_smooth`), not the minimum over epochs (`best/<metric>`, which picks one seed's luckiest epoch and is
     kept in results.parquet as information); `best/<metric>` only for a frame written before smoothing existed."""
-    from study.search.fidelity import smooth_key  # lazy: pulls ray
 
     return smooth_key(metric) if smooth_key(metric) in frame else f"best/{metric}"
 
@@ -133,7 +138,6 @@ def add_pareto(frame, cfg: PipelineConfig) -> bool:
     Returns whether the study is multi-objective."""
     if len(cfg.search.metrics) < 2:
         return False
-    from study.search.pareto import pareto_mask  # lazy: pulls ray
 
     names = list(cfg.search.metrics)
     values = frame.reindex(columns=names).to_numpy(float)
@@ -150,7 +154,7 @@ def check_search_metrics(cfg: PipelineConfig, data) -> None:
     if getattr(data.val, "boxes", None) is None:
         raise EvaluationError(f"search.metric {loc[0]} needs ground-truth boxes and data.name={cfg.data.name} has "
                               "none (cluttered_digits, shapes, or a box dataset)")
-    from study.evaluation.wsol import cam_head  # lazy: pulls cv2, matplotlib, torchmetrics
+    from study.evaluation.wsol import cam_head  # lazy: pulls cv2
 
     archs = cfg.search.space["model.arch"].values if "model.arch" in cfg.search.space else (cfg.model.arch,)
     for arch in archs:
@@ -182,7 +186,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     """Validate everything, then run or resume the study; write and log its outputs. `source` is unused (a study
     starts from its config)."""
     from study.search import tune as search  # lazy: pulls ray
-    from study.search.space import typed_value  # lazy: pulls ray (parquet's floats back to each dimension's type)
     from study.search.trial_callback import MlflowTrialCallback  # lazy: pulls ray
 
     start = time.perf_counter()
@@ -294,7 +297,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
             plots.append(save_race_plot(race, out_dir / "plots" / "race.png"))
         if multi:
-            from study.search.pareto import save_pareto_plot  # lazy: pulls ray
 
             names = list(cfg.search.metrics)
             plots.append(save_pareto_plot(frame[names].to_numpy(float), frame["pareto"].to_numpy(bool), names,
@@ -338,7 +340,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 def race_stage(cfg: PipelineConfig, data, frame, out_dir: Path, parent, resume: bool) -> dict[str, Any] | None:
     """The race after the search (study.search.race.run_race): its record, tagged on the study run; None when
     `search.race_top_k` is 0."""
-    from study.search.race import run_race  # lazy: pulls ray, torch
 
     race = run_race(cfg, data, frame, out_dir, parent, resume=resume, log=lambda line: progress(f"[race] {line}"))
     if race:
@@ -352,7 +353,7 @@ def race_stage(cfg: PipelineConfig, data, frame, out_dir: Path, parent, resume: 
 def race_rows(race, frame, cfg: PipelineConfig):
     """results.parquet's `race` columns (study.search.race.race_rows); not-applicable epochs/wall for the
     references' own rows are 0, so the trial table prints them."""
-    from study.search.race import race_rows as rows  # lazy: pulls ray, torch
+    rows = search_race.race_rows
 
     out = rows(race, frame, cfg)
     for col in ("epochs", "wall_s"):
@@ -375,7 +376,6 @@ def measure_fidelity(cfg: PipelineConfig, records: list) -> dict[str, Any]:
     """Spearman's rho between each ASHA rung's smoothed metric and the final one over the trials that ran their
     full budget (study.search.fidelity). Measured at the configured rungs whether or not ASHA ran: with
     search.scheduler=none it is the evidence for (or against) turning early stopping on."""
-    from study.search import fidelity  # lazy: pulls ray
     from study.search.tune import trial_history  # lazy: pulls ray
 
     s = cfg.search
@@ -388,7 +388,6 @@ def measure_fidelity(cfg: PipelineConfig, records: list) -> dict[str, Any]:
 
 
 def fidelity_metrics(measured: dict[str, Any]) -> dict[str, float]:
-    from study.search.fidelity import rho_metrics  # lazy: pulls ray
 
     return rho_metrics(measured)
 
@@ -418,7 +417,6 @@ def report(result: StudyResult) -> str:
                   f"val split apart: " + ("a signal" if sep >= 2 else "within noise, the ranking is not resolved"))
         lines.append(f"baseline trial (no mixing) {cfg_metric}: {result.baseline_value:.3f}{signal}")
     if result.fidelity:
-        from study.search.fidelity import describe_fidelity  # lazy: pulls ray
 
         lines.append(describe_fidelity(result.fidelity))
     if result.reproducible is not None:

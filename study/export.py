@@ -46,6 +46,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from study.atomic import atomic_write, atomic_write_text
 from study.config.load import from_dict
 from study.config.schema import ConfigError, ModelConfig
+from study.data.bundle import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from study.models import Backbone, Classifier, build_model
 
 FORMAT_VERSION = 1
@@ -148,10 +149,6 @@ def _normalisation(ckpt: Mapping[str, Any], dataset: str) -> dict[str, list[floa
         return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
     # Older checkpoints: fixed statistics of the datasets that have them (digits/synthetic are measured per
     # split at load time, so they are unknown here and left null rather than guessed).
-    try:
-        from study.data.bundle import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
-    except ImportError:
-        return None
     table = {**{k: (CIFAR_MEAN[k], CIFAR_STD[k]) for k in CIFAR_MEAN}, "imagefolder": (IMAGENET_MEAN, IMAGENET_STD)}
     if dataset in table:
         mean, std = table[dataset]

@@ -9,6 +9,7 @@ such package that the importer is not itself inside (its own package's `__init__
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,13 +123,34 @@ def test_no_submodule_imports_its_own_package():
 
 
 def test_every_package_reexports_only_from_its_leaf_modules():
+    """A package `__init__` is light (study.lazy): it imports nothing but study.lazy, and each name it re-exports
+    exists in the leaf module its table names."""
+    import importlib
+
     modules = _modules()
     for name, path in modules.items():
         if path.name != "__init__.py" or name in PACKAGES:
             continue
         for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.ImportFrom):
-                assert node.module and node.module.startswith(name + "."), (name, node.module)
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                assert isinstance(node, ast.ImportFrom) and node.module == "study.lazy", (name, ast.unparse(node))
+        package = importlib.import_module(name)
+        assert package.__all__, name
+        for export in package.__all__:
+            assert getattr(package, export) is not None, (name, export)
+
+
+def test_importing_a_leaf_module_imports_none_of_its_siblings():
+    """What makes a function-level import of a leaf defer anything: `import study.search.fidelity` does not run
+    `study.search.tune` (Ray) through the package `__init__`."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys, study.search.fidelity, study.cluster.lock; "
+            "print(json.dumps([sorted(m for m in sys.modules if m.startswith('study.')), 'ray' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    loaded, ray = json.loads(out.stdout)
+    assert "study.search.tune" not in loaded and "study.cluster.tasks" not in loaded and not ray, loaded
 
 
 def _function_level_project_imports(path: Path) -> list[tuple[int, str]]:

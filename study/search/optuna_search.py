@@ -41,20 +41,17 @@ logger = logging.getLogger(__name__)
 DB_FILE = "optuna.db"
 
 
-STORAGE_ENV = OPTUNA_STORAGE_ENV  # what Optuna's own CLI reads when --storage is not given
-
-
 def storage_url(configured: str, out_dir: str | Path) -> str:
     """`search.optuna_storage`, else `$OPTUNA_STORAGE` (Optuna's CLI convention; how the k8s manifests pass the
     PostgreSQL URL from a Secret, so that the password is in neither the config nor the recorded params), else
     SQLite in the output directory (absolute, so a resumed driver finds it)."""
-    return configured or os.environ.get(STORAGE_ENV, "") or f"sqlite:///{(Path(out_dir) / DB_FILE).resolve()}"
+    return configured or os.environ.get(OPTUNA_STORAGE_ENV, "") or f"sqlite:///{(Path(out_dir) / DB_FILE).resolve()}"
 
 
 def is_shared_storage(configured: str) -> bool:
     """Whether the Optuna study lives outside the output directory (configured or from the environment): a study
     of the same name may then be there already, from another run."""
-    return bool(configured or os.environ.get(STORAGE_ENV))
+    return bool(configured or os.environ.get(OPTUNA_STORAGE_ENV))
 
 
 def rdb_storage(url: str) -> Any:

@@ -28,6 +28,7 @@ from study.config.load import dump_config, from_dict, replace
 from study.config.schema import PipelineConfig, flatten
 from study.search.space import trial_params
 from study.search.tune import HISTORY_KEY, result_epoch
+from study.tracking import store as tracking
 
 
 class MlflowTrialCallback(tune.Callback):
@@ -69,7 +70,6 @@ class MlflowTrialCallback(tune.Callback):
 
     @property
     def logger(self) -> Any:
-        from study.tracking import store as tracking  # lazy: pulls mlflow
 
         with self._lock:
             if self._logger is None:
@@ -80,7 +80,6 @@ class MlflowTrialCallback(tune.Callback):
     # Jobs run on the logger thread, in submission order.
 
     def _open_run(self, trial_id: str, trial_name: str, params: dict[str, Any]) -> None:
-        from study.tracking import store as tracking  # lazy: pulls mlflow
 
         client = self._client
         if trial_id in self._ready:
@@ -119,20 +118,17 @@ class MlflowTrialCallback(tune.Callback):
         self._logged_step[trial_id] = step
 
     def _log_metrics(self, trial_id: str, metrics: Mapping[str, Any], step: int, timestamp_ms: int) -> None:
-        from study.tracking import store as tracking  # lazy: pulls mlflow
 
         entities = tracking.metric_entities(_loggable(metrics), step, timestamp_ms)
         if entities:
             self._client.log_batch(self._runs[trial_id], metrics=entities, synchronous=True)
 
     def _tag_restarts(self, trial_id: str, restarts: int) -> None:
-        from study.tracking import store as tracking  # lazy: pulls mlflow
 
         if trial_id in self._runs:
             tracking.set_tags(self._client, self._runs[trial_id], {"cutmix.trial_restarts": restarts})
 
     def _close_run(self, trial_id: str, status: str, run_status: str) -> None:
-        from study.tracking import store as tracking  # lazy: pulls mlflow
 
         run_id = self._runs.get(trial_id)
         if run_id is not None:
