@@ -23,7 +23,7 @@ from study import export
 from study.config.schema import PipelineConfig
 
 MANIFEST_TAGS = ("arch", "family", "dataset", "input_size", "channels", "feature_strides", "torchvision_body")
-HINT = ("give a pipeline output directory after `retrain` or `train`, a run directory, or a retrain MLflow run id")
+HINT = "give a pipeline output directory after `retrain` or `train`, a run directory, or a retrain MLflow run id"
 SOURCE_STAGES = ("retrain", "retrain-seed")
 SOURCE_HINT = HINT
 

@@ -30,7 +30,7 @@ from pipelines.results import RetrainResult, StudyResult
 from study.cluster.tasks import run_seed_tasks
 from study.config.load import dump_config, replace
 from study.config.schema import PipelineConfig, flatten, to_dict
-from study.decision import SEED_RULE, median_seed, retrain_choice
+from study.decision import SEED_RULE, median_seed, race_eliminated, retrain_choice
 from study.stats import compare, format_ci, format_diff, summarize
 from study.summaries import SeedRun, VariantSummary
 from study.training.references import CUTMIX_PAPER, retrain_variants, winner_name
@@ -161,10 +161,9 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
         # of that variant the median seed by clean train error, never the test split.
         pick_variant = winner_name(chosen) or CUTMIX_PAPER
         candidates = [v.name for v in chosen if v.role != "method"]
-        eliminated = [n for n, st in ((getattr(source, "race", None) or {}).get("settings") or {}).items()
-                      if str(st.get("fate", "")).startswith("eliminated")]
         choice = retrain_choice(pick_variant, {v: [r.metrics["test/top1_err"] for r in rows[v]] for v in candidates},
-                                eliminated=eliminated, labels={v.name: v.label for v in chosen})
+                                eliminated=race_eliminated(getattr(source, "race", None)),
+                                labels={v.name: v.label for v in chosen})
         main_variant = choice.variant
         k_best = median_seed([r.metrics["train/top1_err"] for r in rows[main_variant]])
         best = rows[main_variant][k_best]

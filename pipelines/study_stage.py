@@ -92,7 +92,6 @@ def rank_column(frame, metric: str) -> str:
     """The column a study ranks trials by: the final mean of the last search.smooth_epochs epochs
     (`<metric>_smooth`), not the minimum over epochs (`best/<metric>`, which picks one seed's luckiest epoch and is
     kept in results.parquet as information); `best/<metric>` only for a frame written before smoothing existed."""
-
     return smooth_key(metric) if smooth_key(metric) in frame else f"best/{metric}"
 
 
@@ -138,7 +137,6 @@ def add_pareto(frame, cfg: PipelineConfig) -> bool:
     Returns whether the study is multi-objective."""
     if len(cfg.search.metrics) < 2:
         return False
-
     names = list(cfg.search.metrics)
     values = frame.reindex(columns=names).to_numpy(float)
     frame["pareto"] = pareto_mask(values, cfg.search.modes) if len(frame) else []
@@ -297,7 +295,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 
             plots.append(save_race_plot(race, out_dir / "plots" / "race.png"))
         if multi:
-
             names = list(cfg.search.metrics)
             plots.append(save_pareto_plot(frame[names].to_numpy(float), frame["pareto"].to_numpy(bool), names,
                                           out_dir / "plots" / "pareto.png", labels=frame["trial_id"]))
@@ -340,7 +337,6 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
 def race_stage(cfg: PipelineConfig, data, frame, out_dir: Path, parent, resume: bool) -> dict[str, Any] | None:
     """The race after the search (study.search.race.run_race): its record, tagged on the study run; None when
     `search.race_top_k` is 0."""
-
     race = run_race(cfg, data, frame, out_dir, parent, resume=resume, log=lambda line: progress(f"[race] {line}"))
     if race:
         parent.set_tags({"cutmix.race_verdict": race["verdict"][:5000],
@@ -353,9 +349,7 @@ def race_stage(cfg: PipelineConfig, data, frame, out_dir: Path, parent, resume: 
 def race_rows(race, frame, cfg: PipelineConfig):
     """results.parquet's `race` columns (study.search.race.race_rows); not-applicable epochs/wall for the
     references' own rows are 0, so the trial table prints them."""
-    rows = search_race.race_rows
-
-    out = rows(race, frame, cfg)
+    out = search_race.race_rows(race, frame, cfg)
     for col in ("epochs", "wall_s"):
         if col in out:
             out[col] = out[col].fillna(0)
@@ -388,7 +382,6 @@ def measure_fidelity(cfg: PipelineConfig, records: list) -> dict[str, Any]:
 
 
 def fidelity_metrics(measured: dict[str, Any]) -> dict[str, float]:
-
     return rho_metrics(measured)
 
 
@@ -417,7 +410,6 @@ def report(result: StudyResult) -> str:
                   f"val split apart: " + ("a signal" if sep >= 2 else "within noise, the ranking is not resolved"))
         lines.append(f"baseline trial (no mixing) {cfg_metric}: {result.baseline_value:.3f}{signal}")
     if result.fidelity:
-
         lines.append(describe_fidelity(result.fidelity))
     if result.reproducible is not None:
         lines.append("reproducible given search.seed: " + ("yes" if result.reproducible else

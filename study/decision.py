@@ -60,6 +60,12 @@ def _mean(values: Sequence[float]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
+def race_eliminated(race: Mapping[str, Any] | None) -> list[str]:
+    """The settings a race record (study.search.race.run_race's dict) eliminated, in its order."""
+    settings = (race or {}).get("settings") or {}
+    return [s for s, st in settings.items() if str(st.get("fate", "")).startswith("eliminated")]
+
+
 def study_pick(race: Mapping[str, Any] | None, best_params: Mapping[str, Any], *, mode: str = "min") -> Pick:
     """Rule step 1 on a race record (study.search.race.run_race's dict: `winner`, `survivors`, `settings` with
     their `values`, `label`, `params`, `fate`) or, without one, the best trial's `best_params`."""
@@ -77,7 +83,7 @@ def study_pick(race: Mapping[str, Any] | None, best_params: Mapping[str, Any], *
     means = {s: _mean(settings[s]["values"]) for s in survivors}
     best = min(survivors, key=lambda s: (sign * means[s] if not math.isnan(means[s]) else math.inf,
                                          survivors.index(s)))
-    gone = [settings[s].get("label", s) for s in settings if str(settings[s].get("fate", "")).startswith("eliminated")]
+    gone = [settings[s].get("label", s) for s in race_eliminated(race)]
     out = f"; eliminated: {', '.join(gone)}" if gone else ""
     if BASELINE in survivors:
         st = settings[BASELINE]
