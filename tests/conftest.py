@@ -16,6 +16,7 @@ import pytest
 
 # One launcher for local MLflow servers, shared with bench/: started in its own process group, stopped whole.
 from tests.helpers.cli import REPO, SHARED, TINY, assert_one_line_error, run_main, set_args  # noqa: F401
+from tests.helpers.pipeline import FinishedPipeline, finished_pipeline
 from tests.helpers.postgres import postgres_server
 from tests.helpers.processes import descendants, kill_tree  # noqa: F401
 from tests.helpers.tracking_server import free_port, start_mlflow_server, wait_http  # noqa: F401
@@ -91,6 +92,14 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """A real MLflow tracking server for the whole session; its process group is stopped at the end."""
     with start_mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
         yield server.uri
+
+
+@pytest.fixture(scope="session")
+def shared_pipeline(tmp_path_factory) -> FinishedPipeline:
+    """The session's one finished tiny pipeline (tests/helpers/pipeline.py), for tests that only read it: built by
+    the first xdist worker that asks, in the directory all workers' temporary directories share."""
+    root = tmp_path_factory.getbasetemp()
+    return finished_pipeline(root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root)
 
 
 @pytest.fixture

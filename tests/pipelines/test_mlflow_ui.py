@@ -12,37 +12,27 @@ from __future__ import annotations
 import getpass
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from study.tracking.store import VIEW_KEY, VIEW_TAG
 from tests.helpers.chromium import chromium_path, drive
-from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.pipeline import CONFIG as PIPE
+from tests.helpers.pipeline import NAME
 from tests.helpers.tracking_server import start_mlflow_server
 from tests.pipelines.test_cli_output import TUNE_NOISE
 
-NAME = "uichain"
-PIPE = TINY + [f"name={NAME}", "search.num_samples=2", "search.scheduler=none", "search.max_concurrent=1",
-               "evaluate.robustness_images=64", "tracking.system_metrics=true"]
 STAGES = ("study", "retrain", "evaluate", "export", "detect")
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """(working directory, output directory, stdout, the git commit it ran at or None) of a finished tiny pipeline
-    started from an empty directory."""
-    cwd = tmp_path_factory.mktemp("cwd")
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)  # as a user runs it: Tune adds its loggers unless told
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", *set_args(PIPE), "--output", f"runs/{NAME}"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd, cwd / "runs" / NAME, proc.stdout, head.stdout.strip() if head.returncode == 0 else None
+def finished(shared_pipeline):
+    """(working directory, output directory, stdout, the git commit it ran at or None) of the session's finished
+    tiny pipeline, started from an empty directory (tests/helpers/pipeline.py)."""
+    p = shared_pipeline
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.cwd, p.out, p.stdout, p.commit
 
 
 @pytest.fixture(scope="module")

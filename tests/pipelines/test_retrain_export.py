@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.helpers.cli import TINY, set_args
+from tests.helpers.pipeline import NAME
 
 STUDY = TINY + ["name=chain", "search.num_samples=2", "search.scheduler=none", "search.max_concurrent=1"]
 
@@ -120,36 +122,16 @@ def test_retrain_and_export_from_mlflow_run_ids(study_dir, tmp_path, run_cli):
 
 
 @pytest.mark.slow
-def test_run_chains_every_stage(tmp_path, run_cli):
-    """The whole chain; while it runs, a second `run --resume` on its directory is refused (one writer per output
-    directory, study.cluster.lock) and the first finishes unharmed."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    from tests.helpers.cli import REPO
-    from tests.helpers.processes import kill_tree
-
-    out = tmp_path / "all"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    first = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "--output", str(out), *set_args(STUDY)],
-                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / ".lock").is_file() and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert (out / ".lock").is_file(), "the first run took no lock"
-        second = run_cli("run", "--output", str(out), "--resume", *set_args(STUDY), timeout=300)
-        assert second.returncode == 2, second.stderr[-3000:]
-        (line,) = [x for x in second.stderr.splitlines() if x.strip()]
-        assert line.startswith(f"error: {out} is in use by PID {first.pid} on ") and " since " in line, line
-        stdout, stderr = first.communicate(timeout=900)
-    finally:
-        kill_tree(first.pid)
-    proc = subprocess.CompletedProcess(first.args, first.returncode, stdout, stderr)
+def test_run_chains_every_stage(shared_pipeline):
+    """The whole chain (the session's shared `run`, tests/helpers/pipeline.py); while it ran, a second
+    `run --resume` on its directory was refused (one writer per output directory, study.cluster.lock) and the first
+    finished unharmed."""
+    p, out = shared_pipeline, shared_pipeline.out
+    assert p.second["lock_seen"], "the first run took no lock"
+    assert p.second["returncode"] == 2, p.second["stderr"][-3000:]
+    (line,) = [x for x in p.second["stderr"].splitlines() if x.strip()]
+    assert line.startswith(f"error: {out} is in use by PID {p.pid} on ") and " since " in line, line
+    proc = subprocess.CompletedProcess([], p.returncode, p.stdout, p.stderr)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / ".lock").exists()
     for needle in ("== study", "== retrain", "== export", "== detect", "backbone: ", "detector mAP@0.5",
@@ -159,7 +141,7 @@ def test_run_chains_every_stage(tmp_path, run_cli):
                  "export/backbone.safetensors", "export/manifest.json", "detect/metrics.json"):
         assert (out / path).is_file(), path
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("chain")
+    exp = client.get_experiment_by_name(NAME)
     runs = client.search_runs([exp.experiment_id], max_results=100)
     stages = [r.data.tags.get("cutmix.stage") for r in runs]
     assert {"study", "trial", "retrain", "retrain-seed", "export", "detect"} <= set(stages)

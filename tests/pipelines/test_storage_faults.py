@@ -112,10 +112,11 @@ def test_a_full_volume_under_a_retrain_task_exits_1_naming_the_file_and_resume_c
     """The volume of `--output` fills up while the retrain's Ray tasks train: the command exits 1 with one line
     naming the file it could not write, every checkpoint on it still loads (the last finished epoch), and once space
     is freed --resume continues from those checkpoints."""
+    epochs = 8  # the volume fills right after seed 0's first checkpoint: the next epoch's write meets it
     out = small_volume / "out"
     args = [sys.executable, "-m", "pipelines.cli", "retrain", "--output", str(out),
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",  # the store elsewhere: only --output fills
-            *set_args(TINY + ["name=full", "data.image_size=16", "model.width=16", "train.epochs=20",
+            *set_args(TINY + ["name=full", "data.image_size=16", "model.width=16", f"train.epochs={epochs}",
                               "retrain.seeds=1", "retrain.methods=[cutmix]"])]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -135,8 +136,8 @@ def test_a_full_volume_under_a_retrain_task_exits_1_naming_the_file_and_resume_c
     assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert f"cannot write {out}/" in lines[0] and "no space left on device" in lines[0], lines[0]
     assert "free on the volume holding" in lines[0] and "--resume" in lines[0], lines[0]
-    epochs = {p: load_checkpoint(p)["epoch"] for p in out.glob("retrain/*/seed*/checkpoints/last.pt")}
-    assert epochs and all(1 <= e < 20 for e in epochs.values()), epochs  # intact, and stopped part-way
+    saved = {p: load_checkpoint(p)["epoch"] for p in out.glob("retrain/*/seed*/checkpoints/last.pt")}
+    assert saved and all(1 <= e < epochs for e in saved.values()), saved  # intact, and stopped part-way
 
     filler.unlink()  # space freed
     proc = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
@@ -144,7 +145,7 @@ def test_a_full_volume_under_a_retrain_task_exits_1_naming_the_file_and_resume_c
     summary = json.loads((out / "retrain" / "summary.json").read_text())
     assert summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 1
     task = json.loads((seed0.parent.parent / "task.json").read_text())
-    assert task["resumed_from"] == epochs[seed0]  # continued from the checkpoint the full volume left
+    assert task["resumed_from"] == saved[seed0]  # continued from the checkpoint the full volume left
     assert not list(out.rglob(".*.tmp"))  # no temporary file left behind
 
 
