@@ -91,10 +91,10 @@ def experiment_runs(client: MlflowClient, name: str) -> list:
 @pytest.mark.parametrize("signum, then_resume", [(signal.SIGTERM, True), (signal.SIGINT, False)],
                          ids=["SIGTERM-then-resume", "SIGINT"])
 def test_a_signal_mid_study_then_resume_without_the_output_directory(mlflow_server, tmp_path, signum, then_resume):
-    # The signal goes in while the second trial has at least LEFT epochs to go. Its progress is read from its
-    # checkpoints in Tune's storage (the trial writes one per epoch before reporting it), not from MLflow: the
-    # trial callback logs asynchronously, and on a loaded CI machine MLflow showed epoch 1 of a trial that had
-    # already finished all 8 (both trials FINISHED, none KILLED).
+    # The signal goes in while the second trial has at least `left` epochs to go. Its progress is read from its
+    # checkpoints in Tune's storage (the trial writes one per epoch before reporting it), not from MLflow, where
+    # the trial callback logs asynchronously and can lag: deciding from MLflow's epoch, one CI run sent the signal
+    # after both trials of 8 epochs had finished (both FINISHED, none KILLED).
     epochs, left = 16, 8
     name = f"sig-study-{signum.name}"  # an experiment per case: the tracking server is the session's
     out, storage = tmp_path / "out", tmp_path / "tune-storage"
