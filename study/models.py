@@ -39,7 +39,6 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from study.config.schema import MODEL_NAMES, ModelConfig
@@ -313,6 +312,10 @@ def _pyramidnet(arch: str, cfg: ModelConfig, num_classes: int, in_channels: int)
 
 
 def _torchvision_resnet(arch: str, num_classes: int, in_channels: int) -> tuple[Backbone, Head]:
+    # Late, on purpose: importing torchvision imports torch._dynamo (through torchvision.ops.roi_align), ~1.7 CPU-s
+    # in every process that builds a model (each trial actor, Ray task and CLI call); only these ResNets need it.
+    import torchvision.models
+
     name = _TORCHVISION[arch]
     net = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)  # kaiming init (fan_out)
     cifar = arch.endswith("_cifar")

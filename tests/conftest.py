@@ -25,6 +25,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Every Ray process exports metrics for Prometheus every few seconds; no test reads them, and on 2 cores with several
+# local clusters alive at once that is CPU the tests wait for: an idle 4-CPU local cluster used 3.7 CPU-s per 30 s
+# with them and 2.8 without (docs/testing.md). Inherited by every CLI subprocess and Ray process a test starts.
+os.environ.setdefault("RAY_enable_metrics_collection", "0")
 
 # Seconds each of the longest files took on one of 4 xdist workers on 2 cores (the CI timeline of 2026-12-07).
 # CI hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`); sorting the

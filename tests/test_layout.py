@@ -175,3 +175,20 @@ def test_function_level_imports_say_what_they_defer():
     unexplained = [f"{path.relative_to(ROOT)}:{line}" for path in _modules().values()
                    for line, text in _function_level_project_imports(path) if "# lazy:" not in text]
     assert not unexplained, unexplained
+
+
+def test_training_a_small_model_imports_neither_torchvision_nor_dynamo():
+    """Every trial actor, retrain task and CLI call builds a model: importing torchvision there would import
+    torch._dynamo (through torchvision.ops.roi_align), ~1.7 CPU-s per process; only the torchvision ResNets need it."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys\n"
+            "from study.config.load import load_config\n"
+            "from study.models import build_model\n"
+            "import study.training.engine, study.training.runner, study.data.registry\n"
+            "build_model(load_config(None, ['model.arch=cnn']).model, 10)\n"
+            "build_model(load_config(None, ['model.arch=resnet20']).model, 10)\n"
+            "print(json.dumps(['torchvision' in sys.modules, 'torch._dynamo' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == [False, False], out.stdout
