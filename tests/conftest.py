@@ -16,7 +16,7 @@ import pytest
 
 # One launcher for local MLflow servers, shared with bench/: started in its own process group, stopped whole.
 from tests.helpers.cli import REPO, SHARED, TINY, assert_one_line_error, run_main, set_args  # noqa: F401
-from tests.helpers.pipeline import FinishedPipeline, finished_pipeline
+from tests.helpers.pipeline import FinishedPipeline, FinishedStudy, finished_pipeline, finished_study
 from tests.helpers.postgres import postgres_server
 from tests.helpers.processes import descendants, kill_tree  # noqa: F401
 from tests.helpers.tracking_server import free_port, start_mlflow_server, wait_http  # noqa: F401
@@ -102,8 +102,20 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
 def shared_pipeline(tmp_path_factory) -> FinishedPipeline:
     """The session's one finished tiny pipeline (tests/helpers/pipeline.py), for tests that only read it: built by
     the first xdist worker that asks, in the directory all workers' temporary directories share."""
+    return finished_pipeline(_session_root(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
+def shared_study(tmp_path_factory) -> FinishedStudy:
+    """The session's one finished tiny ASHA study (tests/helpers/pipeline.py), for tests that only read it (the
+    Optuna dashboard, the analysis notebook); built like `shared_pipeline`."""
+    return finished_study(_session_root(tmp_path_factory))
+
+
+def _session_root(tmp_path_factory) -> Path:
+    """A directory every xdist worker of this session sees: the parent of their base temporary directories."""
     root = tmp_path_factory.getbasetemp()
-    return finished_pipeline(root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root)
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
 
 
 @pytest.fixture

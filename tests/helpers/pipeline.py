@@ -1,4 +1,5 @@
-"""One finished tiny pipeline per test session, built once and shared by the tests that only read it.
+"""One finished tiny pipeline and one finished tiny study per test session, each built once and shared by the tests
+that only read it.
 
 A user's run: `cutmix-study run --output runs/<NAME>` in a subprocess, from an empty working directory, with
 Tune's own loggers left on (as a user gets them) and MLflow's system metrics asked for. While it runs, a second
@@ -19,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -83,11 +85,54 @@ def _build(root: Path) -> dict:
             "second": {"returncode": second.returncode, "stderr": second.stderr, "lock_seen": lock_seen}}
 
 
-def finished_pipeline(shared_root: Path) -> FinishedPipeline:
-    """The session's finished pipeline, built on first use under `shared_root` (a directory every xdist worker
-    of this session sees)."""
-    record = shared_root / "shared-pipeline.json"
+def _built_once(shared_root: Path, name: str, build: Callable[[Path], dict]) -> Path:
+    """The record of `build(shared_root / name)`, run by the first caller of the session (under a file lock in
+    `shared_root`, a directory every xdist worker of this session sees); later callers wait and read it."""
+    record = shared_root / f"{name}.json"
     with FileLock(str(record) + ".lock"):
         if not record.is_file():
-            record.write_text(json.dumps(_build(shared_root / "shared-pipeline")))
-    return FinishedPipeline.read(record)
+            record.write_text(json.dumps(build(shared_root / name)))
+    return record
+
+
+def finished_pipeline(shared_root: Path) -> FinishedPipeline:
+    """The session's finished pipeline, built on first use under `shared_root`."""
+    return FinishedPipeline.read(_built_once(shared_root, "shared-pipeline", _build))
+
+
+STUDY_NAME = "dash"
+# ASHA cuts at epochs 1 and 2 of 4, so some trials end PRUNED; both architectures are searched (the notebook draws
+# an alpha x p map for each). Five trials: the two default points (study.search: the paper's recipe and p=0) and
+# three random ones.
+STUDY_CONFIG = TINY + [f"name={STUDY_NAME}", "train.epochs=4", "search.num_samples=5", "search.max_concurrent=2",
+                       "search.scheduler=asha", "search.grace_period=1", "search.algorithm=random",
+                       "search.space.model.arch={type: choice, values: [resnet20, cnn]}"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedStudy:
+    out: Path  # the study's output directory (results.parquet, optuna.db, mlflow.db, plots/)
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @classmethod
+    def read(cls, record: Path) -> FinishedStudy:
+        raw = json.loads(record.read_text())
+        return cls(**{**raw, "out": Path(raw["out"])})
+
+
+def _build_study(root: Path) -> dict:
+    # Not named "study": the notebook's kernel must not find a directory that shadows the package.
+    out = root / "tiny-study"
+    root.mkdir(parents=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("MLFLOW_TRACKING_URI", None)  # the study's own <out>/mlflow.db
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), "--quiet",
+                           *set_args(STUDY_CONFIG)], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    return {"out": str(out), "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+
+def finished_study(shared_root: Path) -> FinishedStudy:
+    """The session's finished tiny ASHA study, built on first use under `shared_root`."""
+    return FinishedStudy.read(_built_once(shared_root, "shared-study", _build_study))

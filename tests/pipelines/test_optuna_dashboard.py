@@ -1,10 +1,10 @@
 """The stored Optuna study as a user opens it: `optuna-dashboard sqlite:///<out>/optuna.db` (the README's line) on a
-tiny ASHA study, rendered in a real headless Chromium, every trial on the study's page with its state, the pruned
-ones included, and a finished trial's per-epoch intermediate values."""
+tiny ASHA study (the session's shared one, tests/helpers/pipeline.py), rendered in a real headless Chromium, every
+trial on the study's page with its state, the pruned ones included, and a finished trial's per-epoch intermediate
+values."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,26 +13,19 @@ import optuna
 import pytest
 
 from tests.helpers.chromium import chromium_path, drive
-from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.pipeline import STUDY_NAME
 from tests.helpers.processes import kill_tree
 from tests.helpers.tracking_server import free_port, wait_http
-
-NAME = "dash"
-STUDY = TINY + [f"name={NAME}", "train.epochs=4", "search.num_samples=5", "search.max_concurrent=2",
-                "search.scheduler=asha", "search.grace_period=1", "search.algorithm=random"]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(chromium_path() is None, reason="needs the chromium binary")
-def test_optuna_dashboard_renders_every_trial_of_the_stored_study(tmp_path):
-    out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_AUTH_MODE="disabled")
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), "--quiet",
-                           *set_args(STUDY)], env=env, capture_output=True, text=True, timeout=600)
+def test_optuna_dashboard_renders_every_trial_of_the_stored_study(shared_study, tmp_path):
+    done = shared_study
     assert done.returncode == 0, done.stderr[-3000:]
-    url = f"sqlite:///{(out / 'optuna.db').resolve()}"
-    assert f"optuna-dashboard {url}" in done.stdout  # the report prints the line to open it
-    trials = optuna.load_study(study_name=NAME, storage=url).trials
+    url = f"sqlite:///{(done.out / 'optuna.db').resolve()}"
+    assert f"optuna-dashboard {url}" in done.stdout  # the report prints the line to open it (under --quiet too)
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=url).trials
     assert len(trials) == 5
     states = {t.number: {"COMPLETE": "Complete", "PRUNED": "Pruned"}[t.state.name] for t in trials}
     assert "Pruned" in states.values()  # ASHA stopped at least one at a rung, and Optuna knows it
