@@ -30,23 +30,24 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # with them and 2.8 without (docs/testing.md). Inherited by every CLI subprocess and Ray process a test starts.
 os.environ.setdefault("RAY_enable_metrics_collection", "0")
 
-# Seconds each of the longest files took on one of 4 xdist workers on 2 cores (the CI timeline of 2026-12-07).
+# Seconds each of the longest files took on one of 4 xdist workers on 2 cores (setup + call + teardown from
+# `--durations=0`, full suite at 3f9e26c on 2026-12-07; the dashboard and notebook files read the shared study since).
 # CI hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`); sorting the
 # collection by these puts the longest first (LPT scheduling), so that no long file starts near the end and runs
 # alone. A stale figure only changes the order, never what a test checks; a file not listed goes after these.
 FILE_SECONDS = {
-    "tests/pipelines/test_study_stage.py": 438, "tests/pipelines/test_detect_stage.py": 353,
-    "tests/pipelines/test_retrain_export.py": 333, "tests/pipelines/test_signals.py": 296,
-    "tests/pipelines/test_node_loss.py": 267, "tests/pipelines/test_storage_faults.py": 215,
-    "tests/pipelines/test_deploy.py": 211, "tests/study/training/test_distributed.py": 202,
-    "tests/pipelines/test_placement.py": 198, "tests/pipelines/test_stage_contract.py": 184,
-    "tests/pipelines/test_study_resume.py": 156, "tests/pipelines/test_faults.py": 124,
-    "tests/pipelines/test_decision_stage.py": 123, "tests/pipelines/test_mlflow_ui.py": 120,
-    "tests/pipelines/test_budget_stage.py": 112, "tests/pipelines/test_evaluate_stage.py": 106,
-    "tests/pipelines/test_study_workers.py": 94, "tests/pipelines/test_cli_output.py": 75,
-    "tests/notebooks/test_study_analysis.py": 75, "tests/pipelines/test_optuna_dashboard.py": 43,
-    "tests/study/data/test_cluttered_digits.py": 40, "tests/pipelines/test_retrain_references.py": 37,
-    "tests/helpers/test_tracking_server.py": 31,
+    "tests/pipelines/test_study_stage.py": 626, "tests/pipelines/test_detect_stage.py": 524,
+    "tests/pipelines/test_node_loss.py": 428, "tests/pipelines/test_faults.py": 406,
+    "tests/pipelines/test_retrain_export.py": 382, "tests/pipelines/test_signals.py": 370,
+    "tests/pipelines/test_placement.py": 312, "tests/pipelines/test_deploy.py": 293,
+    "tests/pipelines/test_decision_stage.py": 263, "tests/study/training/test_distributed.py": 250,
+    "tests/pipelines/test_storage_faults.py": 227, "tests/pipelines/test_study_resume.py": 223,
+    "tests/pipelines/test_optuna_dashboard.py": 175, "tests/pipelines/test_stage_contract.py": 156,
+    "tests/pipelines/test_retrain_references.py": 153, "tests/pipelines/test_evaluate_stage.py": 152,
+    "tests/pipelines/test_budget_stage.py": 145, "tests/pipelines/test_study_workers.py": 138,
+    "tests/pipelines/test_cli_output.py": 123, "tests/notebooks/test_study_analysis.py": 78,
+    "tests/k8s/test_manifests.py": 49, "tests/pipelines/test_mlflow_ui.py": 37,
+    "tests/study/data/test_cluttered_digits.py": 36,
 }
 
 
