@@ -50,9 +50,16 @@ class FinishedPipeline:
         return cls(**{**raw, "cwd": Path(raw["cwd"]), "out": Path(raw["out"])})
 
 
-def _env() -> dict[str, str]:
+def _cli_env() -> dict[str, str]:
+    """A CLI subprocess's environment: the repository importable, no inherited MLFLOW_TRACKING_URI (the command
+    tracks to its own <out>/mlflow.db)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _env() -> dict[str, str]:
+    env = _cli_env()
     env.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)  # as a user runs it: Tune adds its loggers unless told
     return env
 
@@ -126,10 +133,9 @@ def _build_study(root: Path) -> dict:
     # Not named "study": the notebook's kernel must not find a directory that shadows the package.
     out = root / "tiny-study"
     root.mkdir(parents=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("MLFLOW_TRACKING_URI", None)  # the study's own <out>/mlflow.db
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), "--quiet",
-                           *set_args(STUDY_CONFIG)], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+                           *set_args(STUDY_CONFIG)], cwd=root, env=_cli_env(), capture_output=True, text=True,
+                          timeout=900)
     return {"out": str(out), "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
 
 
