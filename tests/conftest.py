@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 # One launcher for local MLflow servers, shared with bench/: started in its own process group, stopped whole.
-from tests.helpers.cli import REPO, SHARED, TINY, assert_one_line_error, run_main, set_args  # noqa: F401
+from tests.helpers.cli import REPO, SHARED, TINY, assert_one_line_error, cli_env, run_main, set_args  # noqa: F401
 from tests.helpers.pipeline import FinishedPipeline, FinishedStudy, finished_pipeline, finished_study
 from tests.helpers.postgres import postgres_server
 from tests.helpers.processes import descendants, kill_tree  # noqa: F401
@@ -124,9 +124,8 @@ def run_cli(tmp_path):
     """Run `python -m pipelines.cli ...` in a subprocess; returns CompletedProcess (text)."""
 
     def run(*args: str, timeout: float = 900, env: dict | None = None, cwd: Path | None = None):
-        full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-        full_env.pop("MLFLOW_TRACKING_URI", None) if env is None or "MLFLOW_TRACKING_URI" not in env else None
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd or tmp_path, env=full_env,
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd or tmp_path,
+                                env=cli_env(**(env or {})),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             out, err = proc.communicate(timeout=timeout)

@@ -3,6 +3,7 @@ contract (exit 2, one `error:` line, no traceback)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,6 +21,15 @@ TINY = [
     "high: 1.0}}",
 ]
 
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a `python -m pipelines.cli ...` subprocess: this process's, with the repository importable
+    and without an inherited MLFLOW_TRACKING_URI (a command tracks to its own <out>/mlflow.db unless `extra` or its
+    flags name a store); `extra` adds or replaces variables."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PYTHONPATH=str(REPO), **extra)
+    return env
 
 
 def set_args(overrides: list[str] | tuple[str, ...]) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,12 +24,20 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.cli import REPO, TINY, cli_env, set_args
 from tests.helpers.processes import kill_tree
 
 NAME = "shared"
 CONFIG = TINY + [f"name={NAME}", "search.num_samples=2", "search.scheduler=none", "search.max_concurrent=1",
                  "evaluate.robustness_images=64", "tracking.system_metrics=true"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RefusedRun:
+    """The second `run --resume` started while the first ran."""
+    returncode: int
+    stderr: str
+    lock_seen: bool  # the first run's <out>/.lock existed when the second started
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,24 +49,16 @@ class FinishedPipeline:
     stderr: str
     commit: str | None  # the git commit it ran at (None outside a git checkout)
     pid: int  # the run's process id, which the refused second run names
-    second: dict  # the refused `run --resume` started while it ran: {"returncode", "stderr", "lock_seen"}
+    second: RefusedRun
 
     @classmethod
     def read(cls, record: Path) -> FinishedPipeline:
         raw = json.loads(record.read_text())
-        return cls(**{**raw, "cwd": Path(raw["cwd"]), "out": Path(raw["out"])})
-
-
-def _cli_env() -> dict[str, str]:
-    """A CLI subprocess's environment: the repository importable, no inherited MLFLOW_TRACKING_URI (the command
-    tracks to its own <out>/mlflow.db)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
+        return cls(**{**raw, "cwd": Path(raw["cwd"]), "out": Path(raw["out"]), "second": RefusedRun(**raw["second"])})
 
 
 def _env() -> dict[str, str]:
-    env = _cli_env()
+    env = cli_env()
     env.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)  # as a user runs it: Tune adds its loggers unless told
     return env
 
@@ -134,7 +133,7 @@ def _build_study(root: Path) -> dict:
     out = root / "tiny-study"
     root.mkdir(parents=True)
     done = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), "--quiet",
-                           *set_args(STUDY_CONFIG)], cwd=root, env=_cli_env(), capture_output=True, text=True,
+                           *set_args(STUDY_CONFIG)], cwd=root, env=cli_env(), capture_output=True, text=True,
                           timeout=900)
     return {"out": str(out), "returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.cli import TINY, cli_env, set_args
 from tests.helpers.processes import kill_tree
 from tests.pipelines.test_faults import results
 
@@ -73,10 +73,9 @@ def _kill_and_wait(pid: int, timeout: float = 30) -> None:
 
 
 def cli(cluster, *args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_ADDRESS=cluster.address, TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="0",
-               # The driver resolves 127.0.0.1 as the nodes do (else Ray swaps in the machine's address).
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = cli_env(RAY_ADDRESS=cluster.address, TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="0",
+                  # The driver resolves 127.0.0.1 as the nodes do (else Ray swaps in the machine's address).
+                  RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 

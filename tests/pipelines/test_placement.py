@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import REPO, TINY, run_main, set_args
+from tests.helpers.cli import TINY, cli_env, run_main, set_args
 from tests.helpers.processes import kill_tree
 
 
 def retrain_cli(out: Path, overrides: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "retrain", "--output", str(out),
-                             *set_args(overrides)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             *set_args(overrides)], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
 
 

@@ -12,7 +12,7 @@ import scipy.stats
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import TINY, set_args
+from tests.helpers.cli import TINY, cli_env, set_args
 from tests.helpers.pipeline import NAME
 
 STUDY = TINY + ["name=chain", "search.num_samples=2", "search.scheduler=none", "search.max_concurrent=1"]
@@ -20,15 +20,11 @@ STUDY = TINY + ["name=chain", "search.num_samples=2", "search.scheduler=none", "
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
-    import os
-    import subprocess
     import sys
-
-    from tests.helpers.cli import REPO
 
     out = tmp_path_factory.mktemp("chain") / "study"
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), *set_args(STUDY)],
-                          capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          capture_output=True, text=True, timeout=600, env=cli_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -127,16 +123,15 @@ def test_run_chains_every_stage(shared_pipeline):
     `run --resume` on its directory was refused (one writer per output directory, study.cluster.lock) and the first
     finished unharmed."""
     p, out = shared_pipeline, shared_pipeline.out
-    assert p.second["lock_seen"], "the first run took no lock"
-    assert p.second["returncode"] == 2, p.second["stderr"][-3000:]
-    (line,) = [x for x in p.second["stderr"].splitlines() if x.strip()]
+    assert p.second.lock_seen, "the first run took no lock"
+    assert p.second.returncode == 2, p.second.stderr[-3000:]
+    (line,) = [x for x in p.second.stderr.splitlines() if x.strip()]
     assert line.startswith(f"error: {out} is in use by PID {p.pid} on ") and " since " in line, line
-    proc = subprocess.CompletedProcess([], p.returncode, p.stdout, p.stderr)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert p.returncode == 0, p.stderr[-3000:]
     assert not (out / ".lock").exists()
     for needle in ("== study", "== retrain", "== export", "== detect", "backbone: ", "detector mAP@0.5",
                    "browse: mlflow ui --backend-store-uri sqlite:///"):
-        assert needle in proc.stdout, needle
+        assert needle in p.stdout, needle
     for path in ("results.parquet", "best_config.yaml", "retrain/summary.json", "export/backbone.pt",
                  "export/backbone.safetensors", "export/manifest.json", "detect/metrics.json"):
         assert (out / path).is_file(), path
@@ -151,7 +146,7 @@ def test_run_chains_every_stage(shared_pipeline):
     # The recommendation (issue 26): in stdout, in report.md, and as the pipeline run's MLflow description.
     report = (out / "report.md").read_text()
     assert report.startswith("## Recommendation") and "**Use " in report and " seeds (95 % CI " in report, report
-    assert "## Recommendation" in proc.stdout and f"report: {(out / 'report.md').resolve()}" in proc.stdout
+    assert "## Recommendation" in p.stdout and f"report: {(out / 'report.md').resolve()}" in p.stdout
     (noted,) = [r for r in runs if "mlflow.note.content" in r.data.tags]
     assert noted.data.tags["mlflow.note.content"].strip() == report.strip()
     assert noted.data.tags["cutmix.choice"] == json.loads((out / "retrain" / "summary.json").read_text())[

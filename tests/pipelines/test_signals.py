@@ -11,7 +11,6 @@ study run, one run per trial, and every epoch once.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -25,16 +24,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.checkpoint import load_checkpoint
-from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.cli import TINY, cli_env, set_args
 from tests.helpers.processes import descendants, kill_tree
 
 STOP_WITHIN_S = 30.0
 
 
 def start(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args], env=cli_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

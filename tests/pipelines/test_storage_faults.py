@@ -21,7 +21,7 @@ import pytest
 
 from pipelines.results import StudyResult
 from study.checkpoint import load_checkpoint
-from tests.helpers.cli import REPO, TINY, assert_one_line_error, run_main, set_args
+from tests.helpers.cli import TINY, assert_one_line_error, cli_env, run_main, set_args
 from tests.helpers.processes import kill_tree
 
 TRAIN = TINY + ["name=disk", "train.epochs=3"]
@@ -118,7 +118,7 @@ def test_a_full_volume_under_a_retrain_task_exits_1_naming_the_file_and_resume_c
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",  # the store elsewhere: only --output fills
             *set_args(TINY + ["name=full", "data.image_size=16", "model.width=16", f"train.epochs={epochs}",
                               "retrain.seeds=1", "retrain.methods=[cutmix]"])]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = cli_env()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     seed0 = out / "retrain" / "cutmix_paper" / "seed0" / "checkpoints" / "last.pt"

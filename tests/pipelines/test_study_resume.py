@@ -5,7 +5,6 @@ signal, is in test_signals.py)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers.cli import REPO, TINY, run_main, set_args
+from tests.helpers.cli import TINY, cli_env, run_main, set_args
 from tests.helpers.processes import descendants, kill_tree
 
 EPOCHS = 8  # long enough that a finished and a running trial are seen together even on a loaded machine
@@ -41,7 +40,7 @@ def _trial_runs(uri):
 @pytest.mark.slow
 def test_killed_study_resumes_without_rerunning_or_duplicating(mlflow_server, tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = cli_env()
     proc = subprocess.Popen(_cmd(out, mlflow_server), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     seen: set[int] = set()
@@ -116,8 +115,7 @@ def test_rerun_without_resume_refuses_and_keeps_results(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "tune").mkdir()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(_cmd(out, f"sqlite:///{tmp_path / 'm.db'}"), env=env, capture_output=True, text=True,
+    proc = subprocess.run(_cmd(out, f"sqlite:///{tmp_path / 'm.db'}"), env=cli_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2 and "already holds results" in proc.stderr and "Traceback" not in proc.stderr
     assert (out / "tune").is_dir()
