@@ -128,19 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean bad input (exit 2). Imported late so `--help` stays fast."""
-    from study.checkpoint import CheckpointError  # lazy: pulls torch
-    from study.data.bundle import DataError  # lazy: pulls torch, torchvision
-
-    errors: list[type[BaseException]] = [UsageError, ConfigError, DataError, CheckpointError]
-    for module, name in (("study.export", "ExportError"), ("study.data.voc", "DetectionDataError"),
+    """Exception types that mean bad input (exit 2), read only from modules already imported: an exception of a
+    class can only have been raised once its module ran, so importing the others would only cost time (importing
+    them all, which pulled torch, torchvision and mlflow, made `train --set train.epochs=-1` take 4.6 s instead of
+    1.7 s here)."""
+    errors: list[type[BaseException]] = [UsageError, ConfigError]
+    for module, name in (("study.data.bundle", "DataError"), ("study.checkpoint", "CheckpointError"),
+                         ("study.export", "ExportError"), ("study.data.voc", "DetectionDataError"),
                          ("pipelines.results", "ResultError"), ("study.tracking.store", "TrackingError"),
                          ("study.metric_names", "EvaluationError"), ("study.cluster.lock", "LockError"),
                          ("study.cluster.capacity", "PlacementError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
+        found = getattr(sys.modules.get(module), name, None)
+        if found is not None:
+            errors.append(found)
     return tuple(errors)
 
 
