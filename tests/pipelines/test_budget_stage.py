@@ -7,16 +7,16 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import TINY, set_args
+from tests.helpers.cli import TINY, run_main, set_args
 
 BUDGET = TINY + ["name=budget", "budget.epochs=[1,2]", "budget.seeds=2", "budget.bootstrap=200"]
 
 
 @pytest.mark.slow
-def test_budget_stage_end_to_end_and_resume(tmp_path, run_cli):
+def test_budget_stage_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "b"
-    proc = run_cli("budget", "--output", str(out), *set_args(BUDGET))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, stdout, err = run_main(capsys, "budget", "--output", str(out), *set_args(BUDGET))
+    assert code == 0, err
     summary = json.loads((out / "budget" / "summary.json").read_text())
     assert summary["epochs"] == [1, 2] and summary["seeds"] == 2 and summary["num_test"] == 359
     for row in summary["budgets"]:
@@ -30,7 +30,7 @@ def test_budget_stage_end_to_end_and_resume(tmp_path, run_cli):
         assert row["diff"]["diff"] == pytest.approx(row["cutmix_paper"]["mean"] - row["baseline"]["mean"])
     assert summary["crossover"]["position"] in ("inside", "before", "after")
     for text in ("| epochs |", "cutmix_paper - baseline", "crossover"):
-        assert text in proc.stdout, text
+        assert text in stdout, text
     assert (out / "budget" / "test_error_vs_epochs.png").stat().st_size > 10_000
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     parent = client.get_run(summary["run_id"])
@@ -41,16 +41,16 @@ def test_budget_stage_end_to_end_and_resume(tmp_path, run_cli):
     assert {a.path for a in client.list_artifacts(summary["run_id"])} >= {"table.md", "test_error_vs_epochs.png"}
 
     # Without --resume the finished stage is not replaced; with it, a lost run is retrained and the rest read back.
-    proc = run_cli("budget", "--output", str(out), *set_args(BUDGET))
-    assert proc.returncode == 2 and "already holds results" in proc.stderr
+    code, _, err = run_main(capsys, "budget", "--output", str(out), *set_args(BUDGET))
+    assert code == 2 and "already holds results" in err
     (out / "budget" / "summary.json").unlink()
     lost = out / "budget" / "cutmix_paper" / "e2" / "seed1"
     kept = (out / "budget" / "baseline" / "e2" / "seed0" / "task.json").read_text()
     before = json.loads((lost / "metrics.json").read_text())["final"]["test/top1_err"]
     for f in ("metrics.json", "checkpoints/last.pt", "task.json"):
         (lost / f).unlink()
-    proc = run_cli("budget", "--output", str(out), "--resume", *set_args(BUDGET))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_main(capsys, "budget", "--output", str(out), "--resume", *set_args(BUDGET))
+    assert code == 0, err
     assert (out / "budget" / "baseline" / "e2" / "seed0" / "task.json").read_text() == kept  # read back, not rerun
     again = json.loads((out / "budget" / "summary.json").read_text())
     assert json.loads((lost / "metrics.json").read_text())["final"]["test/top1_err"] == before  # bit-exact rerun
@@ -74,8 +74,6 @@ def test_bad_budget_config_is_one_line_and_exit_2(tmp_path, capsys, override, ne
 
 def test_a_budget_task_the_local_ray_can_never_place_is_refused_naming_its_own_field(tmp_path, capsys):
     """Budget runs are Ray tasks with budget.resources: the refusal names that field, not another stage's."""
-    from tests.helpers.cli import run_main
-
     code, _, err = run_main(capsys, "budget", "--output", str(tmp_path / "b"),
                             *set_args(BUDGET + ["budget.resources.cpu=64"]))
     (line,) = [x for x in err.splitlines() if x.startswith("error:")]

@@ -12,12 +12,12 @@ from mlflow.tracking import MlflowClient
 
 from study.config.load import load_config
 from study.decision import median_seed
-from tests.helpers.cli import TINY, set_args
+from tests.helpers.cli import TINY, run_main, set_args
 from tests.study.test_decision import BASE, PAPER, TRIAL, planted_race
 
 
 @pytest.mark.slow
-def test_a_tie_with_an_eliminated_paper_recipe_exports_and_registers_the_best_evidence_setting(tmp_path, run_cli):
+def test_a_tie_with_an_eliminated_paper_recipe_exports_and_registers_the_best_evidence_setting(tmp_path, capsys):
     from pipelines.results import StudyResult
     from pipelines.study_stage import write_best_config
 
@@ -34,9 +34,9 @@ def test_a_tie_with_an_eliminated_paper_recipe_exports_and_registers_the_best_ev
     assert (best.cutmix.method, best.cutmix.prob) == (BASE["cutmix.method"], BASE["cutmix.prob"])  # not the paper's
     assert best.cutmix.prob != PAPER["cutmix.prob"]
 
-    proc = run_cli("retrain", "--from", str(out), *set_args(["retrain.seeds=3"]))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "decision rule: baseline" in proc.stdout and "exported seed: baseline seed" in proc.stdout
+    code, stdout, err = run_main(capsys, "retrain", "--from", str(out), *set_args(["retrain.seeds=3"]))
+    assert code == 0, err
+    assert "decision rule: baseline" in stdout and "exported seed: baseline seed" in stdout
     retrain = json.loads((out / "retrain" / "summary.json").read_text())
     assert retrain["choice"]["variant"] == "baseline" and list(retrain["variants"]) == ["baseline", "cutmix_paper"]
     # The exported seed: the median by clean train error, never chosen by test error; its test error is reported.
@@ -47,8 +47,8 @@ def test_a_tie_with_an_eliminated_paper_recipe_exports_and_registers_the_best_ev
     assert "test split is not looked at" in retrain["export_seed"]["rule"]
     assert load_config(out / "retrain" / "best_config.yaml").cutmix.prob == 0.0
 
-    proc = run_cli("export", "--from", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, stdout, err = run_main(capsys, "export", "--from", str(out))
+    assert code == 0, err
     manifest = json.loads((out / "export" / "manifest.json").read_text())
     assert manifest["config"]["cutmix"]["prob"] == 0.0 and manifest["config"]["cutmix"]["method"] == "none"
     exported = torch.load(Path(seeds[k]["run_dir"]) / "checkpoints" / "best.pt", weights_only=True)
@@ -62,18 +62,18 @@ def test_a_tie_with_an_eliminated_paper_recipe_exports_and_registers_the_best_ev
 
 
 @pytest.mark.slow
-def test_export_and_evaluate_from_a_train_output_directory(tmp_path, run_cli):
+def test_export_and_evaluate_from_a_train_output_directory(tmp_path, capsys):
     out = tmp_path / "trained"
-    proc = run_cli("train", "--output", str(out), *set_args([*TINY, "name=solo"]))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli("export", "--from", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, stdout, err = run_main(capsys, "train", "--output", str(out), *set_args([*TINY, "name=solo"]))
+    assert code == 0, err
+    code, stdout, err = run_main(capsys, "export", "--from", str(out))
+    assert code == 0, err
     manifest = json.loads((out / "export" / "manifest.json").read_text())
     assert manifest["arch"] == "cnn" and (out / "export" / "backbone.pt").is_file()
     train_run = json.loads((out / "train" / "summary.json").read_text())["run_id"]
     assert manifest["source_run_id"] == train_run
-    proc = run_cli("evaluate", "--from", str(out), *set_args(TINY))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, stdout, err = run_main(capsys, "evaluate", "--from", str(out), *set_args(TINY))
+    assert code == 0, err
     table = (out / "evaluate" / "table.md").read_text()
     # The evaluated model is the trained one (its run dir is the source), measured on the test split.
     evaluated = json.loads((out / "evaluate" / "summary.json").read_text())

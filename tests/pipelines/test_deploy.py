@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers.cli import REPO, TINY, set_args
+from tests.helpers.cli import REPO, TINY, run_main, set_args
 from tests.helpers.processes import kill_tree
 from tests.helpers.tracking_server import free_port, start_mlflow_server, wait_http
 
@@ -148,15 +148,16 @@ def test_ray_job_submit_runs_the_pipeline_and_a_resubmission_resumes(ray_head, t
 
 
 @pytest.mark.slow
-def test_pipeline_tracks_to_mlflow_server_on_postgresql(postgres, tmp_path, run_cli):
+def test_pipeline_tracks_to_mlflow_server_on_postgresql(postgres, tmp_path, capsys):
     import psycopg2
 
     backend, port = postgres
     server = start_mlflow_server(tmp_path / "mlflow", backend_uri=backend)
     uri = server.uri
     try:
-        proc = run_cli("study", "--output", str(tmp_path / "out"), "--tracking-uri", uri, *set_args(PIPELINE))
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        code, _, err = run_main(capsys, "study", "--output", str(tmp_path / "out"), "--tracking-uri", uri,
+                                *set_args(PIPELINE))
+        assert code == 0, err
         client, runs = _mlflow_runs(uri, "digits")
         parents = [r for r in runs if r.data.tags.get("cutmix.stage") == "study"]
         trials = [r for r in runs if r.data.tags.get("cutmix.stage") == "trial"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import scipy.stats
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import TINY, cli_env, set_args
+from tests.helpers.cli import TINY, run_main, set_args
 from tests.helpers.pipeline import NAME
 
 STUDY = TINY + ["name=chain", "search.num_samples=2", "search.scheduler=none", "search.max_concurrent=1"]
@@ -20,12 +19,10 @@ STUDY = TINY + ["name=chain", "search.num_samples=2", "search.scheduler=none", "
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
-    import sys
+    from pipelines.cli import main
 
     out = tmp_path_factory.mktemp("chain") / "study"
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), *set_args(STUDY)],
-                          capture_output=True, text=True, timeout=600, env=cli_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["study", "--output", str(out), *set_args(STUDY)]) == 0
     return out
 
 
@@ -34,12 +31,12 @@ def uri_of(study_dir):
 
 
 @pytest.mark.slow
-def test_retrain_reports_mean_and_std_over_seeds_with_the_references(study_dir, run_cli):
-    proc = run_cli("retrain", "--from", str(study_dir), "--set", "retrain.seeds=3")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "± " in proc.stdout and "over 3 seeds" in proc.stdout
-    assert "cutmix_paper (α=1 p=0.5) - baseline: " in proc.stdout
-    assert "359 test images" in proc.stdout and "Welch's t" in proc.stdout
+def test_retrain_reports_mean_and_std_over_seeds_with_the_references(study_dir, capsys):
+    code, stdout, err = run_main(capsys, "retrain", "--from", str(study_dir), "--set", "retrain.seeds=3")
+    assert code == 0, err
+    assert "± " in stdout and "over 3 seeds" in stdout
+    assert "cutmix_paper (α=1 p=0.5) - baseline: " in stdout
+    assert "359 test images" in stdout and "Welch's t" in stdout
     summary = json.loads((study_dir / "retrain" / "summary.json").read_text())
     study = json.loads((study_dir / "study" / "summary.json").read_text())
     # The references are there whatever the study picked; the winner is its own row unless it is one of them.
@@ -88,18 +85,18 @@ def test_retrain_reports_mean_and_std_over_seeds_with_the_references(study_dir, 
 
 
 @pytest.mark.slow
-def test_retrain_and_export_from_mlflow_run_ids(study_dir, tmp_path, run_cli):
+def test_retrain_and_export_from_mlflow_run_ids(study_dir, tmp_path, capsys):
     study_run = json.loads((study_dir / "study_run.json").read_text())["run_id"]
     out = tmp_path / "from-run"
-    proc = run_cli("retrain", "--from", study_run, "--tracking-uri", uri_of(study_dir), "--output", str(out),
-                   "--set", "retrain.seeds=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_main(capsys, "retrain", "--from", study_run, "--tracking-uri", uri_of(study_dir),
+                            "--output", str(out), "--set", "retrain.seeds=2")
+    assert code == 0, err
     summary = json.loads((out / "retrain" / "summary.json").read_text())
     assert summary["study_run_id"] == study_run and summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 2
 
-    proc = run_cli("export", "--from", summary["retrain_run_id"], "--tracking-uri", uri_of(study_dir), "--output",
-                   str(tmp_path / "exported"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_main(capsys, "export", "--from", summary["retrain_run_id"], "--tracking-uri",
+                            uri_of(study_dir), "--output", str(tmp_path / "exported"))
+    assert code == 0, err
     manifest = json.loads((tmp_path / "exported" / "export" / "manifest.json").read_text())
     assert manifest["source_run_id"] == summary["retrain_run_id"] and manifest["arch"] == "cnn"
     client = MlflowClient(tracking_uri=uri_of(study_dir))
@@ -110,11 +107,11 @@ def test_retrain_and_export_from_mlflow_run_ids(study_dir, tmp_path, run_cli):
     assert any(a.path == "backbone" for a in client.list_artifacts(export_run.info.run_id))
 
     # Export from a directory works the same way; a second export into the same place needs --overwrite.
-    proc = run_cli("export", "--from", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_main(capsys, "export", "--from", str(out))
+    assert code == 0, err
     assert (out / "export" / "backbone.safetensors").is_file()
-    proc = run_cli("export", "--from", str(out))
-    assert proc.returncode == 2 and "already holds results" in proc.stderr
+    code, _, err = run_main(capsys, "export", "--from", str(out))
+    assert code == 2 and "already holds results" in err
 
 
 @pytest.mark.slow
