@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -11,7 +12,8 @@ from importlib.metadata import version
 
 import pytest
 
-from tests.helpers.cli import REPO, TINY, assert_one_line_error, run_main, set_args
+from tests.helpers.cli import REPO, TINY, assert_one_line_error, cli_env, run_main, set_args
+from tests.helpers.pipeline import CONFIG
 
 # Tune's own start banner, result-path line, TensorBoard hint, status tables and per-trial result dumps
 # (ray/tune/experimental/output.py, ray/tune/progress_reporter.py): silenced by study/search/output.py.
@@ -64,18 +66,19 @@ def test_ray_dashboard_starts_local_ray_with_its_dashboard_and_prints_its_url(tm
 
 
 @pytest.mark.slow
-def test_a_study_prints_our_lines_and_none_of_tunes(tmp_path):
-    """In a fresh process (Tune's engine and loggers are chosen from the environment at each run), then resumed."""
-    import os
-
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "pipelines.cli", "study", "--output", str(tmp_path / "out"),
-           *set_args(TINY + ["search.num_samples=2", "search.scheduler=none"])]
-    for extra in ([], ["--resume"]):
-        proc = subprocess.run(cmd + extra, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+def test_a_study_prints_our_lines_and_none_of_tunes(shared_pipeline, tmp_path):
+    """In a fresh process with the user's environment (Tune's engine and loggers are chosen from it at each run):
+    the session's shared `run` (tests/helpers/pipeline.py), then `study --resume` of a copy of its output in another
+    fresh process."""
+    p = shared_pipeline
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = tmp_path / "out"
+    shutil.copytree(p.out, out)  # the shared output is only read
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), "--resume",
+                           *set_args(CONFIG)], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stdout, stderr in ((p.stdout, p.stderr), (proc.stdout, proc.stderr)):
+        assert "best val/top1_err" in stdout
         for noise in TUNE_NOISE:
-            assert noise not in proc.stdout and noise not in proc.stderr, noise
-    assert "best val/top1_err" in proc.stdout
-    assert not list((tmp_path / "out" / "tune").rglob("events.out.tfevents*"))  # no TensorBoard logger either
+            assert noise not in stdout and noise not in stderr, noise
+    assert not list((p.out / "tune").rglob("events.out.tfevents*"))  # no TensorBoard logger either
