@@ -146,7 +146,7 @@ def _log_scene_grid(dataset, classes, path: Path, stage, n: int = 16) -> None:
     """The first detection training scenes with their ground-truth boxes and labels, as a PNG on the detect run."""
     import torch
 
-    from study.plots import save_box_grid  # lazy: pulls matplotlib, torch
+    from study.grids import save_box_grid  # lazy: pulls matplotlib, torch
 
     items = [dataset[i] for i in range(min(n, len(dataset)))]
     save_box_grid(torch.stack([image for image, _ in items]), [t["boxes"] for _, t in items], path,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from study.atomic import atomic_write_text
 from study.stats import Comparison, Crossover, Summary
-from study.summaries import BudgetRow, ModelRow, VariantSummary
+from study.summaries import BudgetRow, Fidelity, ModelRow, Race, VariantSummary
 
 T = TypeVar("T", bound="StageResult")
 E = TypeVar("E")
@@ -135,7 +135,7 @@ class StudyResult(StageResult):
     # Issue 15 (fidelity, reproducibility) and 17 (the stored Optuna study), one block. `fidelity`: the rung-vs-final
     # Spearman rho (study.search.fidelity.measure); best_value and baseline_value are means of the last
     # `smooth_epochs` epochs (0: a summary from before smoothing, whose values are minima over epochs).
-    fidelity: dict[str, Any] = field(default_factory=dict)
+    fidelity: Fidelity = field(default_factory=dict)  # {}: not measured
     reproducible: bool | None = None  # whether the trials are a function of search.seed (None: not recorded)
     reproducible_reason: str = ""  # why not, when not
     optuna_storage: str = ""  # the Optuna storage URL (password redacted); "" for a grid (no Optuna study)
@@ -146,7 +146,7 @@ class StudyResult(StageResult):
     # per setting the values, fate and round reached, the rounds).
     race_verdict: str = ""
     winner_params: dict[str, Any] | None = None
-    race: dict[str, Any] = field(default_factory=dict)
+    race: Race = field(default_factory=dict)  # {}: no race
     # The decision rule's pick (study.decision.study_pick: name, label, params, reason, tie): what best_config.yaml
     # holds and retrain trains beside the references. {} in a summary from before the rule.
     pick: dict[str, Any] = field(default_factory=dict)

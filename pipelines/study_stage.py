@@ -32,6 +32,7 @@ from study.search.pareto import pareto_mask, save_pareto_plot
 from study.search.race import run_race
 from study.search.space import typed_value
 from study.stats import separation_in_se
+from study.summaries import Fidelity, Race
 from study.training.runner import load_dataset, save_sample_grid_for
 
 OWNED = ["results.parquet", "best_config.yaml", "plots", "tune", "study_run.json", "study", "optuna.db", "race"]
@@ -234,7 +235,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
             parent.log_artifact(out_dir / "config.yaml")
             parent.log_artifact(save_sample_grid_for(cfg, data, out_dir / "plots" / "samples.png"), "plots")
             if getattr(data.train, "boxes", None) is not None:  # what localization is measured against
-                from study.plots import save_box_grid  # lazy: pulls matplotlib
+                from study.grids import save_box_grid  # lazy: pulls matplotlib
 
                 t = data.train
                 parent.log_artifact(save_box_grid(t.images[:32], t.boxes[:32], out_dir / "plots" / "boxes.png",
@@ -334,7 +335,7 @@ def run(cfg: PipelineConfig, out_dir: Path, tracker, *, source=None, resume: boo
     return result
 
 
-def race_stage(cfg: PipelineConfig, data, frame, out_dir: Path, parent, resume: bool) -> dict[str, Any] | None:
+def race_stage(cfg: PipelineConfig, data, frame, out_dir: Path, parent, resume: bool) -> Race | None:
     """The race after the search (study.search.race.run_race): its record, tagged on the study run; None when
     `search.race_top_k` is 0."""
     race = run_race(cfg, data, frame, out_dir, parent, resume=resume, log=lambda line: progress(f"[race] {line}"))
@@ -366,7 +367,7 @@ def write_best_config(cfg: PipelineConfig, race: dict[str, Any] | None, best_par
     return pick
 
 
-def measure_fidelity(cfg: PipelineConfig, records: list) -> dict[str, Any]:
+def measure_fidelity(cfg: PipelineConfig, records: list) -> Fidelity:
     """Spearman's rho between each ASHA rung's smoothed metric and the final one over the trials that ran their
     full budget (study.search.fidelity). Measured at the configured rungs whether or not ASHA ran: with
     search.scheduler=none it is the evidence for (or against) turning early stopping on."""

@@ -113,7 +113,7 @@ def _anchor_sizes(num_levels: int, image_size: int,
 class FinestLevels(nn.Module):
     """A feature-pyramid backbone limited to its ``levels`` finest maps, for both the RPN and the RoI head.
 
-    :func:`study.export.load_backbone` pads a 1-3 level pyramid to five maps by stride-2 subsampling of its
+    :func:`study.fpn.load_backbone` pads a 1-3 level pyramid to five maps by stride-2 subsampling of its
     coarsest map (torchvision's five-level convention). Those extra maps hold nothing the map they subsample
     lacks, only fewer positions: at 64 px, anchors on their 2x2 or 4x4 grids sit up to half an object away from
     it, and a 25-px RoI pooled from a stride-16 copy covers 1.5 cells. With them a ResNet-20 detector on 64-px
@@ -416,7 +416,8 @@ def finetune_transfer(export_dir: str | Path, d: DetectConfig, datasets, *, rand
     """The transfer detector: Faster R-CNN (FPN) on the exported backbone, or on the same architecture randomly
     initialised (the control: every layer trainable, live BatchNorm), with the same head initialisation, data and
     budget; fine-tuned with `finetune`. Returns (per-epoch rows, model)."""
-    from study.export import load_backbone, read_manifest  # lazy: pulls safetensors
+    from study.export import read_manifest  # lazy: pulls safetensors
+    from study.fpn import load_backbone
 
     train_ds, val_ds, classes = datasets
     torch.manual_seed(d.seed)  # the same head initialisation for the pretrained run and its control

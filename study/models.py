@@ -13,7 +13,7 @@ ResNet-50/101; its public code is clovaai/CutMix-PyTorch. The models here follow
   backbone's state_dict keys are torchvision's and load into ``resnet_fpn_backbone(...).body``.
 * ``resnet18_cifar/resnet50_cifar``: the same torchvision modules with a 3x3 stride-1 stem and no max-pool for
   32x32 inputs (kuangliu/pytorch-cifar style). The key names stay torchvision's; only ``conv1.weight`` has a
-  different shape ([64, C, 3, 3]), which ``study.export.load_backbone`` handles.
+  different shape ([64, C, 3, 3]), which ``study.fpn.load_backbone`` handles.
 * ``pyramidnet/pyramidnet110/pyramidnet200``: Han et al. 2017, "Deep Pyramidal Residual Networks" (arXiv
   1610.02915), bottleneck variant, following dyhan0920/PyramidNet-PyTorch (the code CutMix-PyTorch copies):
   additive widening by alpha-tilde / (3n) per block, BN-conv1x1-BN-ReLU-conv3x3-BN-ReLU-conv1x1-BN blocks with
@@ -28,7 +28,7 @@ paper shapes); 7x7 for the torchvision ResNets at 224 px (stride 32; 32x32 input
 
 Every model is a :class:`Classifier` = ``head(backbone(x))``. The backbone maps an image batch to its last
 feature map and carries the pyramid metadata (``stage_names``, ``stage_channels``, ``stage_strides``) that
-``study.export`` needs to build a detection FPN over it.
+``study.fpn`` needs to build a detection FPN over it.
 """
 
 from __future__ import annotations

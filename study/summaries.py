@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 from study.stats import Comparison, Crossover, Summary
 
-__all__ = ["BudgetAnalysis", "BudgetRow", "ModelRow", "SeedRun", "VariantSummary"]
+__all__ = ["BudgetAnalysis", "BudgetRow", "Fidelity", "FidelityRung", "ModelRow", "Race", "RaceRound", "RaceSetting",
+           "RaceWinner", "SeedRun", "VariantSummary"]
 
 
 @dataclass(frozen=True)
@@ -125,3 +126,73 @@ class BudgetAnalysis:
     metric: str
     budgets: list[BudgetRow]
     crossover: Crossover
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The study's two records: typed dicts, not dataclasses, because they are JSON read by key everywhere they go (the
+# decision rule, the race plot, the notebook, summaries written before these types) and a TypedDict names their
+# keys and value types for the type checker without changing one byte of summary.json.
+
+
+class FidelityRung(TypedDict):
+    """One ASHA rung: Spearman's rho (and its p-value) between the smoothed metric at `epoch` and at the final
+    epoch, over `n` trials; rho and p are None where undefined."""
+
+    epoch: int
+    rho: float | None
+    p: float | None
+    n: int
+
+
+class Fidelity(TypedDict, total=False):
+    """study.search.fidelity.measure's record (StudyResult.fidelity; {} when the study measured none)."""
+
+    metric: str
+    epochs: int  # the final epoch the rungs are compared with
+    smooth_epochs: int
+    trials: int  # trials that reached `epochs`
+    rungs: list[FidelityRung]
+    min_rho: float | None
+    reason: str  # why nothing was measured; "" when measured
+    warning: str  # the sentence for the worst rung below RHO_WARN; "" otherwise
+
+
+class RaceWinner(TypedDict):
+    name: str
+    label: str
+    params: dict[str, Any]  # dotted parameter names -> values
+
+
+class RaceSetting(TypedDict):
+    """One raced setting: a trial's or a reference's (baseline, cutmix_paper)."""
+
+    label: str
+    trial_id: str | None
+    params: dict[str, Any]
+    values: list[float]  # its metric on each race seed it ran
+    fate: str  # "winner", "eliminated r<k> ...", "tie r<k> ..."
+    round: int  # the last round it ran in
+
+
+class RaceRound(TypedDict):
+    round: int
+    seeds: int
+    survivors: list[str]
+    friedman_p: float | None
+    best: str
+    tests: dict[str, dict[str, float]]  # setting -> its pairwise test against the round's best
+    eliminated: list[str]
+
+
+class Race(TypedDict, total=False):
+    """study.search.race.run_race's record (StudyResult.race; {} when the study ran no race)."""
+
+    rule: str
+    metric: str
+    smooth_epochs: int
+    verdict: str
+    winner: RaceWinner | None  # None when no setting was distinguishable
+    survivors: list[str]
+    settings: dict[str, RaceSetting]
+    rounds: list[RaceRound]
+    wall_s: float

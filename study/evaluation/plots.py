@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from study.plots import _save  # noqa: E402
+from study.plots import save_figure  # noqa: E402
 
 __all__ = ["save_cam_grid", "save_evaluation_plots", "save_fgsm_curve", "save_in_between_curves",
            "save_occlusion_curves", "save_reliability_diagram"]
@@ -86,7 +86,7 @@ def save_cam_grid(images: torch.Tensor, maps: torch.Tensor, path: str | Path, *,
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=6, frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _lines(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, xlabel: str,
@@ -100,7 +100,7 @@ def _lines(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: 
     ax.grid(alpha=0.3)
     if any(series):
         ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_reliability_diagram(curves: Mapping[str, Any], path: str | Path, title: str = "Reliability") -> Path:
@@ -123,7 +123,7 @@ def save_reliability_diagram(curves: Mapping[str, Any], path: str | Path, title:
         ax.set_title(f"{label + ': ' if label else ''}ECE {rel['ece']:.2f}%", fontsize=8)
         ax.legend(fontsize=6, loc="upper left")
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _paired_curves(curves: Mapping[str, Any], x: str, solid: tuple[str, str], dashed: tuple[str, str],
@@ -140,7 +140,7 @@ def _paired_curves(curves: Mapping[str, Any], x: str, solid: tuple[str, str], da
     ax.set_title(labels[2], fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_occlusion_curves(curves: Mapping[str, Any], path: str | Path) -> Path:

@@ -18,6 +18,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from study.summaries import Fidelity
+
 RHO_WARN = 0.8  # below this a rung ranks trials unlike the end (the issue's threshold)
 MIN_TRIALS = 3  # Spearman's rho over fewer trials is not a measurement
 SMOOTH_SUFFIX = "_smooth"
@@ -49,7 +51,7 @@ def rung_epochs(grace_period: int, reduction_factor: int, max_t: int) -> list[in
 
 
 def measure(histories: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, rungs: Sequence[int], epochs: int,
-            k: int, *, active: bool = True) -> dict[str, Any]:
+            k: int, *, active: bool = True) -> Fidelity:
     """Spearman's rho between each rung's smoothed metric and the final smoothed metric, over the trials whose
     history reaches `epochs`.
 
@@ -62,7 +64,7 @@ def measure(histories: Mapping[str, Sequence[Mapping[str, Any]]], metric: str, r
     from scipy.stats import spearmanr
 
     finished = {tid: h for tid, h in histories.items() if len(h) >= epochs}
-    out: dict[str, Any] = {"metric": metric, "epochs": epochs, "smooth_epochs": k, "trials": len(finished),
+    out: Fidelity = {"metric": metric, "epochs": epochs, "smooth_epochs": k, "trials": len(finished),
                            "rungs": [], "min_rho": None, "reason": "", "warning": ""}
     if not rungs:
         out["reason"] = f"no rung below the final epoch {epochs}"

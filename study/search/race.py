@@ -42,6 +42,7 @@ from study.config.schema import flatten, to_dict
 from study.search.fidelity import smooth_key, smoothed_history
 from study.search.space import typed_value
 from study.stats import holm
+from study.summaries import Race
 from study.training.references import BASELINE, CUTMIX_PAPER, REFERENCES, mixing_key, reference_config
 from study.training.runner import Progress, log_seed_run, read_finished, train_seed
 
@@ -247,7 +248,7 @@ def setting_config(cfg, setting: Setting, index: int):
 
 
 def run_race(cfg, data, frame, out_dir: Path, parent, *, resume: bool = False,
-             log: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+             log: Callable[[str], None] | None = None) -> Race | None:
     """Race the study's settings (race_settings) by the rule; None when `search.race_top_k` is 0. Each run trains
     on `data.train` and reports `data.val` every epoch into `<out_dir>/race/<setting>/seed<j>/` as a Ray task; with
     `resume` finished runs are read back, not retrained. Each finished run is an MLflow child of `parent` (a

@@ -65,7 +65,7 @@ def save_sample_grid_for(cfg: PipelineConfig, data, path: Path, n: int = 32) -> 
     shows what the configured method does (the title gives the configured p)."""
     import torch
 
-    from study.plots import save_sample_grid  # lazy: pulls matplotlib
+    from study.grids import save_sample_grid  # lazy: pulls matplotlib
 
     gen = torch.Generator().manual_seed(cfg.train.seed)
     x, y = next(iterate_batches(data.train, n, shuffle=True, seed=cfg.train.seed))

@@ -14,7 +14,8 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 from study.config.load import dump_config, load_config
 from study.config.schema import to_dict
-from study.export import ExportError, export_backbone, load_backbone, verify_export
+from study.export import ExportError, export_backbone, verify_export
+from study.fpn import load_backbone
 from study.models import build_model
 
 torch.set_num_threads(1)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from study.augment import CutMix
-from study.plots import save_learning_curves, save_sample_grid, save_study_plots
+from study.grids import save_sample_grid
+from study.plots import save_learning_curves, save_study_plots
 from tests.helpers.images import assert_png, colour_share
 
 torch.set_num_threads(1)

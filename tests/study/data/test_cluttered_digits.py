@@ -145,7 +145,7 @@ def test_shapes_classification_has_boxes_around_its_shape():
 def test_box_grid_draws_the_boxes(tmp_path, bundle):
     import matplotlib.image
 
-    from study.plots import BOX_COLOUR, save_box_grid
+    from study.grids import BOX_COLOUR, save_box_grid
 
     def red_pixels(path):
         img = torch.from_numpy(matplotlib.image.imread(path)[..., :3].copy())
