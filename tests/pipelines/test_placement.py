@@ -6,33 +6,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
+import threading
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers.cli import TINY, cli_env, run_main, set_args
-from tests.helpers.processes import kill_tree
-
-
-def retrain_cli(out: Path, overrides: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "retrain", "--output", str(out),
-                             *set_args(overrides)], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+from tests.helpers.cli import TINY, run_main, set_args
 
 
 @pytest.mark.slow
-def test_retrain_seeds_run_concurrently_as_ray_tasks(tmp_path):
-    proc = retrain_cli(tmp_path / "out", TINY + ["name=conc", "train.epochs=6", "retrain.seeds=2",
-                                                 "retrain.methods=[cutmix]"])
-    try:
-        out, err = proc.communicate(timeout=600)
-    finally:
-        kill_tree(proc.pid)
-    assert proc.returncode == 0, err[-3000:]
+def test_retrain_seeds_run_concurrently_as_ray_tasks(tmp_path, capsys):
+    code, _, err = run_main(capsys, "retrain", "--output", str(tmp_path / "out"), *set_args(
+        TINY + ["name=conc", "train.epochs=6", "retrain.seeds=2", "retrain.methods=[cutmix]"]))
+    assert code == 0, err
     summary = json.loads((tmp_path / "out" / "retrain" / "summary.json").read_text())
     tasks = [row["task"] for row in summary["variants"]["cutmix_paper"]["seeds"]]
     assert len(tasks) == 2 and tasks[0]["pid"] != tasks[1]["pid"]
@@ -41,30 +28,38 @@ def test_retrain_seeds_run_concurrently_as_ray_tasks(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_killed_retrain_task_is_retried_and_resumed(tmp_path):
+def test_a_killed_retrain_task_is_retried_and_resumed(tmp_path, capsys):
     out = tmp_path / "out"
     # ~0.8 s an epoch here (more under CI load): seed 0 is killed ~1 s after its first checkpoint, epoch 2 or 3
     # of 10, well before its end; the retry then trains the rest
     epochs = 10
     overrides = TINY + ["name=kill", "data.image_size=16", "model.width=16", f"train.epochs={epochs}",
                         "retrain.seeds=2", "retrain.methods=[cutmix]"]
-    proc = retrain_cli(out, overrides)
     seed0 = out / "retrain" / "cutmix_paper" / "seed0"
-    killed = None
-    try:
+    kills: list[int] = []
+    done = threading.Event()
+
+    def killer() -> None:  # beside the command, which runs in this process (its signal handlers need the main thread)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and killed is None:
+        while not done.is_set() and time.monotonic() < deadline:
             info = seed0 / "task.json"
             if info.is_file() and (seed0 / "checkpoints" / "last.pt").is_file():
                 time.sleep(1.0)  # a few more epochs, then kill the task's worker mid-run
-                killed = json.loads(info.read_text())["pid"]
-                os.kill(killed, signal.SIGKILL)
+                kills.append(json.loads(info.read_text())["pid"])
+                os.kill(kills[0], signal.SIGKILL)
+                return
             time.sleep(0.2)
-        assert killed is not None, "seed 0 never started"
-        _, err = proc.communicate(timeout=600)
+
+    watcher = threading.Thread(target=killer, daemon=True)
+    watcher.start()
+    try:
+        code, _, err = run_main(capsys, "retrain", "--output", str(out), *set_args(overrides))
     finally:
-        kill_tree(proc.pid)
-    assert proc.returncode == 0, err[-3000:]
+        done.set()
+        watcher.join(5)
+    assert kills, "seed 0 never started"
+    killed = kills[0]
+    assert code == 0, err
     summary = json.loads((out / "retrain" / "summary.json").read_text())
     rows = summary["variants"]["cutmix_paper"]["seeds"]
     assert summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 2 and [r["seed"] for r in rows] == [0, 1]

@@ -24,7 +24,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study.checkpoint import load_checkpoint
-from tests.helpers.cli import TINY, cli_env, set_args
+from tests.helpers.cli import TINY, cli_env, run_main, set_args
 from tests.helpers.processes import descendants, kill_tree
 
 STOP_WITHIN_S = 30.0
@@ -60,14 +60,11 @@ def assert_stopped_cleanly(rc: int, err: str, took: float, alive: list[int], sig
     assert not alive, f"processes the command started outlived it: {alive}"
 
 
-def resume(*args: str) -> None:
-    """The same command with --resume, which must finish."""
-    proc = start(*args, "--resume")
-    try:
-        _, err = proc.communicate(timeout=600)
-    finally:
-        kill_tree(proc.pid)
-    assert proc.returncode == 0, err[-3000:]
+def resume(capsys, *args: str) -> None:
+    """The same command with --resume, which must finish; in this process (what it finds on disk and in MLflow is
+    what is checked, not how a process stops)."""
+    code, _, err = run_main(capsys, *args, "--resume")
+    assert code == 0, err[-3000:]
 
 
 def checkpointed_epochs(trial_dir: Path) -> int:
@@ -87,7 +84,8 @@ def experiment_runs(client: MlflowClient, name: str) -> list:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, then_resume", [(signal.SIGTERM, True), (signal.SIGINT, False)],
                          ids=["SIGTERM-then-resume", "SIGINT"])
-def test_a_signal_mid_study_then_resume_without_the_output_directory(mlflow_server, tmp_path, signum, then_resume):
+def test_a_signal_mid_study_then_resume_without_the_output_directory(mlflow_server, tmp_path, signum, then_resume,
+                                                                     capsys):
     # The signal goes in while the second trial has at least `left` epochs to go. Its progress is read from its
     # checkpoints in Tune's storage (the trial writes one per epoch before reporting it), not from MLflow, where
     # the trial callback logs asynchronously and can lag: deciding from MLflow's epoch, one CI run sent the signal
@@ -129,7 +127,7 @@ def test_a_signal_mid_study_then_resume_without_the_output_directory(mlflow_serv
         return
 
     shutil.rmtree(out)  # study_run.json with it; Tune's storage and the tracking server stay
-    resume(*args)
+    resume(capsys, *args)
 
     frame = pq.read_table(out / "results.parquet").to_pandas()
     assert len(frame) == 2 and frame["trial_id"].is_unique and (frame["status"] == "completed").all()
@@ -149,7 +147,7 @@ def test_a_signal_mid_study_then_resume_without_the_output_directory(mlflow_serv
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, then_resume", [(signal.SIGINT, True), (signal.SIGTERM, False)],
                          ids=["SIGINT-then-resume", "SIGTERM"])
-def test_a_signal_mid_retrain_then_resume(tmp_path, signum, then_resume):
+def test_a_signal_mid_retrain_then_resume(tmp_path, signum, then_resume, capsys):
     epochs = 15
     out = tmp_path / "out"
     args = ["retrain", "--output", str(out),
@@ -178,7 +176,7 @@ def test_a_signal_mid_retrain_then_resume(tmp_path, signum, then_resume):
     if not then_resume:
         return
 
-    resume(*args)
+    resume(capsys, *args)
     summary = json.loads((out / "retrain" / "summary.json").read_text())
     assert summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 2
     runs = experiment_runs(client, "sig-retrain")

@@ -12,7 +12,7 @@ import errno
 import json
 import os
 import subprocess
-import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +21,7 @@ import pytest
 
 from pipelines.results import StudyResult
 from study.checkpoint import load_checkpoint
-from tests.helpers.cli import TINY, assert_one_line_error, cli_env, run_main, set_args
-from tests.helpers.processes import kill_tree
+from tests.helpers.cli import TINY, assert_one_line_error, run_main, set_args
 
 TRAIN = TINY + ["name=disk", "train.epochs=3"]
 
@@ -108,40 +107,48 @@ def fill(volume: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_full_volume_under_a_retrain_task_exits_1_naming_the_file_and_resume_continues(small_volume, tmp_path):
+def test_a_full_volume_under_a_retrain_task_exits_1_naming_the_file_and_resume_continues(small_volume, tmp_path,
+                                                                                         capsys):
     """The volume of `--output` fills up while the retrain's Ray tasks train: the command exits 1 with one line
     naming the file it could not write, every checkpoint on it still loads (the last finished epoch), and once space
     is freed --resume continues from those checkpoints."""
     epochs = 8  # the volume fills right after seed 0's first checkpoint: the next epoch's write meets it
     out = small_volume / "out"
-    args = [sys.executable, "-m", "pipelines.cli", "retrain", "--output", str(out),
+    args = ["retrain", "--output", str(out),
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",  # the store elsewhere: only --output fills
             *set_args(TINY + ["name=full", "data.image_size=16", "model.width=16", f"train.epochs={epochs}",
                               "retrain.seeds=1", "retrain.methods=[cutmix]"])]
-    env = cli_env()
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
     seed0 = out / "retrain" / "cutmix_paper" / "seed0" / "checkpoints" / "last.pt"
-    try:
+    fillers: list[Path] = []
+    done = threading.Event()
+
+    def fill_after_first_checkpoint() -> None:  # beside the command, which runs in this process's main thread
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not seed0.is_file():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
+        while not done.is_set() and time.monotonic() < deadline:
+            if seed0.is_file():
+                fillers.append(fill(small_volume))
+                return
             time.sleep(0.1)
-        assert seed0.is_file(), "seed 0 never checkpointed"
-        filler = fill(small_volume)
-        _, err = proc.communicate(timeout=300)
+
+    filling = threading.Thread(target=fill_after_first_checkpoint, daemon=True)
+    filling.start()
+    try:
+        code, _, err = run_main(capsys, *args)
     finally:
-        kill_tree(proc.pid)
+        done.set()
+        filling.join(30)
+    assert fillers, "seed 0 never checkpointed"
+    (filler,) = fillers
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert f"cannot write {out}/" in lines[0] and "no space left on device" in lines[0], lines[0]
     assert "free on the volume holding" in lines[0] and "--resume" in lines[0], lines[0]
     saved = {p: load_checkpoint(p)["epoch"] for p in out.glob("retrain/*/seed*/checkpoints/last.pt")}
     assert saved and all(1 <= e < epochs for e in saved.values()), saved  # intact, and stopped part-way
 
     filler.unlink()  # space freed
-    proc = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = run_main(capsys, *args, "--resume")
+    assert code == 0, err[-3000:]
     summary = json.loads((out / "retrain" / "summary.json").read_text())
     assert summary["variants"]["cutmix_paper"]["test/top1_err"]["n"] == 1
     task = json.loads((seed0.parent.parent / "task.json").read_text())

@@ -21,9 +21,12 @@ STUDY = TINY + ["name=resume", f"train.epochs={EPOCHS}", "search.num_samples=4",
                 "search.scheduler=none", "search.algorithm=tpe", "search.checkpoint_every=1"]
 
 
+def _args(out, uri, *extra):
+    return ["study", "--output", str(out), "--tracking-uri", uri, *set_args(STUDY), *extra]
+
+
 def _cmd(out, uri, *extra):
-    return [sys.executable, "-m", "pipelines.cli", "study", "--output", str(out), "--tracking-uri", uri,
-            *set_args(STUDY), *extra]
+    return [sys.executable, "-m", "pipelines.cli", *_args(out, uri, *extra)]
 
 
 def _trial_runs(uri):
@@ -38,7 +41,7 @@ def _trial_runs(uri):
 
 
 @pytest.mark.slow
-def test_killed_study_resumes_without_rerunning_or_duplicating(mlflow_server, tmp_path):
+def test_killed_study_resumes_without_rerunning_or_duplicating(mlflow_server, tmp_path, capsys):
     out = tmp_path / "out"
     env = cli_env()
     proc = subprocess.Popen(_cmd(out, mlflow_server), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -65,8 +68,8 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(mlflow_server, tm
     started_before = {r.data.tags["ray.trial_id"] for r in runs}
     assert not (out / "results.parquet").exists()
 
-    done = subprocess.run(_cmd(out, mlflow_server, "--resume"), env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, _, err = run_main(capsys, *_args(out, mlflow_server, "--resume"))  # here: no process of its own needed
+    assert code == 0, err
 
     frame = pq.read_table(out / "results.parquet").to_pandas()
     assert len(frame) == 4 and frame["trial_id"].is_unique
@@ -111,13 +114,12 @@ def test_killed_study_resumes_without_rerunning_or_duplicating(mlflow_server, tm
                                                                                 for p in frame["cutmix.prob"])
 
 
-def test_rerun_without_resume_refuses_and_keeps_results(tmp_path):
+def test_rerun_without_resume_refuses_and_keeps_results(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "tune").mkdir()
-    proc = subprocess.run(_cmd(out, f"sqlite:///{tmp_path / 'm.db'}"), env=cli_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 2 and "already holds results" in proc.stderr and "Traceback" not in proc.stderr
+    code, _, err = run_main(capsys, *_args(out, f"sqlite:///{tmp_path / 'm.db'}"))
+    assert code == 2 and "already holds results" in err and "Traceback" not in err
     assert (out / "tune").is_dir()
 
 
