@@ -31,23 +31,24 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_enable_metrics_collection", "0")
 
 # Seconds each of the longest files took on one of 4 xdist workers on 2 cores (setup + call + teardown from
-# `--durations=0`, full suite at 3f9e26c on 2026-12-07; the dashboard and notebook files read the shared study since).
+# `--durations=0`, full suite at 9d27449 on 2026-12-08, 891 s; both cores were >= 98 % busy until its last 15 s).
 # CI hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`); sorting the
 # collection by these puts the longest first (LPT scheduling), so that no long file starts near the end and runs
 # alone. A stale figure only changes the order, never what a test checks; a file not listed goes after these.
 FILE_SECONDS = {
-    "tests/pipelines/test_study_stage.py": 626, "tests/pipelines/test_detect_stage.py": 524,
-    "tests/pipelines/test_node_loss.py": 428, "tests/pipelines/test_faults.py": 406,
-    "tests/pipelines/test_retrain_export.py": 382, "tests/pipelines/test_signals.py": 370,
-    "tests/pipelines/test_placement.py": 312, "tests/pipelines/test_deploy.py": 293,
-    "tests/pipelines/test_decision_stage.py": 263, "tests/study/training/test_distributed.py": 250,
-    "tests/pipelines/test_storage_faults.py": 227, "tests/pipelines/test_study_resume.py": 223,
-    "tests/pipelines/test_optuna_dashboard.py": 175, "tests/pipelines/test_stage_contract.py": 156,
-    "tests/pipelines/test_retrain_references.py": 153, "tests/pipelines/test_evaluate_stage.py": 152,
-    "tests/pipelines/test_budget_stage.py": 145, "tests/pipelines/test_study_workers.py": 138,
-    "tests/pipelines/test_cli_output.py": 123, "tests/notebooks/test_study_analysis.py": 78,
-    "tests/k8s/test_manifests.py": 49, "tests/pipelines/test_mlflow_ui.py": 37,
-    "tests/study/data/test_cluttered_digits.py": 36,
+    "tests/pipelines/test_signals.py": 358, "tests/pipelines/test_detect_stage.py": 346,
+    "tests/pipelines/test_node_loss.py": 314, "tests/pipelines/test_study_stage.py": 301,
+    "tests/pipelines/test_deploy.py": 293, "tests/pipelines/test_faults.py": 284,
+    "tests/pipelines/test_study_resume.py": 190, "tests/pipelines/test_retrain_export.py": 173,
+    "tests/study/training/test_distributed.py": 132, "tests/pipelines/test_study_workers.py": 111,
+    "tests/pipelines/test_stage_contract.py": 100, "tests/pipelines/test_evaluate_stage.py": 91,
+    "tests/pipelines/test_placement.py": 85, "tests/pipelines/test_storage_faults.py": 75,
+    "tests/notebooks/test_study_analysis.py": 55, "tests/pipelines/test_decision_stage.py": 52,
+    "tests/study/data/test_cluttered_digits.py": 42, "tests/pipelines/test_retrain_references.py": 38,
+    "tests/pipelines/test_budget_stage.py": 33, "tests/study/data/test_streaming.py": 30,
+    "tests/study/test_default_config.py": 26, "tests/pipelines/test_cli_output.py": 26,
+    "tests/helpers/test_tracking_server.py": 25, "tests/study/test_models.py": 23,
+    "tests/study/test_detection.py": 23,
 }
 
 
