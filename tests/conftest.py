@@ -6,6 +6,7 @@ session ends.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,26 +31,13 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # with them and 2.8 without (docs/testing.md). Inherited by every CLI subprocess and Ray process a test starts.
 os.environ.setdefault("RAY_enable_metrics_collection", "0")
 
-# Seconds each of the longest files took on one of 4 xdist workers on 2 cores (setup + call + teardown from
-# `--durations=0`, full suite at 9d27449 on 2026-12-08, 891 s; both cores were >= 98 % busy until its last 15 s).
+# tests/file_seconds.json: seconds each of the longest files took on one of 4 xdist workers on 2 cores (setup + call
+# + teardown from `--durations=0`, full suite at 9d27449 on 2026-12-08, 891 s; both cores >= 98 % busy until its last
+# 15 s). Data, regenerated from a durations log, so it lives beside this file rather than in it.
 # CI hands out whole files (`--dist loadfile`) in collection order (`--no-loadscope-reorder`); sorting the
 # collection by these puts the longest first (LPT scheduling), so that no long file starts near the end and runs
 # alone. A stale figure only changes the order, never what a test checks; a file not listed goes after these.
-FILE_SECONDS = {
-    "tests/pipelines/test_signals.py": 358, "tests/pipelines/test_detect_stage.py": 346,
-    "tests/pipelines/test_node_loss.py": 314, "tests/pipelines/test_study_stage.py": 301,
-    "tests/pipelines/test_deploy.py": 293, "tests/pipelines/test_faults.py": 284,
-    "tests/pipelines/test_study_resume.py": 190, "tests/pipelines/test_retrain_export.py": 173,
-    "tests/study/training/test_distributed.py": 132, "tests/pipelines/test_study_workers.py": 111,
-    "tests/pipelines/test_stage_contract.py": 100, "tests/pipelines/test_evaluate_stage.py": 91,
-    "tests/pipelines/test_placement.py": 85, "tests/pipelines/test_storage_faults.py": 75,
-    "tests/notebooks/test_study_analysis.py": 55, "tests/pipelines/test_decision_stage.py": 52,
-    "tests/study/data/test_cluttered_digits.py": 42, "tests/pipelines/test_retrain_references.py": 38,
-    "tests/pipelines/test_budget_stage.py": 33, "tests/study/data/test_streaming.py": 30,
-    "tests/study/test_default_config.py": 26, "tests/pipelines/test_cli_output.py": 26,
-    "tests/helpers/test_tracking_server.py": 25, "tests/study/test_models.py": 23,
-    "tests/study/test_detection.py": 23,
-}
+FILE_SECONDS: dict[str, float] = json.loads(Path(__file__).with_name("file_seconds.json").read_text())
 
 
 def pytest_collection_modifyitems(config, items) -> None:
