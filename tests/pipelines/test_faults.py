@@ -23,6 +23,7 @@ import pytest
 from study.config.load import load_config
 from study.tracking.store import Tracker
 from tests.helpers.cli import TINY
+from tests.helpers.processes import beside
 from tests.helpers.tracking_server import MlflowServer, start_mlflow_server, wait_http
 
 SPACE = "search.space.cutmix.prob={type: uniform, low: 0.0, high: 1.0}"
@@ -105,31 +106,22 @@ def test_a_killed_trial_restarts_from_its_checkpoint_once_in_tune_and_mlflow(ray
     assert cfg.search.max_failures == 2  # the default
     out = tmp_path / "out"
     experiment = out / "tune" / "study"
-    killed: dict = {}
-    done = threading.Event()
+    def kill_a_trial() -> dict | None:
+        for trial_dir in sorted(experiment.glob("trial_*")):
+            rows = results(trial_dir)
+            # Killed while it trains on, preferably just after an uncheckpointed epoch (3, 5 or 7), so that the
+            # restarted trial repeats it. Tune's driver sometimes takes several results at once (seen here: 1-4
+            # together), so the last epoch it received may skip those: then at 8.
+            e = rows[-1]["epoch"] if rows else 0
+            if 3 <= e <= epochs - 2 and (e % every or e == epochs - 2) and is_our_trial_process(rows[-1]["pid"]):
+                os.kill(rows[-1]["pid"], signal.SIGKILL)
+                return {"trial": trial_dir.name[len("trial_"):], "pid": rows[-1]["pid"]}
+        return None
 
-    def killer() -> None:
-        while not done.is_set() and not killed:
-            for trial_dir in sorted(experiment.glob("trial_*")):
-                rows = results(trial_dir)
-                # Killed while it trains on, preferably just after an uncheckpointed epoch (3, 5 or 7), so that the
-                # restarted trial repeats it. Tune's driver sometimes takes several results at once (seen here: 1-4
-                # together), so the last epoch it received may skip those: then at 8.
-                e = rows[-1]["epoch"] if rows else 0
-                if 3 <= e <= epochs - 2 and (e % every or e == epochs - 2) and is_our_trial_process(rows[-1]["pid"]):
-                    os.kill(rows[-1]["pid"], signal.SIGKILL)
-                    killed.update(trial=trial_dir.name[len("trial_"):], pid=rows[-1]["pid"])
-                    return
-            time.sleep(0.02)
-
-    watcher = threading.Thread(target=killer, daemon=True)
-    watcher.start()
-    try:
+    with beside(kill_a_trial, every=0.02, timeout=float("inf")) as kills:  # until the study ends
         result = run_study(cfg, out, Tracker(mlflow_server, out))
-    finally:
-        done.set()
-        watcher.join(5)
-    assert killed, "no trial reached the epoch to be killed at"
+    assert kills, "no trial reached the epoch to be killed at"
+    (killed,) = kills
 
     frame = pq.read_table(out / "results.parquet").to_pandas()
     assert len(frame) == 2 and frame["trial_id"].is_unique and killed["trial"] in set(frame["trial_id"])

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.helpers.cli import TINY, run_main, set_args
+from tests.helpers.processes import beside
 
 
 @pytest.mark.slow
@@ -36,27 +36,18 @@ def test_a_killed_retrain_task_is_retried_and_resumed(tmp_path, capsys):
     overrides = TINY + ["name=kill", "data.image_size=16", "model.width=16", f"train.epochs={epochs}",
                         "retrain.seeds=2", "retrain.methods=[cutmix]"]
     seed0 = out / "retrain" / "cutmix_paper" / "seed0"
-    kills: list[int] = []
-    done = threading.Event()
 
-    def killer() -> None:  # beside the command, which runs in this process (its signal handlers need the main thread)
-        deadline = time.monotonic() + 300
-        while not done.is_set() and time.monotonic() < deadline:
-            info = seed0 / "task.json"
-            if info.is_file() and (seed0 / "checkpoints" / "last.pt").is_file():
-                time.sleep(1.0)  # a few more epochs, then kill the task's worker mid-run
-                kills.append(json.loads(info.read_text())["pid"])
-                os.kill(kills[0], signal.SIGKILL)
-                return
-            time.sleep(0.2)
+    def kill_seed0() -> int | None:
+        info = seed0 / "task.json"
+        if not (info.is_file() and (seed0 / "checkpoints" / "last.pt").is_file()):
+            return None
+        time.sleep(1.0)  # a few more epochs, then kill the task's worker mid-run
+        pid = json.loads(info.read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)
+        return pid
 
-    watcher = threading.Thread(target=killer, daemon=True)
-    watcher.start()
-    try:
+    with beside(kill_seed0, every=0.2) as kills:
         code, _, err = run_main(capsys, "retrain", "--output", str(out), *set_args(overrides))
-    finally:
-        done.set()
-        watcher.join(5)
     assert kills, "seed 0 never started"
     killed = kills[0]
     assert code == 0, err

@@ -12,8 +12,6 @@ import errno
 import json
 import os
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import pytest
 from pipelines.results import StudyResult
 from study.checkpoint import load_checkpoint
 from tests.helpers.cli import TINY, assert_one_line_error, run_main, set_args
+from tests.helpers.processes import beside
 
 TRAIN = TINY + ["name=disk", "train.epochs=3"]
 
@@ -119,24 +118,8 @@ def test_a_full_volume_under_a_retrain_task_exits_1_naming_the_file_and_resume_c
             *set_args(TINY + ["name=full", "data.image_size=16", "model.width=16", f"train.epochs={epochs}",
                               "retrain.seeds=1", "retrain.methods=[cutmix]"])]
     seed0 = out / "retrain" / "cutmix_paper" / "seed0" / "checkpoints" / "last.pt"
-    fillers: list[Path] = []
-    done = threading.Event()
-
-    def fill_after_first_checkpoint() -> None:  # beside the command, which runs in this process's main thread
-        deadline = time.monotonic() + 300
-        while not done.is_set() and time.monotonic() < deadline:
-            if seed0.is_file():
-                fillers.append(fill(small_volume))
-                return
-            time.sleep(0.1)
-
-    filling = threading.Thread(target=fill_after_first_checkpoint, daemon=True)
-    filling.start()
-    try:
+    with beside(lambda: fill(small_volume) if seed0.is_file() else None, every=0.1) as fillers:
         code, _, err = run_main(capsys, *args)
-    finally:
-        done.set()
-        filling.join(30)
     assert fillers, "seed 0 never checkpointed"
     (filler,) = fillers
     lines = [line for line in err.splitlines() if line.startswith("error:")]
